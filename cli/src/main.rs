@@ -1,0 +1,5 @@
+//! The `huskies` command.
+
+fn main() {
+    println!("huskies {}", env!("CARGO_PKG_VERSION"));
+}

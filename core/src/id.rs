@@ -1,0 +1,164 @@
+//! Identifiers: nodes, clusters, ops and stories.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Defines a 32-byte identifier shown as lowercase hex.
+macro_rules! hex_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub struct $name([u8; 32]);
+
+        impl $name {
+            /// Wraps raw bytes.
+            pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+                Self(bytes)
+            }
+
+            /// The raw bytes.
+            pub const fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+
+            /// Lowercase hex, 64 characters.
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+
+            /// The first 8 hex characters, for human output.
+            pub fn short(&self) -> String {
+                hex::encode(&self.0[..4])
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.short())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+
+            fn from_str(s: &str) -> Result<Self, Error> {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(s.trim(), &mut bytes).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "{} must be 64 hex characters, got {:?}",
+                        stringify!($name),
+                        s
+                    ))
+                })?;
+                Ok(Self(bytes))
+            }
+        }
+    };
+}
+
+hex_id!(
+    /// A node's identity: its Ed25519 public key.
+    NodeId
+);
+hex_id!(
+    /// A cluster's identity: derived from its genesis (name, first admin, nonce).
+    ClusterId
+);
+hex_id!(
+    /// An op's identity: the BLAKE3 hash of its signed content bytes.
+    OpId
+);
+
+/// Longest story id accepted, in bytes.
+pub const MAX_STORY_ID_LEN: usize = 128;
+
+/// A story id such as `42_fix_login`: 1 to [`MAX_STORY_ID_LEN`] bytes of ASCII letters,
+/// digits, `_`, `-` and `.`, so it is safe in file names, URLs and shell scripts.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct StoryId(String);
+
+impl StoryId {
+    /// Validates and wraps a story id.
+    pub fn new(id: impl Into<String>) -> Result<Self, Error> {
+        let id = id.into();
+        if id.is_empty() || id.len() > MAX_STORY_ID_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "story id must be 1 to {MAX_STORY_ID_LEN} bytes long, got {} bytes",
+                id.len()
+            )));
+        }
+        if let Some(bad) = id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "story id {id:?} contains {bad:?}; use letters, digits, '_', '-' and '.'"
+            )));
+        }
+        Ok(Self(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for StoryId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        StoryId::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for StoryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for StoryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoryId({})", self.0)
+    }
+}
+
+impl FromStr for StoryId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        StoryId::new(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn story_ids_are_validated() {
+        assert!(StoryId::new("42_fix_login").is_ok());
+        assert!(StoryId::new("a.b-c").is_ok());
+        assert!(StoryId::new("").is_err());
+        assert!(StoryId::new("has space").is_err());
+        assert!(StoryId::new("x".repeat(MAX_STORY_ID_LEN + 1)).is_err());
+        let bytes = postcard::to_allocvec(&"bad/slash").unwrap();
+        assert!(postcard::from_bytes::<StoryId>(&bytes).is_err());
+    }
+
+    #[test]
+    fn hex_ids_round_trip() {
+        let id = NodeId::from_bytes([0xab; 32]);
+        assert_eq!(id.to_hex().parse::<NodeId>().unwrap(), id);
+        assert!("zz".parse::<NodeId>().is_err());
+    }
+}

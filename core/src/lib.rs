@@ -1,0 +1,59 @@
+//! The huskies state layer: an Ed25519-signed CRDT op log with Lamport clocks and a typed
+//! pipeline projection, persisted in sled.
+//!
+//! The core is synchronous and does no I/O beyond its home directory: it reads no clock
+//! (callers pass `now`), no RNG (callers pass one), and opens no sockets. See
+//! `ARCHITECTURE.md` for the map and its invariants, `docs/format.md` for the bytes.
+//!
+//! ```
+//! use huskies_core::{Command, InitMode, Node, NodeConfig, PipelineEvent, StoryId, Timestamp};
+//! # let dir = tempfile::tempdir().unwrap();
+//! let now = Timestamp::from_millis(1_763_700_000_000);
+//! let mut node = Node::init(dir.path(), InitMode::NewCluster { name: "demo".into() },
+//!                           &mut rand_core::OsRng, now, NodeConfig::default())?;
+//! let id = StoryId::new("42_fix_login")?;
+//! node.execute(now, Command::AddStory { id: id.clone(), name: "Fix login".into(),
+//!                                       body: None, depends_on: vec![] })?;
+//! node.execute(now, Command::Event { id: id.clone(), event: PipelineEvent::DepsMet })?;
+//! assert_eq!(node.story(&id, now)?.stage.kind().as_str(), "coding");
+//! # Ok::<(), huskies_core::Error>(())
+//! ```
+
+mod bundle;
+mod clock;
+mod error;
+mod event;
+mod execution;
+mod id;
+mod key;
+mod merge;
+mod node;
+mod op;
+mod payload;
+mod pipeline;
+mod projection;
+mod store;
+mod time;
+mod version;
+mod view;
+
+pub use bundle::{decode_bundle, encode_bundle};
+pub use clock::{ClockJump, LamportClock, MAX_LAMPORT_JUMP};
+pub use error::{Error, ErrorKind};
+pub use event::{Event, Subscription, TransitionEvent};
+pub use execution::{apply_execution_event, ExecutionEvent, ExecutionState, InvalidExecutionEvent};
+pub use id::{ClusterId, NodeId, OpId, StoryId, MAX_STORY_ID_LEN};
+pub use key::NodeKey;
+pub use merge::RejectReason;
+pub use node::{Command, IngestReport, InitMode, Node, NodeConfig, Receipt, Rejection};
+pub use op::{
+    derive_cluster_id, verify_ops, DecodeError, OpContent, SignedOp, UnverifiedOp, VerifyError, MAX_OP_BYTES,
+    OP_FORMAT_VERSION, SIGNING_DOMAIN,
+};
+pub use payload::{Payload, Role, StoryField, MAX_BODY_BYTES, MAX_DEPENDS_ON, MAX_TEXT_BYTES, MAX_TTL_SECS};
+pub use pipeline::{transition, ArchiveReason, InvalidTransition, PipelineEvent, Stage, StageKind};
+pub use projection::{Lease, Stamp};
+pub use store::{SEGMENT_MAX_OPS, STORE_FORMAT_VERSION};
+pub use time::Timestamp;
+pub use version::VersionVector;
+pub use view::{Conflict, ForkInfo, Member, NodeInfo, OpSummary, Story, Transition, VerifyReport};

@@ -1,0 +1,809 @@
+//! Merging ops into the projection: chain checks, authorization, and the effect of each
+//! payload, staged in a [`Working`] set and committed as one sled batch.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::clock::{ClockJump, LamportClock};
+use crate::error::Error;
+use crate::event::{Event, TransitionEvent};
+use crate::id::{ClusterId, NodeId, OpId, StoryId};
+use crate::op::{check_rotation_proof, derive_cluster_id, DecodeError, SignedOp, VerifyError};
+use crate::payload::{Payload, Role, StoryField};
+use crate::pipeline::{transition, StageKind};
+use crate::projection::{
+    AuthorRecord, ClusterMeta, HistoryEntry, Lease, LeaseSet, Lww, MemberRecord, PresenceRecord, Stamp,
+    StoryRecord,
+};
+use crate::store::{self, key};
+use crate::version::VersionVector;
+
+/// Why one remote op was not merged. Nothing of a rejected op is stored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The bytes do not decode.
+    #[error("{0}")]
+    Malformed(#[from] DecodeError),
+    /// The signature does not verify.
+    #[error("{0}")]
+    BadSignature(#[from] VerifyError),
+    /// The op belongs to another cluster.
+    #[error("op is for cluster {got}, this node is in cluster {expected}")]
+    WrongCluster {
+        /// Ours.
+        expected: ClusterId,
+        /// The op's.
+        got: ClusterId,
+    },
+    /// The author is not a member (yet): unknown key.
+    #[error("author {0} is not a member of this cluster")]
+    UnknownAuthor(NodeId),
+    /// The author equivocated and is quarantined.
+    #[error("author {0} is quarantined for equivocation")]
+    Quarantined(NodeId),
+    /// The author was removed or rotated its key before this op.
+    #[error("op {seq} of author {author} comes after its membership ended at op {cutoff}")]
+    Voided {
+        /// Author.
+        author: NodeId,
+        /// The op's seq.
+        seq: u64,
+        /// The last valid seq.
+        cutoff: u64,
+    },
+    /// The op's Lamport timestamp is absurdly far ahead.
+    #[error("{0}")]
+    LamportJump(#[from] ClockJump),
+    /// The author's Lamport timestamps must increase along its chain.
+    #[error("lamport {lamport} does not increase on the author's previous op ({previous})")]
+    LamportNotIncreasing {
+        /// The op's.
+        lamport: u64,
+        /// The previous op's.
+        previous: u64,
+    },
+    /// The author may not do this (e.g. a non-admin adding members).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The payload contradicts itself (e.g. a transition the table does not allow).
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
+    /// Too many out-of-order ops are already waiting for missing predecessors.
+    #[error("out-of-order buffer is full")]
+    BufferFull,
+}
+
+/// The per-batch outcome of admitting one verified op.
+pub(crate) enum Admission {
+    Applied,
+    Duplicate,
+    /// Its predecessor is missing; the op comes back to be buffered.
+    Gap(SignedOp),
+    Fork,
+    Rejected(RejectReason),
+}
+
+/// The node-wide state kept in memory: small (grows with nodes, not ops).
+#[derive(Clone, Debug)]
+pub(crate) struct State {
+    pub cluster: ClusterMeta,
+    pub clock: LamportClock,
+    pub authors: BTreeMap<NodeId, AuthorRecord>,
+    pub members: BTreeMap<NodeId, MemberRecord>,
+    pub next_idx: u32,
+    pub rebuild_needed: bool,
+}
+
+impl State {
+    pub fn new(cluster: ClusterId) -> State {
+        State {
+            cluster: ClusterMeta {
+                id: cluster,
+                name: None,
+                admin: None,
+            },
+            clock: LamportClock::default(),
+            authors: BTreeMap::new(),
+            members: BTreeMap::new(),
+            next_idx: 0,
+            rebuild_needed: false,
+        }
+    }
+
+    pub fn load(db: &sled::Db) -> Result<State, Error> {
+        let cluster: ClusterMeta = store::get(db, &key::meta("cluster"), "cluster meta")?
+            .ok_or_else(|| Error::Corrupt("store has no cluster meta".into()))?;
+        let clock: u64 = store::get(db, &key::meta("clock"), "clock")?.unwrap_or(0);
+        let next_idx: u32 = store::get(db, &key::meta("next_idx"), "author index")?.unwrap_or(0);
+        let rebuild_needed: bool = store::get(db, &key::meta("rebuild"), "rebuild flag")?.unwrap_or(false);
+        let mut authors = BTreeMap::new();
+        for kv in db.scan_prefix(b"A") {
+            let (k, v) = kv?;
+            let node = NodeId::from_bytes(
+                k[1..]
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("bad author key".into()))?,
+            );
+            authors.insert(node, store::decode(&v, "author record")?);
+        }
+        let mut members = BTreeMap::new();
+        for kv in db.scan_prefix(b"U") {
+            let (k, v) = kv?;
+            let node = NodeId::from_bytes(
+                k[1..]
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("bad member key".into()))?,
+            );
+            members.insert(node, store::decode(&v, "member record")?);
+        }
+        Ok(State {
+            cluster,
+            clock: LamportClock::new(clock),
+            authors,
+            members,
+            next_idx,
+            rebuild_needed,
+        })
+    }
+
+    /// The last seq of `author` that can be valid, if its validity is bounded.
+    pub fn valid_until(&self, author: &NodeId) -> Option<u64> {
+        let cutoff = self.members.get(author).and_then(|m| m.cutoff);
+        let quarantine = self
+            .authors
+            .get(author)
+            .and_then(|a| a.quarantined_at)
+            .map(|q| q.saturating_sub(1));
+        match (cutoff, quarantine) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn version_vector(&self) -> VersionVector {
+        let mut vv = VersionVector::default();
+        for (node, a) in &self.authors {
+            let held = self.valid_until(node).map_or(a.head_seq, |v| v.min(a.head_seq));
+            if held > 0 {
+                vv.set(*node, held);
+            }
+        }
+        vv
+    }
+
+    /// Is `node` an admitted member whose op `seq` may count?
+    pub fn authorize(&self, node: &NodeId, seq: u64) -> Result<Role, RejectReason> {
+        let role = self
+            .members
+            .get(node)
+            .and_then(|m| m.role())
+            .ok_or(RejectReason::UnknownAuthor(*node))?;
+        if let Some(q) = self.authors.get(node).and_then(|a| a.quarantined_at) {
+            if seq >= q {
+                return Err(RejectReason::Quarantined(*node));
+            }
+        }
+        if let Some(cutoff) = self.members.get(node).and_then(|m| m.cutoff) {
+            if seq > cutoff {
+                return Err(RejectReason::Voided {
+                    author: *node,
+                    seq,
+                    cutoff,
+                });
+            }
+        }
+        Ok(role)
+    }
+}
+
+struct StoryEntry {
+    rec: StoryRecord,
+    /// The stage index key this story had when loaded.
+    indexed: Option<StageKind>,
+    dirty: bool,
+}
+
+/// A batch in progress: a copy of the state plus the records it touched. Nothing reaches
+/// the store until [`Working::commit`], which writes everything in one sled batch.
+pub(crate) struct Working<'a> {
+    db: &'a sled::Db,
+    pub state: State,
+    /// The local node, to notice claims it lost.
+    local: NodeId,
+    stories: HashMap<StoryId, StoryEntry>,
+    presence: BTreeMap<NodeId, PresenceRecord>,
+    lock: Option<LeaseSet>,
+    lock_dirty: bool,
+    dirty_members: BTreeSet<NodeId>,
+    dirty_authors: BTreeSet<NodeId>,
+    new_ops: BTreeMap<NodeId, Vec<SignedOp>>,
+    forks: Vec<(NodeId, u64, OpId, Vec<u8>)>,
+    cluster_dirty: bool,
+    pub events: Vec<Event>,
+    /// Set during a rebuild: records start empty instead of being read from the store.
+    fresh: bool,
+}
+
+impl<'a> Working<'a> {
+    pub fn new(db: &'a sled::Db, state: State, local: NodeId) -> Self {
+        Working {
+            db,
+            state,
+            local,
+            stories: HashMap::new(),
+            presence: BTreeMap::new(),
+            lock: None,
+            lock_dirty: false,
+            dirty_members: BTreeSet::new(),
+            dirty_authors: BTreeSet::new(),
+            new_ops: BTreeMap::new(),
+            forks: Vec::new(),
+            cluster_dirty: false,
+            events: Vec::new(),
+            fresh: false,
+        }
+    }
+
+    /// A working set that ignores stored projection records (for a rebuild).
+    pub fn fresh(db: &'a sled::Db, state: State, local: NodeId) -> Self {
+        let mut w = Working::new(db, state, local);
+        w.fresh = true;
+        w
+    }
+
+    pub fn has_changes(&self) -> bool {
+        !self.new_ops.is_empty() || !self.forks.is_empty() || self.state.rebuild_needed
+    }
+
+    fn load_story(&mut self, id: &StoryId) -> Result<&mut StoryEntry, Error> {
+        if !self.stories.contains_key(id) {
+            let rec: StoryRecord = if self.fresh {
+                StoryRecord::default()
+            } else {
+                store::get(self.db, &key::story(id), "story record")?.unwrap_or_default()
+            };
+            let indexed = if self.fresh { None } else { rec.visible_kind() };
+            self.stories.insert(
+                id.clone(),
+                StoryEntry {
+                    rec,
+                    indexed,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(self.stories.get_mut(id).expect("just inserted"))
+    }
+
+    /// The story's record as this batch sees it (empty default if never seen).
+    pub fn story(&mut self, id: &StoryId) -> Result<&StoryRecord, Error> {
+        Ok(&self.load_story(id)?.rec)
+    }
+
+    fn story_mut(&mut self, id: &StoryId) -> Result<&mut StoryRecord, Error> {
+        let e = self.load_story(id)?;
+        e.dirty = true;
+        Ok(&mut e.rec)
+    }
+
+    pub fn presence(&mut self, node: &NodeId) -> Result<Option<&PresenceRecord>, Error> {
+        if !self.presence.contains_key(node) && !self.fresh {
+            if let Some(p) = store::get::<PresenceRecord>(self.db, &key::presence(node), "presence record")? {
+                self.presence.insert(*node, p);
+            }
+        }
+        Ok(self.presence.get(node))
+    }
+
+    pub fn lock(&mut self) -> Result<&mut LeaseSet, Error> {
+        if self.lock.is_none() {
+            let l = if self.fresh {
+                LeaseSet::default()
+            } else {
+                store::get(self.db, key::LOCK, "merge lock")?.unwrap_or_default()
+            };
+            self.lock = Some(l);
+        }
+        Ok(self.lock.as_mut().expect("loaded"))
+    }
+
+    /// The id of the op `author` stored at `seq` (in this batch or in the store).
+    fn stored_id(&self, author: &NodeId, seq: u64) -> Result<Option<OpId>, Error> {
+        if let Some(op) = self
+            .new_ops
+            .get(author)
+            .and_then(|ops| ops.iter().find(|o| o.content().seq == seq))
+        {
+            return Ok(Some(op.id()));
+        }
+        let Some(rec) = self.state.authors.get(author) else {
+            return Ok(None);
+        };
+        if rec.head_seq == seq {
+            return Ok(rec.head_id);
+        }
+        Ok(read_op(self.db, rec.idx, seq)?.map(|op| op.id()))
+    }
+
+    /// Chain checks, authorization and the payload's effect for one verified op.
+    pub fn admit(&mut self, op: SignedOp) -> Result<Admission, Error> {
+        let c = op.content();
+        if c.cluster != self.state.cluster.id {
+            return Ok(Admission::Rejected(RejectReason::WrongCluster {
+                expected: self.state.cluster.id,
+                got: c.cluster,
+            }));
+        }
+        let author = c.author;
+        let (head_seq, head_id, head_lamport, quarantined) = match self.state.authors.get(&author) {
+            Some(a) => (a.head_seq, a.head_id, a.head_lamport, a.quarantined_at),
+            None => (0, None, 0, None),
+        };
+        if c.seq <= head_seq {
+            return match self.stored_id(&author, c.seq)? {
+                Some(id) if id == op.id() => Ok(Admission::Duplicate),
+                Some(_) => {
+                    self.record_fork(&op, c.seq);
+                    Ok(Admission::Fork)
+                }
+                None => Ok(Admission::Duplicate),
+            };
+        }
+        if let Some(q) = quarantined {
+            if c.seq >= q {
+                return Ok(Admission::Rejected(RejectReason::Quarantined(author)));
+            }
+        }
+        if c.seq > head_seq + 1 {
+            return Ok(Admission::Gap(op));
+        }
+        if c.prev != head_id {
+            // The author signed an op whose chain passes through a different op at
+            // `head_seq` than the one we hold: equivocation.
+            self.record_fork(&op, head_seq);
+            return Ok(Admission::Fork);
+        }
+        if c.lamport <= head_lamport {
+            return Ok(Admission::Rejected(RejectReason::LamportNotIncreasing {
+                lamport: c.lamport,
+                previous: head_lamport,
+            }));
+        }
+        if let Err(jump) = self.state.clock.check(c.lamport) {
+            return Ok(Admission::Rejected(jump.into()));
+        }
+        let role = match self.authorize_op(&op) {
+            Ok(role) => role,
+            Err(r) => return Ok(Admission::Rejected(r)),
+        };
+        if let Err(r) = self.apply_payload(&op, role)? {
+            return Ok(Admission::Rejected(r));
+        }
+        self.append(op);
+        Ok(Admission::Applied)
+    }
+
+    fn authorize_op(&self, op: &SignedOp) -> Result<Role, RejectReason> {
+        let c = op.content();
+        if let Payload::Genesis { name, nonce } = &c.payload {
+            if c.seq != 1 || self.state.cluster.admin.is_some() {
+                return Err(RejectReason::Unauthorized(
+                    "a cluster has exactly one genesis".into(),
+                ));
+            }
+            if derive_cluster_id(&c.author, name, nonce) != self.state.cluster.id {
+                return Err(RejectReason::Unauthorized(
+                    "genesis does not derive this cluster's id".into(),
+                ));
+            }
+            return Ok(Role::Admin);
+        }
+        self.state.authorize(&c.author, c.seq)
+    }
+
+    /// Records an accepted op: storage, chain head, clock.
+    fn append(&mut self, op: SignedOp) {
+        let c = op.content();
+        let author = c.author;
+        if !self.state.authors.contains_key(&author) {
+            let idx = self.state.next_idx;
+            self.state.next_idx = self.state.next_idx.saturating_add(1);
+            self.state.authors.insert(
+                author,
+                AuthorRecord {
+                    idx,
+                    head_seq: 0,
+                    head_id: None,
+                    head_lamport: 0,
+                    quarantined_at: None,
+                    last_segment: None,
+                },
+            );
+        }
+        let rec = self.state.authors.get_mut(&author).expect("inserted");
+        rec.head_seq = c.seq;
+        rec.head_id = Some(op.id());
+        rec.head_lamport = c.lamport;
+        self.state.clock.observe(c.lamport);
+        self.dirty_authors.insert(author);
+        self.new_ops.entry(author).or_default().push(op);
+    }
+
+    fn record_fork(&mut self, op: &SignedOp, at_seq: u64) {
+        let author = op.content().author;
+        let c = op.content();
+        self.forks.push((author, c.seq, op.id(), op.bytes().to_vec()));
+        let Some(rec) = self.state.authors.get_mut(&author) else {
+            return;
+        };
+        let q = rec.quarantined_at.map_or(at_seq, |q| q.min(at_seq));
+        rec.quarantined_at = Some(q);
+        self.dirty_authors.insert(author);
+        if rec.head_seq >= q {
+            self.state.rebuild_needed = true;
+        }
+    }
+
+    /// Ops that a local command produced go through the same path as remote ones.
+    pub fn admit_local(&mut self, op: SignedOp) -> Result<(), Error> {
+        match self.admit(op)? {
+            Admission::Applied => Ok(()),
+            Admission::Rejected(r) => Err(Error::Unauthorized(r.to_string())),
+            Admission::Duplicate | Admission::Gap(_) | Admission::Fork => Err(Error::Corrupt(
+                "local op does not extend this node's own chain".into(),
+            )),
+        }
+    }
+
+    fn apply_payload(&mut self, op: &SignedOp, role: Role) -> Result<Result<(), RejectReason>, Error> {
+        let c = op.content();
+        let stamp = Stamp {
+            lamport: c.lamport,
+            author: c.author,
+        };
+        let admin_only = |what: &str| {
+            if role == Role::Admin {
+                Ok(())
+            } else {
+                Err(RejectReason::Unauthorized(format!("only an admin may {what}")))
+            }
+        };
+        match &c.payload {
+            Payload::Genesis { name, .. } => {
+                self.state.cluster.name = Some(name.clone());
+                self.state.cluster.admin = Some(c.author);
+                self.set_role(c.author, stamp, Role::Admin);
+                self.cluster_dirty = true;
+            }
+            Payload::MemberAdd { node, role: new_role } => {
+                if let Err(r) = admin_only("add members") {
+                    return Ok(Err(r));
+                }
+                if crate::key::verifying_key(node).is_none() {
+                    return Ok(Err(RejectReason::InvalidPayload(format!(
+                        "{node} is not a usable Ed25519 key"
+                    ))));
+                }
+                self.set_role(*node, stamp, *new_role);
+            }
+            Payload::MemberRemove { node, cutoff_seq } => {
+                if let Err(r) = admin_only("remove members") {
+                    return Ok(Err(r));
+                }
+                self.set_cutoff(*node, *cutoff_seq);
+            }
+            Payload::KeyRotate { new_key, proof } => {
+                if !check_rotation_proof(&c.cluster, &c.author, new_key, proof) {
+                    return Ok(Err(RejectReason::InvalidPayload(
+                        "key rotation proof does not verify".into(),
+                    )));
+                }
+                self.set_role(*new_key, stamp, role);
+                self.set_cutoff(c.author, c.seq);
+                let m = self.state.members.entry(c.author).or_default();
+                m.rotated_to = Some(*new_key);
+            }
+            Payload::StoryCreate {
+                story,
+                name,
+                body,
+                depends_on,
+            } => {
+                let was_visible = self.story(story)?.visible();
+                let rec = self.story_mut(story)?;
+                if rec.created.is_none_or(|(s, _)| stamp < s) {
+                    rec.created = Some((stamp, op.id()));
+                }
+                Lww::merge(&mut rec.name, stamp, name.clone());
+                Lww::merge(&mut rec.body, stamp, body.clone());
+                Lww::merge(&mut rec.depends_on, stamp, depends_on.clone());
+                if !was_visible && rec.visible() && !rec.history.is_empty() {
+                    // Transitions arrived before the create; nothing to announce twice.
+                }
+            }
+            Payload::StoryUpdate { story, field } => {
+                let rec = self.story_mut(story)?;
+                match field {
+                    StoryField::Name(n) => Lww::merge(&mut rec.name, stamp, n.clone()),
+                    StoryField::Body(b) => Lww::merge(&mut rec.body, stamp, b.clone()),
+                    StoryField::DependsOn(d) => Lww::merge(&mut rec.depends_on, stamp, d.clone()),
+                };
+            }
+            Payload::Transition {
+                story,
+                event,
+                from,
+                base,
+            } => {
+                let to = match transition(from, event, c.wall) {
+                    Ok(to) => to,
+                    Err(e) => return Ok(Err(RejectReason::InvalidPayload(e.to_string()))),
+                };
+                let rec = self.story_mut(story)?;
+                let before = rec.stage();
+                rec.insert_transition(HistoryEntry {
+                    stamp,
+                    op_id: op.id(),
+                    wall: c.wall,
+                    event: event.clone(),
+                    from: from.clone(),
+                    to,
+                    base: *base,
+                });
+                let pos = rec
+                    .history
+                    .iter()
+                    .position(|h| h.op_id == op.id())
+                    .expect("inserted");
+                let conflict = rec.conflict_flags()[pos];
+                let after = rec.stage();
+                self.events.push(Event::Transition(TransitionEvent {
+                    story: story.clone(),
+                    before: Some(before),
+                    after,
+                    op_id: Some(op.id()),
+                    author: Some(c.author),
+                    event: Some(event.name()),
+                    conflict,
+                    replay: false,
+                }));
+            }
+            Payload::StoryDelete { story } => {
+                let rec = self.story_mut(story)?;
+                if rec.deleted.is_none_or(|d| stamp < d) {
+                    rec.deleted = Some(stamp);
+                }
+            }
+            Payload::Claim { story, ttl_secs } => {
+                let lease = Lease {
+                    node: c.author,
+                    claimed_at: c.wall,
+                    expires_at: c.wall.add_secs(u64::from(*ttl_secs)),
+                };
+                self.set_claim(story, stamp, Some(lease))?;
+            }
+            Payload::Release { story } => self.set_claim(story, stamp, None)?,
+            Payload::LockAcquire { ttl_secs } => {
+                let lease = Lease {
+                    node: c.author,
+                    claimed_at: c.wall,
+                    expires_at: c.wall.add_secs(u64::from(*ttl_secs)),
+                };
+                self.lock()?.set(stamp, Some(lease));
+                self.lock_dirty = true;
+            }
+            Payload::LockRelease => {
+                self.lock()?.set(stamp, None);
+                self.lock_dirty = true;
+            }
+            Payload::LockClear { holder, through } => {
+                self.lock()?.clear(*holder, *through);
+                self.lock_dirty = true;
+            }
+            Payload::Presence { label, address } => {
+                let newer = self.presence(&c.author)?.is_none_or(|p| p.stamp < stamp);
+                if newer {
+                    self.presence.insert(
+                        c.author,
+                        PresenceRecord {
+                            stamp,
+                            label: label.clone(),
+                            address: address.clone(),
+                            heartbeat_at: c.wall,
+                        },
+                    );
+                }
+            }
+            Payload::Execution { story, state } => {
+                let rec = self.story_mut(story)?;
+                let mut slot = rec.execution.remove(&c.author);
+                Lww::merge(&mut slot, stamp, state.clone());
+                if let Some(s) = slot {
+                    rec.execution.insert(c.author, s);
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn set_claim(&mut self, story: &StoryId, stamp: Stamp, lease: Option<Lease>) -> Result<(), Error> {
+        let local = self.local;
+        let rec = self.story_mut(story)?;
+        let before = rec.claims.current().map(|(_, l)| l.node);
+        rec.claims.set(stamp, lease);
+        let after = rec.claims.current().map(|(_, l)| l.node);
+        if before == Some(local) && after != Some(local) && stamp.author != local {
+            self.events.push(Event::ClaimLost {
+                story: story.clone(),
+                winner: after,
+            });
+        }
+        Ok(())
+    }
+
+    fn set_role(&mut self, node: NodeId, stamp: Stamp, role: Role) {
+        let m = self.state.members.entry(node).or_default();
+        Lww::merge(&mut m.role, stamp, role);
+        self.dirty_members.insert(node);
+    }
+
+    fn set_cutoff(&mut self, node: NodeId, cutoff: u64) {
+        let m = self.state.members.entry(node).or_default();
+        m.cutoff = Some(m.cutoff.map_or(cutoff, |c| c.min(cutoff)));
+        self.dirty_members.insert(node);
+        let head = self.state.authors.get(&node).map_or(0, |a| a.head_seq);
+        let staged = self
+            .new_ops
+            .get(&node)
+            .and_then(|o| o.last())
+            .map_or(0, |o| o.content().seq);
+        if head.max(staged) > cutoff {
+            self.state.rebuild_needed = true;
+        }
+    }
+
+    /// Writes everything this batch staged in one atomic sled batch, then flushes.
+    /// Returns the new state and the events to publish.
+    pub fn commit(self) -> Result<(State, Vec<Event>), Error> {
+        self.commit_with(sled::Batch::default())
+    }
+
+    /// [`Working::commit`] on top of `batch` (a rebuild's removals); later writes win.
+    pub fn commit_with(mut self, mut batch: sled::Batch) -> Result<(State, Vec<Event>), Error> {
+        for (author, ops) in std::mem::take(&mut self.new_ops) {
+            let rec = self.state.authors.get_mut(&author).expect("author of staged ops");
+            write_segments(self.db, &mut batch, rec, &ops)?;
+        }
+        for (id, e) in &self.stories {
+            if !e.dirty {
+                continue;
+            }
+            batch.insert(key::story(id), store::encode(&e.rec));
+            let now = e.rec.visible_kind();
+            if now != e.indexed {
+                if let Some(old) = e.indexed {
+                    batch.remove(key::stage_index(old, id));
+                }
+                if let Some(new) = now {
+                    batch.insert(key::stage_index(new, id), &[][..]);
+                }
+            }
+        }
+        for (node, p) in &self.presence {
+            batch.insert(&key::presence(node)[..], store::encode(p));
+        }
+        if self.lock_dirty {
+            batch.insert(
+                key::LOCK,
+                store::encode(self.lock.as_ref().expect("dirty lock is loaded")),
+            );
+        }
+        for node in &self.dirty_members {
+            batch.insert(&key::member(node)[..], store::encode(&self.state.members[node]));
+        }
+        for node in &self.dirty_authors {
+            batch.insert(&key::author(node)[..], store::encode(&self.state.authors[node]));
+        }
+        for (author, seq, id, bytes) in &self.forks {
+            batch.insert(key::fork(author, *seq, id), bytes.as_slice());
+        }
+        if self.cluster_dirty {
+            batch.insert(key::meta("cluster"), store::encode(&self.state.cluster));
+        }
+        batch.insert(key::meta("clock"), store::encode(&self.state.clock.value()));
+        batch.insert(key::meta("next_idx"), store::encode(&self.state.next_idx));
+        batch.insert(key::meta("rebuild"), store::encode(&self.state.rebuild_needed));
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok((self.state, self.events))
+    }
+}
+
+/// Adds `ops` (consecutive, after the author's head) to the batch, extending the author's
+/// last segment while it is small and starting new ones otherwise.
+fn write_segments(
+    db: &sled::Db,
+    batch: &mut sled::Batch,
+    rec: &mut AuthorRecord,
+    ops: &[SignedOp],
+) -> Result<(), Error> {
+    let mut rest = ops;
+    if let Some((first, count, bytes)) = rec.last_segment {
+        if (bytes as usize) < store::SEGMENT_MERGE_BYTES && (count as usize) < store::SEGMENT_MAX_OPS {
+            let k = key::segment(rec.idx, first);
+            if let Some(old) = db.get(k)? {
+                let old_ops = store::decode_segment(&old)?;
+                let room = store::SEGMENT_MAX_OPS - old_ops.len();
+                let take = room.min(rest.len());
+                let merged: Vec<&[u8]> = old_ops
+                    .iter()
+                    .copied()
+                    .chain(rest[..take].iter().map(|o| o.bytes()))
+                    .collect();
+                let seg = store::encode_segment(merged.iter().copied());
+                rec.last_segment = Some((first, merged.len() as u32, seg.len() as u32));
+                batch.insert(&k[..], seg);
+                rest = &rest[take..];
+            }
+        }
+    }
+    for chunk in rest.chunks(store::SEGMENT_MAX_OPS) {
+        let first = chunk[0].content().seq;
+        let seg = store::encode_segment(chunk.iter().map(|o| o.bytes()));
+        rec.last_segment = Some((first, chunk.len() as u32, seg.len() as u32));
+        batch.insert(&key::segment(rec.idx, first)[..], seg);
+    }
+    Ok(())
+}
+
+/// Reads the op an author stored at `seq`, checking the segment's checksum.
+pub(crate) fn read_op(db: &sled::Db, idx: u32, seq: u64) -> Result<Option<SignedOp>, Error> {
+    let Some(kv) = db
+        .range(key::segment(idx, 0)..=key::segment(idx, seq))
+        .next_back()
+    else {
+        return Ok(None);
+    };
+    let (k, v) = kv?;
+    let first = key::segment_first_seq(&k);
+    let ops = store::decode_segment(&v)?;
+    let Some(bytes) = usize::try_from(seq - first).ok().and_then(|i| ops.get(i)) else {
+        return Ok(None);
+    };
+    let op = SignedOp::from_trusted_bytes(bytes)
+        .map_err(|e| Error::Corrupt(format!("stored op does not decode: {e}")))?;
+    if op.content().seq != seq {
+        return Err(Error::Corrupt(format!(
+            "segment at {first} holds seq {} where {seq} belongs",
+            op.content().seq
+        )));
+    }
+    Ok(Some(op))
+}
+
+/// Calls `f` with each stored op of the author with `seq >= from`, in order.
+pub(crate) fn for_each_op(
+    db: &sled::Db,
+    idx: u32,
+    from: u64,
+    mut f: impl FnMut(SignedOp) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    let start = match db
+        .range(key::segment(idx, 0)..=key::segment(idx, from.max(1)))
+        .next_back()
+    {
+        Some(kv) => key::segment_first_seq(&kv?.0),
+        None => 1,
+    };
+    for kv in db.range(key::segment(idx, start)..key::segment(idx.saturating_add(1), 0)) {
+        let (_, v) = kv?;
+        for bytes in store::decode_segment(&v)? {
+            let op = SignedOp::from_trusted_bytes(bytes)
+                .map_err(|e| Error::Corrupt(format!("stored op does not decode: {e}")))?;
+            if op.content().seq >= from && !f(op)? {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,587 @@
+//! The typed pipeline: stages, archive reasons, events and the transition table.
+//!
+//! The table is one exhaustive `match` in [`transition`]: adding a stage or an event is a
+//! compile error until every arm is decided.
+
+use std::fmt;
+use std::num::NonZeroU32;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::StoryId;
+use crate::time::Timestamp;
+
+/// Where a story is in the pipeline. Replicated: every node converges on the same stage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stage {
+    /// Waiting for its dependencies.
+    Backlog,
+    /// An agent is writing the code.
+    Coding,
+    /// Quality gates are running.
+    Qa,
+    /// Ready to merge. `commits_ahead` cannot be zero: a merge with nothing to merge is
+    /// unrepresentable.
+    Merge {
+        /// The branch to merge.
+        feature_branch: String,
+        /// How many commits the branch is ahead of the target.
+        commits_ahead: NonZeroU32,
+    },
+    /// The last merge attempt failed; a retry goes back to `Merge`.
+    MergeFailure {
+        /// What kind of failure (e.g. `conflict`, `hook`).
+        kind: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// Merged.
+    Done {
+        /// When the merge happened (the wall time of the op that recorded it).
+        merged_at: Timestamp,
+        /// The merge commit.
+        merge_commit: String,
+    },
+    /// Out of the pipeline.
+    Archived {
+        /// When it was archived.
+        archived_at: Timestamp,
+        /// Why.
+        reason: ArchiveReason,
+    },
+}
+
+/// The kind of a [`Stage`], without its fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum StageKind {
+    /// [`Stage::Backlog`]
+    Backlog,
+    /// [`Stage::Coding`]
+    Coding,
+    /// [`Stage::Qa`]
+    Qa,
+    /// [`Stage::Merge`]
+    Merge,
+    /// [`Stage::MergeFailure`]
+    MergeFailure,
+    /// [`Stage::Done`]
+    Done,
+    /// [`Stage::Archived`]
+    Archived,
+}
+
+impl StageKind {
+    /// Every kind, in pipeline order.
+    pub const ALL: [StageKind; 7] = [
+        StageKind::Backlog,
+        StageKind::Coding,
+        StageKind::Qa,
+        StageKind::Merge,
+        StageKind::MergeFailure,
+        StageKind::Done,
+        StageKind::Archived,
+    ];
+
+    /// The contract's name: `backlog`, `coding`, `qa`, `merge`, `merge_failure`, `done`,
+    /// `archived`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageKind::Backlog => "backlog",
+            StageKind::Coding => "coding",
+            StageKind::Qa => "qa",
+            StageKind::Merge => "merge",
+            StageKind::MergeFailure => "merge_failure",
+            StageKind::Done => "done",
+            StageKind::Archived => "archived",
+        }
+    }
+
+    /// Parses a contract name (also accepts `-` for `_`).
+    pub fn parse(s: &str) -> Option<StageKind> {
+        let s = s.replace('-', "_");
+        StageKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// One byte for index keys; stable across versions.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            StageKind::Backlog => 0,
+            StageKind::Coding => 1,
+            StageKind::Qa => 2,
+            StageKind::Merge => 3,
+            StageKind::MergeFailure => 4,
+            StageKind::Done => 5,
+            StageKind::Archived => 6,
+        }
+    }
+}
+
+impl fmt::Display for StageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Stage {
+    /// This stage's kind.
+    pub fn kind(&self) -> StageKind {
+        match self {
+            Stage::Backlog => StageKind::Backlog,
+            Stage::Coding => StageKind::Coding,
+            Stage::Qa => StageKind::Qa,
+            Stage::Merge { .. } => StageKind::Merge,
+            Stage::MergeFailure { .. } => StageKind::MergeFailure,
+            Stage::Done { .. } => StageKind::Done,
+            Stage::Archived { .. } => StageKind::Archived,
+        }
+    }
+
+    /// Still in the pipeline (not Done, not Archived).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self,
+            Stage::Backlog | Stage::Coding | Stage::Qa | Stage::Merge { .. } | Stage::MergeFailure { .. }
+        )
+    }
+}
+
+/// Why a story left the pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArchiveReason {
+    /// Done and accepted.
+    Completed,
+    /// Given up.
+    Abandoned,
+    /// Replaced by another story.
+    Superseded {
+        /// The story that replaces it.
+        by: StoryId,
+    },
+    /// Blocked; `Unblock` returns it to the backlog.
+    Blocked {
+        /// Why.
+        reason: String,
+    },
+    /// Merging failed for good.
+    MergeFailed {
+        /// Why.
+        reason: String,
+    },
+    /// Held for human review.
+    ReviewHeld {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ArchiveReason {
+    /// The contract's name: `completed`, `abandoned`, `superseded`, `blocked`,
+    /// `merge_failed`, `review_held`.
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            ArchiveReason::Completed => "completed",
+            ArchiveReason::Abandoned => "abandoned",
+            ArchiveReason::Superseded { .. } => "superseded",
+            ArchiveReason::Blocked { .. } => "blocked",
+            ArchiveReason::MergeFailed { .. } => "merge_failed",
+            ArchiveReason::ReviewHeld { .. } => "review_held",
+        }
+    }
+}
+
+/// Something that happened to a story; applied through [`transition`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PipelineEvent {
+    /// Dependencies are done: Backlog → Coding.
+    DepsMet,
+    /// Gates started: Coding → Qa.
+    GatesStarted,
+    /// QA skipped: Coding → Merge.
+    QaSkipped {
+        /// Branch to merge.
+        branch: String,
+        /// Commits ahead (never zero).
+        commits: NonZeroU32,
+    },
+    /// Gates passed: Qa → Merge, or a retry MergeFailure → Merge.
+    GatesPassed {
+        /// Branch to merge.
+        branch: String,
+        /// Commits ahead (never zero).
+        commits: NonZeroU32,
+    },
+    /// Gates failed: Qa → Coding.
+    GatesFailed {
+        /// Why.
+        reason: String,
+    },
+    /// Merged: Merge → Done.
+    MergeSucceeded {
+        /// The merge commit.
+        commit: String,
+    },
+    /// Merge failed: Merge → MergeFailure.
+    MergeConflict {
+        /// Failure kind.
+        kind: String,
+        /// Why.
+        reason: String,
+    },
+    /// Merge failed for good: Merge or MergeFailure → Archived(MergeFailed).
+    MergeFailedFinal {
+        /// Why.
+        reason: String,
+    },
+    /// Done → Archived(Completed).
+    Accepted,
+    /// Active → Archived(Blocked).
+    Block {
+        /// Why.
+        reason: String,
+    },
+    /// Archived(Blocked) → Backlog.
+    Unblock,
+    /// Active or Done → Archived(Abandoned).
+    Abandon,
+    /// Active or Done → Archived(Superseded).
+    Supersede {
+        /// The replacing story.
+        by: StoryId,
+    },
+    /// Active → Archived(ReviewHeld).
+    ReviewHold {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl PipelineEvent {
+    /// Every event name of the CLI contract.
+    pub const NAMES: [&'static str; 14] = [
+        "deps-met",
+        "gates-started",
+        "gates-passed",
+        "gates-failed",
+        "qa-skipped",
+        "merge-succeeded",
+        "merge-conflict",
+        "merge-failed-final",
+        "accepted",
+        "block",
+        "unblock",
+        "abandon",
+        "supersede",
+        "review-hold",
+    ];
+
+    /// The contract's name, e.g. `gates-passed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PipelineEvent::DepsMet => "deps-met",
+            PipelineEvent::GatesStarted => "gates-started",
+            PipelineEvent::QaSkipped { .. } => "qa-skipped",
+            PipelineEvent::GatesPassed { .. } => "gates-passed",
+            PipelineEvent::GatesFailed { .. } => "gates-failed",
+            PipelineEvent::MergeSucceeded { .. } => "merge-succeeded",
+            PipelineEvent::MergeConflict { .. } => "merge-conflict",
+            PipelineEvent::MergeFailedFinal { .. } => "merge-failed-final",
+            PipelineEvent::Accepted => "accepted",
+            PipelineEvent::Block { .. } => "block",
+            PipelineEvent::Unblock => "unblock",
+            PipelineEvent::Abandon => "abandon",
+            PipelineEvent::Supersede { .. } => "supersede",
+            PipelineEvent::ReviewHold { .. } => "review-hold",
+        }
+    }
+
+    /// Strings carried by the event, for size validation.
+    pub(crate) fn texts(&self) -> Vec<&str> {
+        match self {
+            PipelineEvent::QaSkipped { branch, .. } | PipelineEvent::GatesPassed { branch, .. } => {
+                vec![branch]
+            }
+            PipelineEvent::GatesFailed { reason }
+            | PipelineEvent::MergeFailedFinal { reason }
+            | PipelineEvent::Block { reason }
+            | PipelineEvent::ReviewHold { reason } => vec![reason],
+            PipelineEvent::MergeSucceeded { commit } => vec![commit],
+            PipelineEvent::MergeConflict { kind, reason } => vec![kind, reason],
+            PipelineEvent::DepsMet
+            | PipelineEvent::GatesStarted
+            | PipelineEvent::Accepted
+            | PipelineEvent::Unblock
+            | PipelineEvent::Abandon
+            | PipelineEvent::Supersede { .. } => vec![],
+        }
+    }
+}
+
+/// An event that the table does not allow from the given stage.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("event {event} is not allowed from stage {from}")]
+pub struct InvalidTransition {
+    /// The stage the story was in.
+    pub from: StageKind,
+    /// The refused event's name.
+    pub event: &'static str,
+}
+
+/// The transition table. `at` is the wall time recorded in `Done` and `Archived`.
+pub fn transition(from: &Stage, event: &PipelineEvent, at: Timestamp) -> Result<Stage, InvalidTransition> {
+    use PipelineEvent as E;
+    use Stage as S;
+    let archived = |reason| S::Archived {
+        archived_at: at,
+        reason,
+    };
+    let next = match (from, event) {
+        (S::Backlog, E::DepsMet) => S::Coding,
+        (S::Coding, E::GatesStarted) => S::Qa,
+        (S::Coding, E::QaSkipped { branch, commits })
+        | (S::Qa, E::GatesPassed { branch, commits })
+        | (S::MergeFailure { .. }, E::GatesPassed { branch, commits }) => S::Merge {
+            feature_branch: branch.clone(),
+            commits_ahead: *commits,
+        },
+        (S::Qa, E::GatesFailed { .. }) => S::Coding,
+        (S::Merge { .. }, E::MergeSucceeded { commit }) => S::Done {
+            merged_at: at,
+            merge_commit: commit.clone(),
+        },
+        (S::Merge { .. }, E::MergeConflict { kind, reason }) => S::MergeFailure {
+            kind: kind.clone(),
+            reason: reason.clone(),
+        },
+        (S::Merge { .. } | S::MergeFailure { .. }, E::MergeFailedFinal { reason }) => {
+            archived(ArchiveReason::MergeFailed {
+                reason: reason.clone(),
+            })
+        }
+        (s, E::Block { reason }) if s.is_active() => archived(ArchiveReason::Blocked {
+            reason: reason.clone(),
+        }),
+        (s, E::ReviewHold { reason }) if s.is_active() => archived(ArchiveReason::ReviewHeld {
+            reason: reason.clone(),
+        }),
+        (s, E::Abandon) if s.is_active() || s.kind() == StageKind::Done => archived(ArchiveReason::Abandoned),
+        (s, E::Supersede { by }) if s.is_active() || s.kind() == StageKind::Done => {
+            archived(ArchiveReason::Superseded { by: by.clone() })
+        }
+        (S::Done { .. }, E::Accepted) => archived(ArchiveReason::Completed),
+        (
+            S::Archived {
+                reason: ArchiveReason::Blocked { .. },
+                ..
+            },
+            E::Unblock,
+        ) => S::Backlog,
+        (
+            S::Backlog
+            | S::Coding
+            | S::Qa
+            | S::Merge { .. }
+            | S::MergeFailure { .. }
+            | S::Done { .. }
+            | S::Archived { .. },
+            E::DepsMet
+            | E::GatesStarted
+            | E::QaSkipped { .. }
+            | E::GatesPassed { .. }
+            | E::GatesFailed { .. }
+            | E::MergeSucceeded { .. }
+            | E::MergeConflict { .. }
+            | E::MergeFailedFinal { .. }
+            | E::Accepted
+            | E::Block { .. }
+            | E::Unblock
+            | E::Abandon
+            | E::Supersede { .. }
+            | E::ReviewHold { .. },
+        ) => {
+            return Err(InvalidTransition {
+                from: from.kind(),
+                event: event.name(),
+            })
+        }
+    };
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    fn all_events() -> Vec<PipelineEvent> {
+        vec![
+            PipelineEvent::DepsMet,
+            PipelineEvent::GatesStarted,
+            PipelineEvent::QaSkipped {
+                branch: "b".into(),
+                commits: nz(1),
+            },
+            PipelineEvent::GatesPassed {
+                branch: "b".into(),
+                commits: nz(2),
+            },
+            PipelineEvent::GatesFailed { reason: "r".into() },
+            PipelineEvent::MergeSucceeded { commit: "c".into() },
+            PipelineEvent::MergeConflict {
+                kind: "k".into(),
+                reason: "r".into(),
+            },
+            PipelineEvent::MergeFailedFinal { reason: "r".into() },
+            PipelineEvent::Accepted,
+            PipelineEvent::Block { reason: "r".into() },
+            PipelineEvent::Unblock,
+            PipelineEvent::Abandon,
+            PipelineEvent::Supersede {
+                by: StoryId::new("2_other").unwrap(),
+            },
+            PipelineEvent::ReviewHold { reason: "r".into() },
+        ]
+    }
+
+    fn all_stages() -> Vec<Stage> {
+        let at = Timestamp::from_millis(5);
+        vec![
+            Stage::Backlog,
+            Stage::Coding,
+            Stage::Qa,
+            Stage::Merge {
+                feature_branch: "b".into(),
+                commits_ahead: nz(3),
+            },
+            Stage::MergeFailure {
+                kind: "k".into(),
+                reason: "r".into(),
+            },
+            Stage::Done {
+                merged_at: at,
+                merge_commit: "c".into(),
+            },
+            Stage::Archived {
+                archived_at: at,
+                reason: ArchiveReason::Completed,
+            },
+            Stage::Archived {
+                archived_at: at,
+                reason: ArchiveReason::Blocked { reason: "r".into() },
+            },
+        ]
+    }
+
+    /// The whole table, written out as (from, event) -> to kind, checked against every
+    /// (stage, event) pair: anything not listed must be refused.
+    #[test]
+    fn table_matches_the_brief_exactly() {
+        use StageKind::*;
+        let allowed: &[(StageKind, &str, StageKind)] = &[
+            (Backlog, "deps-met", Coding),
+            (Coding, "gates-started", Qa),
+            (Coding, "qa-skipped", Merge),
+            (Qa, "gates-passed", Merge),
+            (Qa, "gates-failed", Coding),
+            (Merge, "merge-succeeded", Done),
+            (Merge, "merge-conflict", MergeFailure),
+            (MergeFailure, "gates-passed", Merge),
+            (Merge, "merge-failed-final", Archived),
+            (MergeFailure, "merge-failed-final", Archived),
+            (Done, "accepted", Archived),
+            (Done, "abandon", Archived),
+            (Done, "supersede", Archived),
+        ];
+        let at = Timestamp::from_millis(9);
+        for from in all_stages() {
+            for event in all_events() {
+                let got = transition(&from, &event, at);
+                let blocked = matches!(
+                    from,
+                    Stage::Archived {
+                        reason: ArchiveReason::Blocked { .. },
+                        ..
+                    }
+                );
+                let expected = if from.is_active()
+                    && matches!(event.name(), "block" | "review-hold" | "abandon" | "supersede")
+                {
+                    Some(Archived)
+                } else if blocked && event.name() == "unblock" {
+                    Some(Backlog)
+                } else {
+                    allowed
+                        .iter()
+                        .find(|(f, e, _)| *f == from.kind() && *e == event.name())
+                        .map(|(_, _, to)| *to)
+                };
+                match (got, expected) {
+                    (Ok(to), Some(kind)) => assert_eq!(to.kind(), kind, "{from:?} {event:?}"),
+                    (Err(e), None) => {
+                        assert_eq!(e.from, from.kind());
+                        assert_eq!(e.event, event.name());
+                    }
+                    (got, expected) => panic!("{from:?} + {event:?}: got {got:?}, expected {expected:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transitions_carry_their_fields() {
+        let at = Timestamp::from_millis(42);
+        let merge = transition(
+            &Stage::Qa,
+            &PipelineEvent::GatesPassed {
+                branch: "feature/42".into(),
+                commits: nz(3),
+            },
+            at,
+        )
+        .unwrap();
+        assert_eq!(
+            merge,
+            Stage::Merge {
+                feature_branch: "feature/42".into(),
+                commits_ahead: nz(3)
+            }
+        );
+        let done = transition(
+            &merge,
+            &PipelineEvent::MergeSucceeded { commit: "abc".into() },
+            at,
+        )
+        .unwrap();
+        assert_eq!(
+            done,
+            Stage::Done {
+                merged_at: at,
+                merge_commit: "abc".into()
+            }
+        );
+    }
+
+    #[test]
+    fn zero_commits_cannot_be_decoded() {
+        let bytes = postcard::to_allocvec(&Stage::Merge {
+            feature_branch: "b".into(),
+            commits_ahead: nz(1),
+        })
+        .unwrap();
+        let mut zeroed = bytes.clone();
+        *zeroed.last_mut().unwrap() = 0;
+        assert!(postcard::from_bytes::<Stage>(&zeroed).is_err());
+        assert!(postcard::from_bytes::<Stage>(&bytes).is_ok());
+    }
+
+    #[test]
+    fn stage_kind_names_round_trip() {
+        for k in StageKind::ALL {
+            assert_eq!(StageKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(StageKind::parse("merge-failure"), Some(StageKind::MergeFailure));
+        assert_eq!(StageKind::parse("nope"), None);
+    }
+}

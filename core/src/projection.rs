@@ -1,0 +1,272 @@
+//! The projection: what the op log means, as records that merge commutatively.
+//!
+//! Every register is last-writer-wins by [`Stamp`] `(lamport, author)`, every set is keyed
+//! so that applying the same ops in any order, any number of times, gives the same records.
+//! Derived facts (the current stage, conflicts, consecutive merge failures) are computed
+//! from the sorted transition history, never from arrival order.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::execution::ExecutionState;
+use crate::id::{NodeId, OpId, StoryId};
+use crate::payload::Role;
+use crate::pipeline::{PipelineEvent, Stage, StageKind};
+use crate::time::Timestamp;
+
+/// The order of concurrent writes: Lamport timestamp, then author id. Every replica
+/// compares the same two numbers, so equal Lamports from two authors pick the same winner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Lamport timestamp.
+    pub lamport: u64,
+    /// Author.
+    pub author: NodeId,
+}
+
+/// A last-writer-wins register.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Lww<T> {
+    pub stamp: Stamp,
+    pub value: T,
+}
+
+impl<T> Lww<T> {
+    /// Sets `reg` to `value` if `stamp` is newer; returns whether it changed.
+    pub fn merge(reg: &mut Option<Lww<T>>, stamp: Stamp, value: T) -> bool {
+        match reg {
+            Some(cur) if cur.stamp >= stamp => false,
+            _ => {
+                *reg = Some(Lww { stamp, value });
+                true
+            }
+        }
+    }
+}
+
+/// A lease (story claim or merge lock) as written by one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The holder.
+    pub node: NodeId,
+    /// When it was taken (the op's wall time).
+    pub claimed_at: Timestamp,
+    /// When it runs out.
+    pub expires_at: Timestamp,
+}
+
+/// Leases keyed by node: each node's latest take-or-release is LWW within its own entry, so
+/// a release only ever affects its author's lease. The effective lease is the newest live
+/// entry by stamp. Commutative by construction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LeaseSet {
+    entries: BTreeMap<NodeId, Lww<Option<Lease>>>,
+    /// Per node: entries with `lamport <= cleared` no longer count (stale-lock clearing).
+    cleared: BTreeMap<NodeId, u64>,
+}
+
+impl LeaseSet {
+    pub fn set(&mut self, stamp: Stamp, lease: Option<Lease>) -> bool {
+        let mut slot = self.entries.remove(&stamp.author);
+        let changed = Lww::merge(&mut slot, stamp, lease);
+        if let Some(s) = slot {
+            self.entries.insert(stamp.author, s);
+        }
+        changed
+    }
+
+    pub fn clear(&mut self, holder: NodeId, through: u64) {
+        let c = self.cleared.entry(holder).or_insert(0);
+        *c = (*c).max(through);
+    }
+
+    /// The newest lease that has not been released or cleared (it may have expired).
+    pub fn current(&self) -> Option<(Stamp, &Lease)> {
+        self.entries
+            .values()
+            .filter(|e| e.stamp.lamport > self.cleared.get(&e.stamp.author).copied().unwrap_or(0))
+            .filter_map(|e| e.value.as_ref().map(|l| (e.stamp, l)))
+            .max_by_key(|(s, _)| *s)
+    }
+}
+
+/// One transition in a story's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HistoryEntry {
+    pub stamp: Stamp,
+    pub op_id: OpId,
+    pub wall: Timestamp,
+    pub event: PipelineEvent,
+    pub from: Stage,
+    pub to: Stage,
+    pub base: Option<OpId>,
+}
+
+/// Everything known about one story. Stored under its id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoryRecord {
+    /// The earliest create op (stories may be created concurrently by two nodes).
+    pub created: Option<(Stamp, OpId)>,
+    pub name: Option<Lww<String>>,
+    pub body: Option<Lww<Option<String>>>,
+    pub depends_on: Option<Lww<Vec<StoryId>>>,
+    /// The earliest tombstone: delete wins over any concurrent or later update.
+    pub deleted: Option<Stamp>,
+    /// Transitions sorted by stamp (merge order).
+    pub history: Vec<HistoryEntry>,
+    pub claims: LeaseSet,
+    /// Per node, that node's execution state (written only by that node).
+    pub execution: BTreeMap<NodeId, Lww<ExecutionState>>,
+}
+
+impl StoryRecord {
+    pub fn visible(&self) -> bool {
+        self.created.is_some() && self.deleted.is_none()
+    }
+
+    /// The stage: the last transition's target in merge order, or the backlog.
+    pub fn stage(&self) -> Stage {
+        self.history.last().map_or(Stage::Backlog, |h| h.to.clone())
+    }
+
+    /// The op id a new local transition builds on.
+    pub fn stage_op(&self) -> Option<OpId> {
+        self.history.last().map(|h| h.op_id)
+    }
+
+    pub fn visible_kind(&self) -> Option<StageKind> {
+        self.visible().then(|| self.stage().kind())
+    }
+
+    /// Inserts a transition in merge order; false if it was there already.
+    pub fn insert_transition(&mut self, entry: HistoryEntry) -> bool {
+        match self.history.binary_search_by(|h| h.stamp.cmp(&entry.stamp)) {
+            Ok(_) => false,
+            Err(pos) => {
+                self.history.insert(pos, entry);
+                true
+            }
+        }
+    }
+
+    /// For each transition in merge order: was it made from a stage other than the one
+    /// the previous transition produced? Such transitions were concurrent.
+    pub fn conflict_flags(&self) -> Vec<bool> {
+        let mut prev = None;
+        self.history
+            .iter()
+            .map(|h| {
+                let conflict = h.base != prev;
+                prev = Some(h.op_id);
+                conflict
+            })
+            .collect()
+    }
+
+    /// Merge conflicts since the story last entered `Merge` from anything but a failure.
+    pub fn consecutive_merge_failures(&self) -> u32 {
+        let mut n = 0u32;
+        for h in self.history.iter().rev() {
+            match (&h.event, h.from.kind()) {
+                (PipelineEvent::MergeConflict { .. }, _) => n = n.saturating_add(1),
+                (PipelineEvent::GatesPassed { .. }, StageKind::MergeFailure) => {}
+                _ => break,
+            }
+        }
+        n
+    }
+}
+
+/// A node's presence as it last wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PresenceRecord {
+    pub stamp: Stamp,
+    pub label: String,
+    pub address: Option<String>,
+    pub heartbeat_at: Timestamp,
+}
+
+/// Membership of one key. Adds and removals merge commutatively: a removal recorded
+/// before the add arrives still holds once it does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MemberRecord {
+    pub role: Option<Lww<Role>>,
+    /// Ops of this key with `seq > cutoff` are void (removal or key rotation).
+    pub cutoff: Option<u64>,
+    pub rotated_to: Option<NodeId>,
+}
+
+impl MemberRecord {
+    pub fn role(&self) -> Option<Role> {
+        self.role.as_ref().map(|r| r.value)
+    }
+}
+
+/// Per-author bookkeeping: chain head, storage index, quarantine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AuthorRecord {
+    /// Short index used in storage keys.
+    pub idx: u32,
+    pub head_seq: u64,
+    pub head_id: Option<OpId>,
+    pub head_lamport: u64,
+    /// Equivocation seen at this seq: this and later ops of the author are void.
+    pub quarantined_at: Option<u64>,
+    /// The author's newest segment (first seq, op count, bytes), for small-segment merging.
+    pub last_segment: Option<(u64, u32, u32)>,
+}
+
+/// Cluster identity as the store knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ClusterMeta {
+    pub id: crate::id::ClusterId,
+    pub name: Option<String>,
+    pub admin: Option<NodeId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(l: u64, a: u8) -> Stamp {
+        Stamp {
+            lamport: l,
+            author: NodeId::from_bytes([a; 32]),
+        }
+    }
+
+    #[test]
+    fn equal_lamports_order_by_author() {
+        assert!(stamp(5, 2) > stamp(5, 1));
+        assert!(stamp(6, 1) > stamp(5, 2));
+        let mut r = None;
+        assert!(Lww::merge(&mut r, stamp(5, 1), "a"));
+        assert!(Lww::merge(&mut r, stamp(5, 2), "b"));
+        assert!(!Lww::merge(&mut r, stamp(5, 1), "a"));
+        assert_eq!(r.unwrap().value, "b");
+    }
+
+    #[test]
+    fn a_release_only_affects_its_author() {
+        let lease = |a: u8| {
+            Some(Lease {
+                node: NodeId::from_bytes([a; 32]),
+                claimed_at: Timestamp::from_millis(0),
+                expires_at: Timestamp::from_millis(10),
+            })
+        };
+        let ops = [
+            (stamp(5, 1), lease(1)),
+            (stamp(7, 2), lease(2)),
+            (stamp(8, 1), None),
+        ];
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]] {
+            let mut set = LeaseSet::default();
+            for i in order {
+                set.set(ops[i].0, ops[i].1.clone());
+            }
+            assert_eq!(set.current().unwrap().1.node, NodeId::from_bytes([2; 32]));
+        }
+    }
+}

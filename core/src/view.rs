@@ -1,0 +1,201 @@
+//! What queries return: plain data built from the projection.
+
+use crate::execution::ExecutionState;
+use crate::id::{NodeId, OpId, StoryId};
+use crate::payload::Role;
+use crate::pipeline::{PipelineEvent, Stage, StageKind};
+use crate::projection::{Lease, StoryRecord};
+use crate::time::Timestamp;
+
+/// A story as the projection has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Story {
+    /// Its id.
+    pub id: StoryId,
+    /// Its name.
+    pub name: String,
+    /// Its body.
+    pub body: Option<String>,
+    /// Stories it depends on.
+    pub depends_on: Vec<StoryId>,
+    /// The current stage.
+    pub stage: Stage,
+    /// The live claim, if any (not expired, holder not stale) at the query's `now`.
+    pub claim: Option<Lease>,
+    /// Tombstoned.
+    pub deleted: bool,
+    /// Transitions made concurrently with another one, in merge order.
+    pub conflicts: Vec<Conflict>,
+    /// Each node's execution state for this story.
+    pub execution: Vec<(NodeId, ExecutionState)>,
+    /// Merge conflicts in a row at the end of the history.
+    pub consecutive_merge_failures: u32,
+}
+
+/// A transition that was made from a stage other than the one its predecessor in merge
+/// order produced: two nodes moved the story at once. The later one by `(lamport, author)`
+/// decided the stage; both stay in the history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The concurrent transition.
+    pub op_id: OpId,
+    /// Its author.
+    pub author: NodeId,
+    /// Its Lamport timestamp.
+    pub lamport: u64,
+    /// Its event name.
+    pub event: &'static str,
+    /// The stage it was made from.
+    pub from: StageKind,
+    /// The stage it produced.
+    pub to: StageKind,
+    /// The transition before it in merge order, which it did not build on.
+    pub concurrent_with: Option<OpId>,
+}
+
+/// One transition of a story's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// The op.
+    pub op_id: OpId,
+    /// Its author.
+    pub author: NodeId,
+    /// Its Lamport timestamp.
+    pub lamport: u64,
+    /// Its wall time.
+    pub at: Timestamp,
+    /// The stage it was made from.
+    pub from: Stage,
+    /// The stage it produced.
+    pub to: Stage,
+    /// The event.
+    pub event: PipelineEvent,
+    /// Made concurrently with the transition before it.
+    pub conflict: bool,
+}
+
+/// A node's presence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node.
+    pub node: NodeId,
+    /// Its label.
+    pub label: String,
+    /// Where peers reach it.
+    pub address: Option<String>,
+    /// Its last heartbeat.
+    pub last_heartbeat: Timestamp,
+    /// Heartbeat fresh at the query's `now`.
+    pub alive: bool,
+}
+
+/// A member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The node.
+    pub node: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Removed (or rotated away): its later ops are void.
+    pub removed: bool,
+    /// The key it rotated to.
+    pub rotated_to: Option<NodeId>,
+    /// Quarantined for equivocation.
+    pub quarantined: bool,
+}
+
+/// A short description of one stored op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpSummary {
+    /// The op.
+    pub op_id: OpId,
+    /// Its author.
+    pub author: NodeId,
+    /// Its seq.
+    pub seq: u64,
+    /// Its Lamport timestamp.
+    pub lamport: u64,
+    /// Its wall time.
+    pub wall: Timestamp,
+    /// Payload kind (`transition`, `claim`, ...).
+    pub kind: &'static str,
+    /// The story, if any.
+    pub story: Option<StoryId>,
+}
+
+/// Evidence that an author signed two different ops for one seq.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForkInfo {
+    /// The author, quarantined.
+    pub author: NodeId,
+    /// The first seq at which its ops stop counting.
+    pub at_seq: u64,
+    /// The ops kept as evidence.
+    pub evidence: Vec<OpId>,
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct VerifyReport {
+    /// No problems.
+    pub ok: bool,
+    /// Ops re-checked.
+    pub ops_checked: u64,
+    /// Each problem, in words.
+    pub problems: Vec<String>,
+    /// Equivocations on record (not a problem of the store: evidence kept by design).
+    pub forks: Vec<ForkInfo>,
+}
+
+pub(crate) fn story_view(id: &StoryId, rec: &StoryRecord, live_claim: Option<Lease>) -> Story {
+    let flags = rec.conflict_flags();
+    let conflicts = rec
+        .history
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| flags[*i])
+        .map(|(i, h)| Conflict {
+            op_id: h.op_id,
+            author: h.stamp.author,
+            lamport: h.stamp.lamport,
+            event: h.event.name(),
+            from: h.from.kind(),
+            to: h.to.kind(),
+            concurrent_with: i.checked_sub(1).map(|p| rec.history[p].op_id),
+        })
+        .collect();
+    Story {
+        id: id.clone(),
+        name: rec.name.as_ref().map(|n| n.value.clone()).unwrap_or_default(),
+        body: rec.body.as_ref().and_then(|b| b.value.clone()),
+        depends_on: rec
+            .depends_on
+            .as_ref()
+            .map(|d| d.value.clone())
+            .unwrap_or_default(),
+        stage: rec.stage(),
+        claim: live_claim,
+        deleted: rec.deleted.is_some(),
+        conflicts,
+        execution: rec.execution.iter().map(|(n, s)| (*n, s.value.clone())).collect(),
+        consecutive_merge_failures: rec.consecutive_merge_failures(),
+    }
+}
+
+pub(crate) fn history_view(rec: &StoryRecord) -> Vec<Transition> {
+    let flags = rec.conflict_flags();
+    rec.history
+        .iter()
+        .zip(flags)
+        .map(|(h, conflict)| Transition {
+            op_id: h.op_id,
+            author: h.stamp.author,
+            lamport: h.stamp.lamport,
+            at: h.wall,
+            from: h.from.clone(),
+            to: h.to.clone(),
+            event: h.event.clone(),
+            conflict,
+        })
+        .collect()
+}
