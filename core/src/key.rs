@@ -104,6 +104,27 @@ pub(crate) fn verifying_key(node: &NodeId) -> Option<VerifyingKey> {
     (!vk.is_weak()).then_some(vk)
 }
 
+/// Checks an Ed25519 signature (`verify_strict`) by `node` over `message`, given as two
+/// 32-byte halves.
+pub(crate) fn check_signature(node: &NodeId, message: &[u8], sig: &[[u8; 32]; 2]) -> bool {
+    let Some(vk) = verifying_key(node) else {
+        return false;
+    };
+    let mut bytes = [0u8; 64];
+    bytes[..32].copy_from_slice(&sig[0]);
+    bytes[32..].copy_from_slice(&sig[1]);
+    vk.verify_strict(message, &Signature::from_bytes(&bytes)).is_ok()
+}
+
+/// Splits a signature into two 32-byte halves (serde handles arrays up to 32).
+pub(crate) fn split_signature(sig: &Signature) -> [[u8; 32]; 2] {
+    let b = sig.to_bytes();
+    let mut halves = [[0u8; 32]; 2];
+    halves[0].copy_from_slice(&b[..32]);
+    halves[1].copy_from_slice(&b[32..]);
+    halves
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,7 @@ mod payload;
 mod pipeline;
 mod projection;
 mod store;
+pub mod sync;
 mod time;
 mod version;
 mod view;

@@ -146,6 +146,18 @@ impl State {
         })
     }
 
+    /// Where `author`'s ops stop counting because it equivocated, if that matters: a fork
+    /// among ops that a removal (or key rotation) had voided already changes nothing, and
+    /// a replica that learned of the removal first never even stores those ops, so such a
+    /// fork is not reported anywhere (every replica reaches the same answer).
+    pub fn quarantine(&self, author: &NodeId) -> Option<u64> {
+        let q = self.authors.get(author)?.quarantined_at?;
+        match self.members.get(author).and_then(|m| m.cutoff) {
+            Some(cutoff) if q > cutoff => None,
+            _ => Some(q),
+        }
+    }
+
     /// The last seq of `author` that can be valid, if its validity is bounded.
     pub fn valid_until(&self, author: &NodeId) -> Option<u64> {
         let cutoff = self.members.get(author).and_then(|m| m.cutoff);
@@ -343,7 +355,7 @@ impl<'a> Working<'a> {
             return match self.stored_id(&author, c.seq)? {
                 Some(id) if id == op.id() => Ok(Admission::Duplicate),
                 Some(_) => {
-                    self.record_fork(&op, c.seq);
+                    self.record_fork(&op, c.seq)?;
                     Ok(Admission::Fork)
                 }
                 None => Ok(Admission::Duplicate),
@@ -351,16 +363,34 @@ impl<'a> Working<'a> {
         }
         if let Some(q) = quarantined {
             if c.seq >= q {
+                // Peers re-send fork evidence with every sync; evidence we keep already is
+                // a duplicate, not a refusal.
+                if self.is_evidence(&author, c.seq, &op.id())? {
+                    return Ok(Admission::Duplicate);
+                }
                 return Ok(Admission::Rejected(RejectReason::Quarantined(author)));
             }
         }
         if c.seq > head_seq + 1 {
+            // An op two or more past the author's cutoff can never count (its predecessor
+            // is void too, so it cannot even reveal a fork): refuse it instead of holding
+            // it for a predecessor that would be refused. One just past the cutoff waits,
+            // since its `prev` may show a fork at the cutoff.
+            if let Some(cutoff) = self.state.members.get(&author).and_then(|m| m.cutoff) {
+                if c.seq > cutoff.saturating_add(1) {
+                    return Ok(Admission::Rejected(RejectReason::Voided {
+                        author,
+                        seq: c.seq,
+                        cutoff,
+                    }));
+                }
+            }
             return Ok(Admission::Gap(op));
         }
         if c.prev != head_id {
             // The author signed an op whose chain passes through a different op at
             // `head_seq` than the one we hold: equivocation.
-            self.record_fork(&op, head_seq);
+            self.record_fork(&op, head_seq)?;
             return Ok(Admission::Fork);
         }
         if c.lamport <= head_lamport {
@@ -429,12 +459,42 @@ impl<'a> Working<'a> {
         self.new_ops.entry(author).or_default().push(op);
     }
 
-    fn record_fork(&mut self, op: &SignedOp, at_seq: u64) {
+    /// Is this op kept as fork evidence already (in this batch or in the store)?
+    fn is_evidence(&self, author: &NodeId, seq: u64, id: &OpId) -> Result<bool, Error> {
+        if self
+            .forks
+            .iter()
+            .any(|(a, s, i, _)| a == author && *s == seq && i == id)
+        {
+            return Ok(true);
+        }
+        Ok(self.db.get(key::fork(author, seq, id))?.is_some())
+    }
+
+    /// Records an equivocation: `op` contradicts the op we hold for `at_seq`. Both ops are
+    /// kept as evidence, so that any replica they are sent to detects the same fork even
+    /// if it holds neither (the held op is about to be voided by the quarantine).
+    fn record_fork(&mut self, op: &SignedOp, at_seq: u64) -> Result<(), Error> {
         let author = op.content().author;
         let c = op.content();
+        let held = match self
+            .new_ops
+            .get(&author)
+            .and_then(|ops| ops.iter().find(|o| o.content().seq == at_seq))
+        {
+            Some(held) => Some(held.clone()),
+            None => match self.state.authors.get(&author) {
+                Some(rec) => read_op(self.db, rec.idx, at_seq)?,
+                None => None,
+            },
+        };
+        if let Some(held) = held {
+            self.forks
+                .push((author, at_seq, held.id(), held.bytes().to_vec()));
+        }
         self.forks.push((author, c.seq, op.id(), op.bytes().to_vec()));
         let Some(rec) = self.state.authors.get_mut(&author) else {
-            return;
+            return Ok(());
         };
         let q = rec.quarantined_at.map_or(at_seq, |q| q.min(at_seq));
         rec.quarantined_at = Some(q);
@@ -442,6 +502,7 @@ impl<'a> Working<'a> {
         if rec.head_seq >= q {
             self.state.rebuild_needed = true;
         }
+        Ok(())
     }
 
     /// Ops that a local command produced go through the same path as remote ones.
@@ -737,7 +798,7 @@ fn write_segments(
                 let take = room.min(rest.len());
                 let merged: Vec<&[u8]> = old_ops
                     .iter()
-                    .copied()
+                    .map(|o| &o[..])
                     .chain(rest[..take].iter().map(|o| o.bytes()))
                     .collect();
                 let seg = store::encode_segment(merged.iter().copied());
@@ -798,7 +859,7 @@ pub(crate) fn for_each_op(
     for kv in db.range(key::segment(idx, start)..key::segment(idx.saturating_add(1), 0)) {
         let (_, v) = kv?;
         for bytes in store::decode_segment(&v)? {
-            let op = SignedOp::from_trusted_bytes(bytes)
+            let op = SignedOp::from_trusted_bytes(&bytes)
                 .map_err(|e| Error::Corrupt(format!("stored op does not decode: {e}")))?;
             if op.content().seq >= from && !f(op)? {
                 return Ok(());

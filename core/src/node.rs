@@ -1037,11 +1037,7 @@ impl Node {
                     role: m.role()?,
                     removed: m.cutoff.is_some(),
                     rotated_to: m.rotated_to,
-                    quarantined: self
-                        .state
-                        .authors
-                        .get(node)
-                        .is_some_and(|a| a.quarantined_at.is_some()),
+                    quarantined: self.state.quarantine(node).is_some(),
                 })
             })
             .collect()
@@ -1050,8 +1046,8 @@ impl Node {
     /// Equivocations on record.
     pub fn forks(&self) -> Result<Vec<ForkInfo>, Error> {
         let mut out = Vec::new();
-        for (node, rec) in &self.state.authors {
-            let Some(at_seq) = rec.quarantined_at else {
+        for node in self.state.authors.keys() {
+            let Some(at_seq) = self.state.quarantine(node) else {
                 continue;
             };
             let mut evidence = Vec::new();
@@ -1158,7 +1154,7 @@ impl Node {
                 }
                 for bytes in ops {
                     report.ops_checked += 1;
-                    let op = match UnverifiedOp::decode(bytes) {
+                    let op = match UnverifiedOp::decode(&bytes) {
                         Ok(op) => op,
                         Err(e) => {
                             report.problems.push(format!(
@@ -1288,4 +1284,161 @@ fn finish_rotation(home: &Home, state: &State, current: NodeId) -> Result<NodeKe
         )));
     }
     Ok(key)
+}
+
+/// What the sync protocol needs from a node.
+impl Node {
+    /// Signs `message` with this node's key (the sync handshake proof).
+    pub(crate) fn sign_bytes(&self, message: &[u8]) -> [[u8; 32]; 2] {
+        crate::key::split_signature(&self.key.sign(message))
+    }
+
+    /// Is `node` an admitted member that is neither removed nor quarantined?
+    pub fn is_active_member(&self, node: &NodeId) -> bool {
+        let member = self
+            .state
+            .members
+            .get(node)
+            .is_some_and(|m| m.role().is_some() && m.cutoff.is_none());
+        let quarantined = self
+            .state
+            .authors
+            .get(node)
+            .is_some_and(|a| a.quarantined_at.is_some());
+        member && !quarantined
+    }
+
+    /// Authors quarantined for equivocation.
+    pub fn quarantined_authors(&self) -> Vec<NodeId> {
+        quarantined(&self.state)
+    }
+
+    /// The signed ops kept as evidence of an author's equivocation.
+    pub fn fork_evidence(&self, author: &NodeId) -> Result<Vec<SignedOp>, Error> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(fork_prefix(author)) {
+            let (_, v) = kv?;
+            out.push(
+                SignedOp::from_trusted_bytes(&v)
+                    .map_err(|e| Error::Corrupt(format!("fork evidence: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The next ops a holder of `have` lacks, about `max_bytes` of them, in Lamport order
+    /// across authors (so an admission precedes the admitted node's ops). Reads at most
+    /// `max_bytes` per author: a catch-up of N ops costs O(N) reads in total.
+    pub fn ops_for_sync(&self, have: &VersionVector, max_bytes: usize) -> Result<Vec<SignedOp>, Error> {
+        let mut all = Vec::new();
+        let mut horizon: Option<(u64, NodeId)> = None;
+        for (node, rec) in &self.state.authors {
+            let until = self.state.valid_until(node).unwrap_or(u64::MAX).min(rec.head_seq);
+            let from = have.get(node) + 1;
+            if from > until {
+                continue;
+            }
+            let mut bytes = 0usize;
+            let mut truncated = false;
+            let mut last = None;
+            for_each_op(&self.db, rec.idx, from, |op| {
+                if op.content().seq > until {
+                    return Ok(false);
+                }
+                if bytes >= max_bytes {
+                    truncated = true;
+                    return Ok(false);
+                }
+                bytes += op.bytes().len();
+                last = Some((op.content().lamport, *node));
+                all.push(op);
+                Ok(true)
+            })?;
+            if truncated {
+                horizon = Some(match (horizon, last) {
+                    (Some(h), Some(l)) => h.min(l),
+                    (h, l) => h.or(l).expect("a truncated author read at least one op"),
+                });
+            }
+        }
+        all.sort_by_key(|op| (op.content().lamport, op.content().author, op.content().seq));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for op in all {
+            let stamp = (op.content().lamport, op.content().author);
+            if horizon.is_some_and(|h| stamp > h) || (bytes >= max_bytes && !out.is_empty()) {
+                break;
+            }
+            bytes += op.bytes().len();
+            out.push(op);
+        }
+        Ok(out)
+    }
+
+    /// Issues a one-time join ticket (admins only). `address` is where this node's daemon
+    /// listens; the ticket works until `now + ttl_secs`.
+    pub fn create_ticket(
+        &mut self,
+        now: Timestamp,
+        ttl_secs: u64,
+        address: String,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<crate::sync::Ticket, Error> {
+        if self.state.members.get(&self.node_id()).and_then(|m| m.role()) != Some(Role::Admin) {
+            return Err(Error::Unauthorized(
+                "only an admin may create join tickets".into(),
+            ));
+        }
+        if ttl_secs == 0 || ttl_secs > u64::from(crate::payload::MAX_TTL_SECS) {
+            return Err(Error::InvalidArgument(format!(
+                "ticket ttl must be 1 to {} seconds",
+                crate::payload::MAX_TTL_SECS
+            )));
+        }
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        let expires_at = now.add_secs(ttl_secs);
+        self.db.insert(
+            crate::sync::ticket_key(&secret),
+            store::encode(&crate::sync::TicketRecord { expires_at }),
+        )?;
+        self.db.flush()?;
+        Ok(crate::sync::Ticket {
+            cluster: self.cluster_id(),
+            issuer: self.node_id(),
+            address,
+            secret,
+            expires_at,
+        })
+    }
+
+    /// Redeems a join ticket for `node`: admits it as a member (one signed op) and forgets
+    /// the ticket. Fails for unknown, used or expired tickets.
+    pub fn redeem_ticket(&mut self, now: Timestamp, secret: &[u8; 32], node: NodeId) -> Result<(), Error> {
+        let k = crate::sync::ticket_key(secret);
+        let rec: crate::sync::TicketRecord = store::get(&self.db, &k, "ticket")?
+            .ok_or_else(|| Error::Unauthorized("unknown or already used join ticket".into()))?;
+        if now >= rec.expires_at {
+            self.db.remove(&k)?;
+            self.db.flush()?;
+            return Err(Error::Unauthorized(format!(
+                "join ticket expired at {}",
+                rec.expires_at
+            )));
+        }
+        match self.execute(
+            now,
+            Command::AddMember {
+                node,
+                role: Role::Member,
+            },
+        ) {
+            Ok(_) => {}
+            Err(Error::AlreadyExists(_)) if self.is_active_member(&node) => {}
+            Err(e) => return Err(e),
+        }
+        self.db.remove(&k)?;
+        self.db.flush()?;
+        Ok(())
+    }
 }

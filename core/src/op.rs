@@ -273,8 +273,13 @@ impl SignedOp {
     }
 }
 
-/// Verifies many ops at once: one batch equation for the lot, falling back to halves (and
-/// finally `verify_strict` on single ops) when the batch fails, so one bad op costs
+/// Most signatures checked by one batch equation in [`verify_ops`]. ed25519-dalek's batch
+/// cost per signature falls with the batch size (measured on a 2-vCPU EPYC: 12.0 µs at
+/// 256, 10.8 µs at 1024, 10.0 µs at 4096, no better beyond), while its memory grows with it.
+const VERIFY_BATCH: usize = 4096;
+
+/// Verifies many ops at once: one batch equation per 4096 ops, falling back to halves (and
+/// finally `verify_strict` on single ops) when a batch fails, so one bad op costs
 /// `O(log n)` extra batches and every good op is still accepted. `keys` caches decoded
 /// author keys across calls.
 pub fn verify_ops(
@@ -299,7 +304,14 @@ pub fn verify_ops(
             None => out.push(Some(Err((op, VerifyError::BadAuthorKey(author))))),
         }
     }
-    verify_range(pending, &mut out);
+    // Batches of VERIFY_BATCH, not one batch for everything: a batch of n signatures
+    // allocates O(n) curve points, and past a few thousand the per-signature cost stops
+    // falling while the allocation keeps growing (and faulting in fresh pages).
+    let mut pending = pending.into_iter().peekable();
+    while pending.peek().is_some() {
+        let chunk: Vec<_> = pending.by_ref().take(VERIFY_BATCH).collect();
+        verify_range(chunk, &mut out);
+    }
     out.into_iter().map(|r| r.expect("every op decided")).collect()
 }
 

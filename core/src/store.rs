@@ -32,7 +32,10 @@ pub const SEGMENT_MAX_OPS: usize = 1024;
 /// A segment smaller than this is extended in place by the next write of the same author,
 /// so single-op appends do not leave one sled key per op.
 pub const SEGMENT_MERGE_BYTES: usize = 16 * 1024;
-const SEGMENT_VERSION: u8 = 1;
+/// Segment layouts (see [`encode_segment`]).
+const SEGMENT_V1: u8 = 1;
+const SEGMENT_V2: u8 = 2;
+/// Layout byte, op count and checksum.
 const SEGMENT_HEADER: usize = 1 + 4 + 32;
 const SEGMENT_HASH_CONTEXT: &str = "huskies 2026-11 segment checksum v1";
 
@@ -223,46 +226,103 @@ fn segment_checksum(body: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// A segment: `version u8 | count u32 LE | blake3 checksum of body (32) | body`, where the
-/// body is the signed ops back to back (each self-delimiting).
+/// Where the bytes that every op of a segment shares start in a signed op: after the 4-byte
+/// length prefix and the content's version byte come the cluster id and the author id.
+const SHARED_AT: usize = 4 + 1;
+/// How many bytes a v2 segment stores once instead of once per op (cluster and author ids).
+const SHARED_LEN: usize = 32 + 32;
+/// Framing of a signed op around its content: length prefix and signature.
+const OP_FRAME: usize = 4 + 64;
+
+/// A segment holds a run of one author's signed ops. Two layouts, both read:
+///
+/// - v1: `1 | count u32 LE | blake3 checksum of body (32) | body`, where the body is the
+///   signed ops back to back (each self-delimiting).
+/// - v2 (written whenever it applies): `2 | count u32 LE | checksum of shared || body (32) |
+///   shared (64) | body`, where `shared` is the 64 bytes every op of the segment carries at
+///   offset 5 of its signed bytes (the content's cluster and author ids), and each op in the
+///   body has them cut out. This saves 64 of the ~240 bytes of a typical op; decoding puts
+///   them back, so the ops read back are byte-for-byte the signed ops.
 pub(crate) fn encode_segment<'a>(ops: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut body = Vec::new();
-    let mut count = 0u32;
-    for op in ops {
-        body.extend_from_slice(op);
-        count += 1;
-    }
-    let mut out = Vec::with_capacity(SEGMENT_HEADER + body.len());
-    out.push(SEGMENT_VERSION);
+    let ops: Vec<&[u8]> = ops.into_iter().collect();
+    let count = u32::try_from(ops.len()).expect("a segment holds at most SEGMENT_MAX_OPS ops");
+    let shared = ops
+        .first()
+        .and_then(|first| first.get(SHARED_AT..SHARED_AT + SHARED_LEN));
+    let v2 = shared.filter(|shared| {
+        ops.iter().all(|op| {
+            op.len() >= SHARED_AT + SHARED_LEN + 64 && &op[SHARED_AT..SHARED_AT + SHARED_LEN] == *shared
+        })
+    });
+    let body_len: usize = ops.iter().map(|op| op.len()).sum();
+    let mut out = Vec::with_capacity(SEGMENT_HEADER + SHARED_LEN + body_len);
+    out.push(if v2.is_some() { SEGMENT_V2 } else { SEGMENT_V1 });
     out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&segment_checksum(&body));
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&[0; 32]);
+    if let Some(shared) = v2 {
+        out.extend_from_slice(shared);
+        for op in &ops {
+            out.extend_from_slice(&op[..SHARED_AT]);
+            out.extend_from_slice(&op[SHARED_AT + SHARED_LEN..]);
+        }
+    } else {
+        for op in &ops {
+            out.extend_from_slice(op);
+        }
+    }
+    let sum = segment_checksum(&out[SEGMENT_HEADER..]);
+    out[5..SEGMENT_HEADER].copy_from_slice(&sum);
     out
 }
 
-/// Splits a stored segment into its ops' bytes after checking its checksum.
-pub(crate) fn decode_segment(bytes: &[u8]) -> Result<Vec<&[u8]>, Error> {
+/// Splits a stored segment into its ops' signed bytes after checking its checksum.
+pub(crate) fn decode_segment(bytes: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
     let corrupt = |why: &str| Error::Corrupt(format!("op segment {why}"));
-    if bytes.len() < SEGMENT_HEADER || bytes[0] != SEGMENT_VERSION {
+    if bytes.len() < SEGMENT_HEADER || !matches!(bytes[0], SEGMENT_V1 | SEGMENT_V2) {
         return Err(corrupt("has a bad header"));
     }
+    let v2 = bytes[0] == SEGMENT_V2;
     let count = u32::from_le_bytes(bytes[1..5].try_into().expect("4 bytes")) as usize;
-    let body = &bytes[SEGMENT_HEADER..];
-    if segment_checksum(body) != bytes[5..37] {
+    if segment_checksum(&bytes[SEGMENT_HEADER..]) != bytes[5..SEGMENT_HEADER] {
         return Err(corrupt("fails its checksum"));
     }
-    let mut ops = Vec::with_capacity(count);
+    let (shared, body) = if v2 {
+        if bytes.len() < SEGMENT_HEADER + SHARED_LEN {
+            return Err(corrupt("is truncated"));
+        }
+        bytes[SEGMENT_HEADER..].split_at(SHARED_LEN)
+    } else {
+        (&[][..], &bytes[SEGMENT_HEADER..])
+    };
+    // Every op costs at least its framing, so a corrupt count cannot make us over-allocate.
+    let mut ops = Vec::with_capacity(count.min(body.len() / OP_FRAME + 1));
     let mut rest = body;
     while !rest.is_empty() {
         if rest.len() < 4 {
             return Err(corrupt("is truncated"));
         }
-        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize + 4 + 64;
-        if rest.len() < len {
+        let content = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        let stored = if v2 {
+            if content < SHARED_AT - 4 + SHARED_LEN {
+                return Err(corrupt("holds an op too short for its layout"));
+            }
+            content - SHARED_LEN + OP_FRAME
+        } else {
+            content + OP_FRAME
+        };
+        if rest.len() < stored {
             return Err(corrupt("is truncated"));
         }
-        ops.push(&rest[..len]);
-        rest = &rest[len..];
+        let mut op = Vec::with_capacity(content + OP_FRAME);
+        if v2 {
+            op.extend_from_slice(&rest[..SHARED_AT]);
+            op.extend_from_slice(shared);
+            op.extend_from_slice(&rest[SHARED_AT..stored]);
+        } else {
+            op.extend_from_slice(&rest[..stored]);
+        }
+        ops.push(op);
+        rest = &rest[stored..];
     }
     if ops.len() != count {
         return Err(corrupt("has the wrong op count"));
@@ -293,11 +353,51 @@ mod tests {
             .copied()
             .collect::<Vec<u8>>();
         let seg = encode_segment([&a[..], &a[..]]);
+        assert_eq!(seg[0], SEGMENT_V1, "ops too short to share ids are stored whole");
         assert_eq!(decode_segment(&seg).unwrap().len(), 2);
         let mut bad = seg.clone();
         let n = bad.len();
         bad[n - 3] ^= 1;
         assert!(decode_segment(&bad).is_err());
         assert!(decode_segment(&seg[..seg.len() - 1]).is_err());
+    }
+
+    /// A fake signed op: length prefix, content (version, 64 shared bytes, `tail`), signature.
+    fn fake_op(shared: u8, tail: &[u8], sig: u8) -> Vec<u8> {
+        let content_len = 1 + SHARED_LEN + tail.len();
+        let mut op = (content_len as u32).to_le_bytes().to_vec();
+        op.push(1);
+        op.extend_from_slice(&[shared; SHARED_LEN]);
+        op.extend_from_slice(tail);
+        op.extend_from_slice(&[sig; 64]);
+        op
+    }
+
+    #[test]
+    fn v2_segments_store_shared_ids_once_and_read_back_exact_bytes() {
+        let ops = [
+            fake_op(7, b"first op", 1),
+            fake_op(7, b"", 2),
+            fake_op(7, b"third", 3),
+        ];
+        let seg = encode_segment(ops.iter().map(|o| &o[..]));
+        assert_eq!(seg[0], SEGMENT_V2);
+        let total: usize = ops.iter().map(|o| o.len()).sum();
+        assert_eq!(seg.len(), SEGMENT_HEADER + SHARED_LEN + total - 3 * SHARED_LEN);
+        assert_eq!(decode_segment(&seg).unwrap(), ops.to_vec());
+        for i in SEGMENT_HEADER..seg.len() {
+            let mut bad = seg.clone();
+            bad[i] ^= 0x10;
+            assert!(decode_segment(&bad).is_err(), "flip at {i} went unnoticed");
+        }
+        assert!(decode_segment(&seg[..seg.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn ops_that_differ_in_the_shared_bytes_get_a_v1_segment() {
+        let ops = [fake_op(7, b"a", 1), fake_op(8, b"b", 2)];
+        let seg = encode_segment(ops.iter().map(|o| &o[..]));
+        assert_eq!(seg[0], SEGMENT_V1);
+        assert_eq!(decode_segment(&seg).unwrap(), ops.to_vec());
     }
 }

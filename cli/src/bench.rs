@@ -1,0 +1,601 @@
+//! `huskies bench --json [--ops N]`: each throughput figure measured beside the physical
+//! ceiling that bounds it, in one run on one machine (see `docs/benchmarks.md` and the
+//! contract in `spec/bench.md`).
+//!
+//! Ceilings and figures are measured back to back so that their ratios hold on a noisy,
+//! shared machine: `append_vs_sign` compares local appends with raw Ed25519 signing,
+//! `ingest_vs_verify` compares the real merge path with raw batch verification.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use huskies_core::{
+    Command, ExecutionEvent, InitMode, Node, NodeConfig, PipelineEvent, StoryId, Timestamp, VersionVector,
+    SIGNING_DOMAIN,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Value};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Ops in the workload (the contract's `ops`; default 100000).
+    pub ops: usize,
+    /// Show a progress bar per phase on stderr (stdout stays clean for the JSON).
+    pub progress: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            ops: 100_000,
+            progress: false,
+        }
+    }
+}
+
+/// Commands per `execute_group` call in the append phase: one durable flush per group.
+pub const GROUP: usize = 512;
+/// Signatures per `verify_batch` call in the raw batch-verification ceiling (the contract's).
+pub const VERIFY_BATCH: usize = 256;
+/// Signatures per batch equation in `huskies_core::verify_ops`, for the second verification
+/// ceiling `raw_verify_core_batch_per_s` (keep in step with the core).
+pub const CORE_VERIFY_BATCH: usize = 4096;
+/// Stories in flight at once in the workload: their commands interleave round-robin, so a
+/// story's lifecycle spans several group commits (as on a real build farm).
+const IN_FLIGHT: usize = 64;
+/// A presence heartbeat every this many commands.
+const HEARTBEAT_EVERY: usize = 50;
+/// Wall-clock advance between two groups of the workload.
+const GROUP_MILLIS: i64 = 500;
+const START_MILLIS: i64 = 1_763_700_000_000;
+
+/// The 12 commands of one story's life, in order.
+const LIFECYCLE_STEPS: usize = 12;
+
+/// Runs every phase and returns the contract's JSON object.
+pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
+    ensure!(opts.ops >= 1, "--ops must be at least 1");
+    let n = opts.ops;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let tmp = tempfile::Builder::new()
+        .prefix("huskies-bench-")
+        .tempdir()
+        .context("creating a temporary directory for the bench homes")?;
+    let start = Timestamp::from_millis(START_MILLIS);
+
+    // Each ceiling is measured half just before and half just after the figure it bounds,
+    // so that a burst of load from other processes tends to hit both.
+    // Ceiling 1: raw signing, op-sized messages.
+    let sign_half = n.clamp(2_000, 50_000) / 2;
+    let mut sign = raw_sign(sign_half, opts)?;
+
+    // Figure 1: local appends through execute_group (workload built outside the timing).
+    let groups = workload(n)?;
+    let home_a = tmp.path().join("a");
+    let mut a = Node::init(
+        &home_a,
+        InitMode::NewCluster { name: "bench".into() },
+        &mut rand_core::OsRng,
+        start,
+        NodeConfig::default(),
+    )?;
+    let bar = progress_bar(opts, "append", n as u64);
+    let mut append_time = Duration::ZERO;
+    for (now, cmds) in groups {
+        let len = cmds.len();
+        let t = Instant::now();
+        let results = a.execute_group(now, cmds)?;
+        append_time += t.elapsed();
+        for r in results {
+            r.context("a workload command was refused")?;
+        }
+        bar.inc(len as u64);
+    }
+    bar.finish_and_clear();
+    let append_per_s = n as f64 / append_time.as_secs_f64();
+    sign.add(raw_sign(sign_half, opts)?);
+    let raw_sign_per_s = sign.per_s();
+
+    // Sizes: mean signed op, store on disk.
+    a.flush()?;
+    let all_ops = a.ops_since(&VersionVector::default())?;
+    let total_ops = all_ops.len();
+    ensure!(
+        total_ops == n + 1,
+        "node holds {total_ops} ops, expected {} (N + genesis)",
+        n + 1
+    );
+    let op_bytes = all_ops.iter().map(|o| o.bytes().len()).sum::<usize>() as f64 / total_ops as f64;
+    drop(all_ops);
+    let store_dir = home_a.join("store");
+    let disk_bytes = dir_size(&store_dir)?;
+    let sled_size = a.store_size()?;
+    let disk_bytes_per_op = disk_bytes as f64 / n as f64;
+
+    // A story to query after reopening: one from the middle of the finished ones.
+    let finished = stories_finished(n);
+    let probe = StoryId::new(story_name(finished / 2))?;
+    let probe_stage = a.story(&probe, start)?.stage.kind();
+
+    let bundle = a.export_since(&VersionVector::default())?;
+    let cluster = a.cluster_id();
+
+    // Ceiling 2: raw batch verification, op-sized messages, batches of 256.
+    let verify_half = n.div_ceil(VERIFY_BATCH).clamp(8, 200) / 2;
+    let mut verify = raw_verify_batch(verify_half, VERIFY_BATCH, opts)?;
+
+    // Figure 2: remote ops through the real merge path, one verification thread.
+    let (ingest_per_s, ingest_disk) =
+        ingest_into(&tmp.path().join("b"), cluster, &bundle, 1, total_ops, opts)?;
+    verify.add(raw_verify_batch(verify_half, VERIFY_BATCH, opts)?);
+    let raw_verify_batch_per_s = verify.per_s();
+    // The same ceiling at the batch size the core uses.
+    let core_batches = n.div_ceil(CORE_VERIFY_BATCH).clamp(4, 12);
+    let raw_verify_core_batch_per_s = raw_verify_batch(core_batches, CORE_VERIFY_BATCH, opts)?.per_s();
+    // Figure 3: the same with every core verifying.
+    let (ingest_parallel_per_s, _) =
+        ingest_into(&tmp.path().join("c"), cluster, &bundle, cores, total_ops, opts)?;
+    drop(bundle);
+
+    // Figure 4: reopen the appending home and answer one query.
+    drop(a);
+    let bar = progress_bar(opts, "reopen", 1);
+    let t = Instant::now();
+    let reopened = open_retrying(&home_a)?;
+    let story = reopened.story(&probe, start)?;
+    let reopen = t.elapsed();
+    bar.finish_and_clear();
+    ensure!(
+        story.stage.kind() == probe_stage && (finished == 0 || probe_stage.as_str() == "archived"),
+        "probe story is in stage {} after reopen, expected {probe_stage}",
+        story.stage.kind()
+    );
+    ensure!(
+        reopened.version_vector().get(&reopened.node_id()) == total_ops as u64,
+        "reopened home lost ops"
+    );
+    drop(reopened);
+
+    let peak_rss_mb = peak_rss_mb();
+    let out = json!({
+        "ops": n,
+        "raw_sign_per_s": round(raw_sign_per_s, 0),
+        "append_per_s": round(append_per_s, 0),
+        "append_vs_sign": round(append_per_s / raw_sign_per_s, 3),
+        "raw_verify_batch_per_s": round(raw_verify_batch_per_s, 0),
+        "ingest_per_s": round(ingest_per_s, 0),
+        "ingest_vs_verify": round(ingest_per_s / raw_verify_batch_per_s, 3),
+        "raw_verify_core_batch_per_s": round(raw_verify_core_batch_per_s, 0),
+        "ingest_vs_verify_core_batch": round(ingest_per_s / raw_verify_core_batch_per_s, 3),
+        "ingest_parallel_per_s": round(ingest_parallel_per_s, 0),
+        "sync_ops_per_s": Value::Null,
+        "sync_vs_ingest": Value::Null,
+        "reopen_ms": round(reopen.as_secs_f64() * 1000.0, 1),
+        "disk_bytes_per_op": round(disk_bytes_per_op, 1),
+        "op_bytes": round(op_bytes, 1),
+        "disk_vs_op_bytes": round(disk_bytes_per_op / op_bytes, 3),
+        "peak_rss_mb": peak_rss_mb.map(|m| round(m, 1)),
+        "store_bytes": disk_bytes,
+        "store_size_on_disk_sled": sled_size,
+        "ingest_store_bytes": ingest_disk,
+        "group_commit": GROUP,
+        "verify_batch": VERIFY_BATCH,
+        "core_verify_batch": CORE_VERIFY_BATCH,
+        "verify_threads_parallel": cores,
+        "cores": cores,
+        "cpu": cpu_model(),
+        "notes": "sync_ops_per_s and sync_vs_ingest are null: they need two network daemons on \
+                  loopback WebSocket, and the daemon does not exist yet. ops counts workload \
+                  commands; the appending home also holds its genesis op.",
+    });
+    Ok(out)
+}
+
+fn round(x: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (x * f).round() / f
+}
+
+fn progress_bar(opts: &BenchOptions, phase: &'static str, len: u64) -> ProgressBar {
+    if !opts.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let style =
+        ProgressStyle::with_template("{prefix:>8} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(phase);
+    bar
+}
+
+fn spinner(opts: &BenchOptions, phase: &'static str) -> ProgressBar {
+    if !opts.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{prefix:>8} [{elapsed_precise}] {spinner} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    bar.set_style(style);
+    bar.set_prefix(phase);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// A 48-byte message shaped like the core's: `SIGNING_DOMAIN || op id`.
+fn message(i: u64) -> [u8; 48] {
+    let mut m = [0u8; 48];
+    m[..16].copy_from_slice(SIGNING_DOMAIN);
+    let id = blake3_like(i);
+    m[16..].copy_from_slice(&id);
+    m
+}
+
+/// A cheap, distinct 32-byte pseudo op id (not timed).
+fn blake3_like(i: u64) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    for chunk in out.chunks_mut(8) {
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 29;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+fn bench_key() -> SigningKey {
+    SigningKey::generate(&mut rand_core::OsRng)
+}
+
+/// Work done in some time.
+#[derive(Clone, Copy, Debug)]
+struct Rate {
+    count: usize,
+    time: Duration,
+}
+
+impl Rate {
+    fn add(&mut self, other: Rate) {
+        self.count += other.count;
+        self.time += other.time;
+    }
+
+    fn per_s(&self) -> f64 {
+        self.count as f64 / self.time.as_secs_f64()
+    }
+}
+
+fn raw_sign(count: usize, opts: &BenchOptions) -> anyhow::Result<Rate> {
+    let key = bench_key();
+    let messages: Vec<[u8; 48]> = (0..count as u64).map(message).collect();
+    let bar = progress_bar(opts, "sign", count as u64);
+    let mut sink = 0u8;
+    let t = Instant::now();
+    for (i, m) in messages.iter().enumerate() {
+        let sig: Signature = key.sign(m);
+        sink ^= sig.to_bytes()[0];
+        if i % 1024 == 1023 {
+            bar.inc(1024);
+        }
+    }
+    let elapsed = t.elapsed();
+    bar.finish_and_clear();
+    std::hint::black_box(sink);
+    Ok(Rate { count, time: elapsed })
+}
+
+/// `batches` calls of `ed25519_dalek::verify_batch` over `size` signatures each, all by one
+/// key (as in an ingest from one author).
+fn raw_verify_batch(batches: usize, size: usize, opts: &BenchOptions) -> anyhow::Result<Rate> {
+    let key = bench_key();
+    let vk: VerifyingKey = key.verifying_key();
+    let total = batches * size;
+    let messages: Vec<[u8; 48]> = (0..total as u64).map(message).collect();
+    let sigs: Vec<Signature> = messages.iter().map(|m| key.sign(m)).collect();
+    let vks = vec![vk; size];
+    let bar = progress_bar(opts, "verify", total as u64);
+    let t = Instant::now();
+    for b in 0..batches {
+        let range = b * size..(b + 1) * size;
+        let msgs: Vec<&[u8]> = messages[range.clone()].iter().map(|m| &m[..]).collect();
+        ed25519_dalek::verify_batch(&msgs, &sigs[range], &vks).context("raw batch does not verify")?;
+        bar.inc(size as u64);
+    }
+    let elapsed = t.elapsed();
+    bar.finish_and_clear();
+    Ok(Rate {
+        count: total,
+        time: elapsed,
+    })
+}
+
+/// Ingests `bundle` into a fresh home that joins `cluster`; returns ops/s (decode + verify
+/// + apply + persist + projection) and the store's size on disk afterwards.
+fn ingest_into(
+    home: &Path,
+    cluster: huskies_core::ClusterId,
+    bundle: &[u8],
+    verify_threads: usize,
+    expected: usize,
+    opts: &BenchOptions,
+) -> anyhow::Result<(f64, u64)> {
+    let config = NodeConfig {
+        verify_threads,
+        ..NodeConfig::default()
+    };
+    let mut node = Node::init(
+        home,
+        InitMode::Join { cluster },
+        &mut rand_core::OsRng,
+        Timestamp::from_millis(START_MILLIS),
+        config,
+    )?;
+    let phase = if verify_threads == 1 { "ingest" } else { "ingest-p" };
+    let bar = spinner(opts, phase);
+    bar.set_message(format!("{expected} ops, {verify_threads} verify thread(s)"));
+    let t = Instant::now();
+    let report = node.ingest_bundle(bundle)?;
+    let elapsed = t.elapsed();
+    bar.finish_and_clear();
+    if !report.rejected.is_empty() || report.applied != expected {
+        bail!(
+            "ingest applied {} of {expected} ops ({} rejected, first: {:?})",
+            report.applied,
+            report.rejected.len(),
+            report.rejected.first().map(|r| r.reason.to_string())
+        );
+    }
+    node.flush()?;
+    let size = dir_size(&home.join("store"))?;
+    Ok((expected as f64 / elapsed.as_secs_f64(), size))
+}
+
+/// Opens a home, retrying briefly while the previous owner's store lock is released.
+fn open_retrying(home: &Path) -> anyhow::Result<Node> {
+    let mut tries = 0;
+    loop {
+        match Node::open(home, NodeConfig::default()) {
+            Ok(node) => return Ok(node),
+            Err(e) if e.to_string().contains("locked") && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sum of the sizes of the files under `dir`.
+fn dir_size(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            total += dir_size(&entry.path())?;
+        } else {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}
+
+/// `VmHWM` of this process, in MB (None off Linux).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+fn story_name(i: usize) -> String {
+    format!("{i}_bench_story")
+}
+
+/// How many stories the workload of `n` commands takes through their whole life (they
+/// finish in the order they start).
+fn stories_finished(n: usize) -> usize {
+    let mut w = Workload::new();
+    for _ in 0..n {
+        w.advance();
+    }
+    w.finished
+}
+
+/// The pipeline workload: `n` commands in groups of [`GROUP`], each with its `now`.
+/// Stories are created, claimed, moved through the pipeline (deps-met, gates-started,
+/// gates-passed with a branch and commits, merge-succeeded, accepted) with execution events
+/// along the way, [`IN_FLIGHT`] at a time, with a presence heartbeat every
+/// [`HEARTBEAT_EVERY`] commands. Deterministic: the same `n` gives the same commands.
+pub fn workload(n: usize) -> anyhow::Result<Vec<(Timestamp, Vec<Command>)>> {
+    let mut w = Workload::new();
+    let mut groups = Vec::with_capacity(n.div_ceil(GROUP));
+    let mut left = n;
+    let mut g = 0i64;
+    while left > 0 {
+        let len = left.min(GROUP);
+        let cmds: Vec<Command> = (0..len)
+            .map(|_| w.next_command())
+            .collect::<anyhow::Result<_>>()?;
+        groups.push((
+            Timestamp::from_millis(START_MILLIS + (g + 1) * GROUP_MILLIS),
+            cmds,
+        ));
+        left -= len;
+        g += 1;
+    }
+    Ok(groups)
+}
+
+/// Stories moving through the pipeline, [`IN_FLIGHT`] at a time, plus presence heartbeats.
+struct Workload {
+    /// Per slot: (story number, next lifecycle step).
+    slots: Vec<(usize, usize)>,
+    next_slot: usize,
+    started: usize,
+    finished: usize,
+    emitted: usize,
+}
+
+impl Workload {
+    fn new() -> Self {
+        Workload {
+            slots: Vec::with_capacity(IN_FLIGHT),
+            next_slot: 0,
+            started: 0,
+            finished: 0,
+            emitted: 0,
+        }
+    }
+
+    /// The next (story, step), or None for a presence heartbeat.
+    fn advance(&mut self) -> Option<(usize, usize)> {
+        self.emitted += 1;
+        if self.emitted.is_multiple_of(HEARTBEAT_EVERY) {
+            return None;
+        }
+        if self.slots.len() < IN_FLIGHT {
+            self.slots.push((self.started, 0));
+            self.started += 1;
+        }
+        let slot = self.next_slot;
+        self.next_slot = (self.next_slot + 1) % IN_FLIGHT;
+        let (story, step) = self.slots[slot];
+        if step + 1 == LIFECYCLE_STEPS {
+            self.finished += 1;
+            self.slots[slot] = (self.started, 0);
+            self.started += 1;
+        } else {
+            self.slots[slot].1 = step + 1;
+        }
+        Some((story, step))
+    }
+
+    fn next_command(&mut self) -> anyhow::Result<Command> {
+        match self.advance() {
+            None => Ok(Command::Heartbeat {
+                label: "bench-builder-1".into(),
+                address: Some("ws://10.0.0.7:7420".into()),
+            }),
+            Some((story, step)) => lifecycle(story, step),
+        }
+    }
+}
+
+fn lifecycle(story: usize, step: usize) -> anyhow::Result<Command> {
+    let id = StoryId::new(story_name(story))?;
+    let commits = NonZeroU32::new(1 + (story % 7) as u32).expect("non-zero");
+    let cmd = match step {
+        0 => Command::AddStory {
+            id,
+            name: format!("Story {story}: make the login page remember the user"),
+            body: Some(format!(
+                "As a user I want story {story} done so that the pipeline has realistic text."
+            )),
+            depends_on: match story.checked_sub(IN_FLIGHT) {
+                Some(dep) => vec![StoryId::new(story_name(dep))?],
+                None => vec![],
+            },
+        },
+        1 => Command::Claim { id, ttl_secs: 3600 },
+        2 => Command::Event {
+            id,
+            event: PipelineEvent::DepsMet,
+        },
+        3 => Command::Execution {
+            id,
+            event: ExecutionEvent::SpawnRequested {
+                agent: "coder-opus".into(),
+            },
+        },
+        4 => Command::Execution {
+            id,
+            event: ExecutionEvent::SpawnedSuccessfully,
+        },
+        5 => Command::Execution {
+            id,
+            event: ExecutionEvent::Heartbeat,
+        },
+        6 => Command::Event {
+            id,
+            event: PipelineEvent::GatesStarted,
+        },
+        7 => Command::Event {
+            id,
+            event: PipelineEvent::GatesPassed {
+                branch: format!("feature/story-{story}"),
+                commits,
+            },
+        },
+        8 => Command::Execution {
+            id,
+            event: ExecutionEvent::Exited { exit_code: 0 },
+        },
+        9 => Command::Event {
+            id,
+            event: PipelineEvent::MergeSucceeded { commit: hex40(story) },
+        },
+        10 => Command::Release { id },
+        11 => Command::Event {
+            id,
+            event: PipelineEvent::Accepted,
+        },
+        _ => bail!("lifecycle step {step} does not exist"),
+    };
+    Ok(cmd)
+}
+
+/// A 40-hex-digit pseudo commit hash.
+fn hex40(i: usize) -> String {
+    let b = blake3_like(i as u64);
+    b[..20].iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_bench_runs_and_reports_every_key() {
+        let out = run(&BenchOptions {
+            ops: 600,
+            progress: false,
+        })
+        .unwrap();
+        for k in [
+            "ops",
+            "raw_sign_per_s",
+            "append_per_s",
+            "append_vs_sign",
+            "raw_verify_batch_per_s",
+            "ingest_per_s",
+            "ingest_vs_verify",
+            "ingest_parallel_per_s",
+            "sync_ops_per_s",
+            "sync_vs_ingest",
+            "reopen_ms",
+            "disk_bytes_per_op",
+            "op_bytes",
+            "peak_rss_mb",
+            "notes",
+        ] {
+            assert!(out.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(out["ops"], 600);
+        assert!(out["sync_ops_per_s"].is_null());
+        assert!(out["append_per_s"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -1,0 +1,226 @@
+//! JSON shapes of the CLI contract (`shared/spec/cli.md`) and the human renderings.
+
+use huskies_core::{
+    ArchiveReason, ExecutionState, Lease, Member, OpSummary, Stage, Story, Timestamp, Transition,
+    VerifyReport,
+};
+use serde_json::{json, Value};
+
+/// RFC 3339 UTC.
+pub fn time(t: Timestamp) -> Value {
+    Value::String(t.to_rfc3339())
+}
+
+/// `{"kind": ..., fields}`. `merge_failure`'s own failure kind is `failure_kind`, because
+/// `kind` names the stage (see the README's note on the contract).
+pub fn stage(s: &Stage) -> Value {
+    let kind = s.kind().as_str();
+    match s {
+        Stage::Backlog | Stage::Coding | Stage::Qa => json!({ "kind": kind }),
+        Stage::Merge {
+            feature_branch,
+            commits_ahead,
+        } => {
+            json!({ "kind": kind, "feature_branch": feature_branch, "commits_ahead": commits_ahead.get() })
+        }
+        Stage::MergeFailure {
+            kind: failure,
+            reason,
+        } => {
+            json!({ "kind": kind, "failure_kind": failure, "reason": reason })
+        }
+        Stage::Done {
+            merged_at,
+            merge_commit,
+        } => {
+            json!({ "kind": kind, "merged_at": time(*merged_at), "merge_commit": merge_commit })
+        }
+        Stage::Archived { archived_at, reason } => {
+            json!({ "kind": kind, "archived_at": time(*archived_at), "reason": archive_reason(reason) })
+        }
+    }
+}
+
+fn archive_reason(r: &ArchiveReason) -> Value {
+    let kind = r.kind_str();
+    match r {
+        ArchiveReason::Completed | ArchiveReason::Abandoned => json!({ "kind": kind }),
+        ArchiveReason::Superseded { by } => json!({ "kind": kind, "by": by.as_str() }),
+        ArchiveReason::Blocked { reason }
+        | ArchiveReason::MergeFailed { reason }
+        | ArchiveReason::ReviewHeld { reason } => json!({ "kind": kind, "reason": reason }),
+    }
+}
+
+/// A live claim or lock.
+pub fn lease(l: &Lease) -> Value {
+    json!({ "node": l.node.to_hex(), "claimed_at": time(l.claimed_at), "expires_at": time(l.expires_at) })
+}
+
+fn execution(s: &ExecutionState) -> Value {
+    let kind = s.kind_str();
+    match s {
+        ExecutionState::Idle => json!({ "kind": kind }),
+        ExecutionState::Pending { agent, since } => {
+            json!({ "kind": kind, "agent": agent, "since": time(*since) })
+        }
+        ExecutionState::Running {
+            agent,
+            started_at,
+            last_heartbeat,
+        } => json!({
+            "kind": kind, "agent": agent, "started_at": time(*started_at), "last_heartbeat": time(*last_heartbeat)
+        }),
+        ExecutionState::RateLimited { agent, resume_at } => {
+            json!({ "kind": kind, "agent": agent, "resume_at": time(*resume_at) })
+        }
+        ExecutionState::Completed {
+            agent,
+            exit_code,
+            completed_at,
+        } => json!({
+            "kind": kind, "agent": agent, "exit_code": exit_code, "completed_at": time(*completed_at)
+        }),
+    }
+}
+
+/// The contract's story object (plus `body`, `execution`, `consecutive_merge_failures`).
+pub fn story(s: &Story) -> Value {
+    json!({
+        "id": s.id.as_str(),
+        "name": s.name,
+        "body": s.body,
+        "depends_on": s.depends_on.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
+        "stage": stage(&s.stage),
+        "claim": s.claim.as_ref().map(lease),
+        "deleted": s.deleted,
+        "conflicts": s.conflicts.iter().map(|c| json!({
+            "op_id": c.op_id.to_hex(),
+            "author": c.author.to_hex(),
+            "lamport": c.lamport,
+            "event": c.event,
+            "from": c.from.as_str(),
+            "to": c.to.as_str(),
+            "concurrent_with": c.concurrent_with.map(|o| o.to_hex()),
+        })).collect::<Vec<_>>(),
+        "execution": s.execution.iter().map(|(n, e)| (n.to_hex(), execution(e))).collect::<serde_json::Map<_, _>>(),
+        "consecutive_merge_failures": s.consecutive_merge_failures,
+    })
+}
+
+/// One transition of `story history`.
+pub fn transition(t: &Transition) -> Value {
+    json!({
+        "op_id": t.op_id.to_hex(),
+        "author": t.author.to_hex(),
+        "lamport": t.lamport,
+        "at": time(t.at),
+        "from": t.from.kind().as_str(),
+        "to": t.to.kind().as_str(),
+        "to_stage": stage(&t.to),
+        "event": t.event.name(),
+        "conflict": t.conflict,
+    })
+}
+
+/// One op of `huskies log`.
+pub fn op(o: &OpSummary) -> Value {
+    json!({
+        "op_id": o.op_id.to_hex(),
+        "author": o.author.to_hex(),
+        "seq": o.seq,
+        "lamport": o.lamport,
+        "at": time(o.wall),
+        "kind": o.kind,
+        "story": o.story.as_ref().map(|s| s.as_str()),
+    })
+}
+
+/// One member.
+pub fn member(m: &Member) -> Value {
+    json!({
+        "node_id": m.node.to_hex(),
+        "role": m.role.as_str(),
+        "removed": m.removed,
+        "quarantined": m.quarantined,
+        "rotated_to": m.rotated_to.map(|n| n.to_hex()),
+    })
+}
+
+/// `huskies verify`.
+pub fn verify(r: &VerifyReport) -> Value {
+    json!({
+        "ok": r.ok,
+        "ops_checked": r.ops_checked,
+        "problems": r.problems,
+        "forks": r.forks.iter().map(|f| json!({
+            "author": f.author.to_hex(),
+            "at_seq": f.at_seq,
+            "evidence": f.evidence.iter().map(|e| e.to_hex()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One line for a stage, for humans.
+pub fn stage_line(s: &Stage) -> String {
+    match s {
+        Stage::Backlog | Stage::Coding | Stage::Qa => s.kind().as_str().to_string(),
+        Stage::Merge {
+            feature_branch,
+            commits_ahead,
+        } => {
+            let plural = if commits_ahead.get() == 1 { "" } else { "s" };
+            format!("merge ({feature_branch}, {commits_ahead} commit{plural} ahead)")
+        }
+        Stage::MergeFailure { kind, reason } => format!("merge_failure ({kind}: {reason})"),
+        Stage::Done {
+            merged_at,
+            merge_commit,
+        } => format!("done ({merge_commit} at {merged_at})"),
+        Stage::Archived { archived_at, reason } => {
+            let why = match reason {
+                ArchiveReason::Superseded { by } => format!("superseded by {by}"),
+                ArchiveReason::Blocked { reason }
+                | ArchiveReason::MergeFailed { reason }
+                | ArchiveReason::ReviewHeld { reason } => format!("{}: {reason}", reason_kind(s)),
+                other => other.kind_str().to_string(),
+            };
+            format!("archived ({why}, at {archived_at})")
+        }
+    }
+}
+
+fn reason_kind(s: &Stage) -> &'static str {
+    match s {
+        Stage::Archived { reason, .. } => reason.kind_str(),
+        _ => "",
+    }
+}
+
+/// A story for humans.
+pub fn story_text(s: &Story) -> String {
+    let mut out = format!("{}  {}\n  stage: {}\n", s.id, s.name, stage_line(&s.stage));
+    if !s.depends_on.is_empty() {
+        let deps: Vec<&str> = s.depends_on.iter().map(|d| d.as_str()).collect();
+        out += &format!("  depends on: {}\n", deps.join(", "));
+    }
+    if let Some(c) = &s.claim {
+        out += &format!("  claimed by {} until {}\n", c.node.short(), c.expires_at);
+    }
+    if s.deleted {
+        out += "  deleted\n";
+    }
+    for c in &s.conflicts {
+        out += &format!(
+            "  conflict: {} by {} ({} -> {}) was concurrent with another transition\n",
+            c.event,
+            c.author.short(),
+            c.from,
+            c.to
+        );
+    }
+    if let Some(body) = &s.body {
+        out += &format!("\n{body}\n");
+    }
+    out
+}

@@ -1,0 +1,115 @@
+//! The frames of the sync protocol. Each WebSocket binary message is one frame: the
+//! postcard encoding of [`Message`]. See `docs/protocol.md`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{ClusterId, NodeId};
+use crate::version::VersionVector;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Why a side refuses the other (sent in [`Message::Refuse`] so the other side can show it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseCode {
+    /// Different protocol version.
+    Version,
+    /// Different cluster.
+    Cluster,
+    /// The peer's key is not a member (unknown, removed or quarantined).
+    NotMember,
+    /// The handshake proof did not verify.
+    BadProof,
+    /// The join ticket is unknown, used or expired.
+    Ticket,
+    /// A frame out of order, oversized or undecodable.
+    Protocol,
+    /// The handshake took too long, or the peer stopped reading.
+    Timeout,
+    /// This side is shutting down.
+    Shutdown,
+}
+
+impl RefuseCode {
+    /// A short name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseCode::Version => "version",
+            RefuseCode::Cluster => "cluster",
+            RefuseCode::NotMember => "not_member",
+            RefuseCode::BadProof => "bad_proof",
+            RefuseCode::Ticket => "ticket",
+            RefuseCode::Protocol => "protocol",
+            RefuseCode::Timeout => "timeout",
+            RefuseCode::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// First frame from each side.
+    Hello {
+        /// [`PROTOCOL_VERSION`].
+        protocol: u16,
+        /// The sender's cluster.
+        cluster: ClusterId,
+        /// The sender's node id.
+        node: NodeId,
+        /// Random bytes the other side must sign.
+        challenge: [u8; 32],
+        /// A one-time join ticket secret, presented by a node that is not a member yet.
+        ticket: Option<[u8; 32]>,
+    },
+    /// Second frame: proof of key possession and what the sender holds.
+    Auth {
+        /// Ed25519 signature over the auth statement (see `docs/protocol.md`).
+        proof: [[u8; 32]; 2],
+        /// The sender's version vector.
+        have: VersionVector,
+    },
+    /// Signed ops the receiver lacks, in Lamport order.
+    Ops {
+        /// Each op's signed bytes.
+        ops: Vec<Vec<u8>>,
+    },
+    /// What the sender holds now, and how many `Ops` frames it has merged in this session:
+    /// acknowledges frames (cumulatively) and doubles as a keepalive.
+    Ack {
+        /// The sender's version vector.
+        have: VersionVector,
+        /// `Ops` frames received and merged so far in this session.
+        frames: u64,
+    },
+    /// The sender ends the session.
+    Refuse {
+        /// Why.
+        code: RefuseCode,
+        /// In words.
+        reason: String,
+    },
+}
+
+impl Message {
+    /// The frame bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("messages always encode")
+    }
+
+    /// Decodes a frame.
+    pub fn decode(bytes: &[u8]) -> Result<Message, String> {
+        postcard::from_bytes(bytes).map_err(|e| e.to_string())
+    }
+
+    /// Name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Auth { .. } => "auth",
+            Message::Ops { .. } => "ops",
+            Message::Ack { .. } => "ack",
+            Message::Refuse { .. } => "refuse",
+        }
+    }
+}

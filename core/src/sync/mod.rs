@@ -1,0 +1,12 @@
+//! Replication between nodes, as a sans-IO protocol: frames and `now` in, frames, events
+//! and timeouts out. No sockets, no tokio, no clock reads; the daemon is a thin driver.
+//! See `docs/protocol.md`.
+
+mod message;
+mod session;
+mod ticket;
+
+pub use message::{Message, RefuseCode, PROTOCOL_VERSION};
+pub use session::{Session, SessionConfig, SessionEvent, SessionOptions, SyncError};
+pub use ticket::Ticket;
+pub(crate) use ticket::{ticket_key, TicketRecord};

@@ -1,0 +1,846 @@
+//! Hostile or broken input: every case gets a clear error or rejection reason and leaves
+//! the store exactly as it was (version vector, Lamport clock and projection compared
+//! before and after).
+
+mod common;
+
+use common::*;
+use huskies_core::{
+    decode_bundle, encode_bundle, Command, DecodeError, Error, ErrorKind, Node, NodeKey, OpContent, Payload,
+    RejectReason, Role, SignedOp, StoryField, UnverifiedOp, VerifyError, MAX_BODY_BYTES, MAX_LAMPORT_JUMP,
+    MAX_OP_BYTES, OP_FORMAT_VERSION,
+};
+use rand_core::RngCore;
+
+/// What must not change.
+#[derive(Debug, PartialEq, Eq)]
+struct Stored {
+    snapshot: Snapshot,
+    lamport: u64,
+    ops: usize,
+}
+
+fn stored(n: &Node) -> Stored {
+    Stored {
+        snapshot: snapshot(n, at(1000)),
+        lamport: n.lamport(),
+        ops: n.log(None).unwrap().len(),
+    }
+}
+
+/// Admin A with one story, and member B that has written ops A has not seen.
+fn setup(dir: &std::path::Path, seed: u64) -> (Node, Node) {
+    let mut rng = TestRng::new(seed);
+    let mut a = new_cluster(&dir.join("a"), &mut rng, at(0));
+    let mut b = join(&dir.join("b"), &mut a, Role::Member, &mut rng, at(0));
+    add_story(&mut a, at(1), "1_s");
+    sync(&mut a, &mut b);
+    (a, b)
+}
+
+fn story_create(id: &str) -> Payload {
+    Payload::StoryCreate {
+        story: sid(id),
+        name: id.into(),
+        body: None,
+        depends_on: vec![],
+    }
+}
+
+fn single_rejection(r: &huskies_core::IngestReport) -> &RejectReason {
+    assert_eq!(r.applied, 0, "{r:?}");
+    assert_eq!(r.rejected.len(), 1, "{r:?}");
+    let reason = &r.rejected[0].reason;
+    assert!(!reason.to_string().is_empty());
+    reason
+}
+
+#[test]
+fn truncated_and_garbage_op_bytes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = setup(dir.path(), 21);
+    let r = b
+        .execute(
+            at(2),
+            Command::Heartbeat {
+                label: "b".into(),
+                address: None,
+            },
+        )
+        .unwrap();
+    let op = b
+        .ops_since(&a.version_vector())
+        .unwrap()
+        .into_iter()
+        .find(|o| o.id() == r.op_id)
+        .unwrap();
+    let bytes = op.bytes().to_vec();
+    let before = stored(&a);
+
+    // Every truncation fails to decode, with a reason.
+    for cut in 0..bytes.len() {
+        let err = UnverifiedOp::decode(&bytes[..cut]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DecodeError::Truncated(_) | DecodeError::LengthMismatch { .. }
+            ),
+            "cut at {cut}: {err:?}"
+        );
+        assert!(!err.to_string().is_empty());
+    }
+    // Garbage of many shapes.
+    let mut g = TestRng::new(99);
+    for len in [0usize, 1, 5, 68, 69, 100, 300, 4096] {
+        let mut junk = vec![0u8; len];
+        g.fill_bytes(&mut junk);
+        assert!(
+            UnverifiedOp::decode(&junk).is_err(),
+            "junk of {len} bytes decoded"
+        );
+    }
+    let mut wrong_version = bytes.clone();
+    wrong_version[4] = OP_FORMAT_VERSION + 1;
+    assert_eq!(
+        UnverifiedOp::decode(&wrong_version).unwrap_err(),
+        DecodeError::UnsupportedVersion(OP_FORMAT_VERSION + 1)
+    );
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(
+        UnverifiedOp::decode(&longer).unwrap_err(),
+        DecodeError::LengthMismatch { .. }
+    ));
+    // A content byte changed inside the frame: the content no longer decodes, or decodes
+    // to something else whose signature fails.
+    for i in 5..bytes.len() - 64 {
+        let mut flipped = bytes.clone();
+        flipped[i] ^= 0x80;
+        if let Ok(op) = UnverifiedOp::decode(&flipped) {
+            assert!(op.verify().is_err(), "byte {i} flipped still verifies");
+        }
+    }
+
+    // A bundle whose ops frame correctly but do not decode: each is a Malformed rejection.
+    let mut bundle = b"HSKB\x01".to_vec();
+    let junk: [&[u8]; 3] = [&bytes[..20], &[0xff; 90], &wrong_version];
+    bundle.extend_from_slice(&(junk.len() as u32).to_le_bytes());
+    for j in junk {
+        bundle.extend_from_slice(&(j.len() as u32).to_le_bytes());
+        bundle.extend_from_slice(j);
+    }
+    let report = a.ingest_bundle(&bundle).unwrap();
+    assert_eq!(report.applied, 0);
+    assert_eq!(report.rejected.len(), 3);
+    for rej in &report.rejected {
+        assert!(matches!(rej.reason, RejectReason::Malformed(_)), "{rej:?}");
+        assert_eq!(rej.op_id, None);
+    }
+    assert_eq!(stored(&a), before);
+}
+
+#[test]
+fn a_broken_bundle_is_an_error_and_ingests_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = setup(dir.path(), 22);
+    for i in 0..3 {
+        add_story(&mut b, at(2), &format!("b_{i}"));
+    }
+    let good = b.export_since(&a.version_vector()).unwrap();
+    assert_eq!(decode_bundle(&good).unwrap().len(), 3);
+    let before = stored(&a);
+
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    cases.push(("empty".into(), Vec::new()));
+    cases.push(("bad magic".into(), {
+        let mut x = good.clone();
+        x[0] = b'X';
+        x
+    }));
+    cases.push(("bad version".into(), {
+        let mut x = good.clone();
+        x[4] = 9;
+        x
+    }));
+    cases.push(("count too high".into(), {
+        let mut x = good.clone();
+        x[5] = 4;
+        x
+    }));
+    cases.push(("trailing bytes".into(), {
+        let mut x = good.clone();
+        x.push(0);
+        x
+    }));
+    cases.push(("op longer than the limit".into(), {
+        let mut x = good.clone();
+        x[9..13].copy_from_slice(&(MAX_OP_BYTES as u32 + 1).to_le_bytes());
+        x
+    }));
+    for cut in [5, 9, 12, 13, 40, good.len() / 2, good.len() - 1] {
+        cases.push((format!("cut at {cut}"), good[..cut].to_vec()));
+    }
+    for (what, bytes) in cases {
+        let err = a.ingest_bundle(&bytes).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{what}: {err:?}");
+        assert!(err.to_string().contains("bundle"), "{what}: {err}");
+        assert_eq!(stored(&a), before, "{what}");
+    }
+    // The intact bundle still applies.
+    assert_eq!(a.ingest_bundle(&good).unwrap().applied, 3);
+}
+
+#[test]
+fn a_flipped_signature_bit_is_a_bad_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = setup(dir.path(), 23);
+    add_story(&mut b, at(2), "b_1");
+    let op = b.ops_since(&a.version_vector()).unwrap().pop().unwrap();
+    let before = stored(&a);
+    let n = op.bytes().len();
+    for bit in [0usize, 7, 100, 511] {
+        let mut bytes = op.bytes().to_vec();
+        bytes[n - 64 + bit / 8] ^= 1 << (bit % 8);
+        let bad = UnverifiedOp::decode(&bytes).expect("framing is intact");
+        assert_eq!(bad.id(), op.id(), "the id covers the content only");
+        let r = a.ingest(vec![bad]).unwrap();
+        assert_eq!(
+            single_rejection(&r),
+            &RejectReason::BadSignature(VerifyError::BadSignature(b.node_id()))
+        );
+        assert_eq!(r.rejected[0].op_id, Some(op.id()));
+        assert_eq!(stored(&a), before);
+    }
+    // In a batch with good ops, only the bad one is refused.
+    let mut bytes = op.bytes().to_vec();
+    bytes[n - 1] ^= 0x10;
+    add_story(&mut b, at(3), "b_2");
+    let mut ops = unverified(b.ops_since(&a.version_vector()).unwrap());
+    ops[0] = UnverifiedOp::decode(&bytes).unwrap();
+    let r = a.ingest(ops).unwrap();
+    assert_eq!(r.rejected.len(), 1);
+    assert!(matches!(r.rejected[0].reason, RejectReason::BadSignature(_)));
+    assert_eq!(r.buffered, 1, "the good successor waits for its predecessor");
+    assert_eq!(stored(&a), before);
+    // The genuine op fills the gap.
+    let r = a.ingest(vec![op.into_unverified()]).unwrap();
+    assert_eq!(r.applied, 2);
+}
+
+#[test]
+fn ops_of_another_cluster_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b) = setup(dir.path(), 24);
+    let mut rng = TestRng::new(240);
+    let mut other = new_cluster(&dir.path().join("other"), &mut rng, at(0));
+    add_story(&mut other, at(1), "x_1");
+    let before = stored(&a);
+    let foreign = other.ops_since(&Default::default()).unwrap();
+    assert_eq!(foreign.len(), 2);
+    let r = a.ingest(unverified(foreign)).unwrap();
+    assert_eq!(r.applied, 0);
+    assert_eq!(r.rejected.len(), 2);
+    for rej in &r.rejected {
+        assert_eq!(
+            rej.reason,
+            RejectReason::WrongCluster {
+                expected: a.cluster_id(),
+                got: other.cluster_id()
+            }
+        );
+        assert_eq!(rej.author, Some(other.node_id()));
+    }
+    let r = a
+        .ingest_bundle(&other.export_since(&Default::default()).unwrap())
+        .unwrap();
+    assert_eq!(r.rejected.len(), 2);
+    assert_eq!(stored(&a), before);
+
+    // The other cluster's admin signing an op that names our cluster: unknown author.
+    let forged = craft(
+        &NodeKey::from_seed([1; 32]),
+        a.cluster_id(),
+        1,
+        a.lamport() + 1,
+        None,
+        at(2),
+        story_create("forged"),
+    );
+    let r = a.ingest(vec![forged.into_unverified()]).unwrap();
+    assert!(matches!(single_rejection(&r), RejectReason::UnknownAuthor(_)));
+    assert_eq!(stored(&a), before);
+}
+
+#[test]
+fn ops_of_unknown_authors_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b) = setup(dir.path(), 25);
+    let mut stranger = RawAuthor::new([0x55; 32], a.cluster_id());
+    let before = stored(&a);
+    let op = stranger.next(a.lamport() + 1, at(2), story_create("s_1"));
+    let r = a.ingest(vec![op.into_unverified()]).unwrap();
+    assert_eq!(single_rejection(&r), &RejectReason::UnknownAuthor(stranger.id()));
+    assert!(r.rejected[0].reason.to_string().contains("not a member"));
+    // A stranger claiming the cluster's genesis is refused too.
+    let fake = RawAuthor::new([0x56; 32], a.cluster_id()).next(
+        1,
+        at(2),
+        Payload::Genesis {
+            name: "test".into(),
+            nonce: [0; 16],
+        },
+    );
+    let r = a.ingest(vec![fake.into_unverified()]).unwrap();
+    assert!(
+        matches!(single_rejection(&r), RejectReason::Unauthorized(_)),
+        "{r:?}"
+    );
+    assert_eq!(stored(&a), before);
+    // An unknown node id that is not even a valid key cannot be added.
+    let err = a
+        .execute(
+            at(3),
+            Command::AddMember {
+                node: huskies_core::NodeId::from_bytes([0; 32]),
+                role: Role::Member,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert_eq!(stored(&a), before);
+}
+
+#[test]
+fn a_seq_gap_is_buffered_not_applied_until_it_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = setup(dir.path(), 26);
+    for i in 0..4 {
+        add_story(&mut b, at(2), &format!("b_{i}"));
+    }
+    let ops = b.ops_since(&a.version_vector()).unwrap();
+    assert_eq!(ops.len(), 4);
+    let before = stored(&a);
+
+    let r = a
+        .ingest(unverified(vec![ops[3].clone(), ops[1].clone()]))
+        .unwrap();
+    assert_eq!((r.applied, r.buffered), (0, 2), "{r:?}");
+    assert!(r.rejected.is_empty());
+    assert_eq!(a.buffered_ops(), 2);
+    assert_eq!(stored(&a), before, "buffered ops are not applied or stored");
+    // Re-sending a buffered op does not buffer it twice.
+    let r = a.ingest(unverified(vec![ops[3].clone()])).unwrap();
+    assert_eq!(r.applied, 0);
+    assert_eq!(a.buffered_ops(), 2);
+
+    let r = a.ingest(unverified(vec![ops[0].clone()])).unwrap();
+    assert_eq!(r.applied, 2, "op 1 and the buffered op 2: {r:?}");
+    assert_eq!(a.buffered_ops(), 1);
+    assert_eq!(a.version_vector().get(&b.node_id()), 2);
+    let r = a.ingest(unverified(vec![ops[2].clone()])).unwrap();
+    assert_eq!(r.applied, 2);
+    assert_eq!(a.buffered_ops(), 0);
+    assert_eq!(a.version_vector(), b.version_vector());
+    assert_eq!(snapshot(&a, at(5)), snapshot(&b, at(5)));
+}
+
+#[test]
+fn a_lamport_jump_beyond_the_bound_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b) = setup(dir.path(), 27);
+    let mut m = RawAuthor::new([0x4d; 32], a.cluster_id());
+    a.execute(
+        at(1),
+        Command::AddMember {
+            node: m.id(),
+            role: Role::Member,
+        },
+    )
+    .unwrap();
+    let before = stored(&a);
+    let local = a.lamport();
+    let far = m.peek(local + MAX_LAMPORT_JUMP + 1, at(2), story_create("far"));
+    let r = a.ingest(vec![far.into_unverified()]).unwrap();
+    match single_rejection(&r) {
+        RejectReason::LamportJump(j) => {
+            assert_eq!(j.remote, local + MAX_LAMPORT_JUMP + 1);
+            assert_eq!(j.local, local);
+        }
+        other => panic!("expected LamportJump, got {other:?}"),
+    }
+    let far = m.peek(u64::MAX, at(2), story_create("far"));
+    assert!(matches!(
+        single_rejection(&a.ingest(vec![far.into_unverified()]).unwrap()),
+        RejectReason::LamportJump(_)
+    ));
+    assert_eq!(stored(&a), before);
+    // Exactly at the bound is accepted.
+    let edge = m.next(local + MAX_LAMPORT_JUMP, at(2), story_create("edge"));
+    assert_eq!(a.ingest(vec![edge.into_unverified()]).unwrap().applied, 1);
+    assert_eq!(a.lamport(), local + MAX_LAMPORT_JUMP);
+    // A Lamport that does not increase along the author's chain is refused as well.
+    let back = m.peek(local + 5, at(3), story_create("back"));
+    assert!(matches!(
+        single_rejection(&a.ingest(vec![back.into_unverified()]).unwrap()),
+        RejectReason::LamportNotIncreasing { .. }
+    ));
+    // The local clock continues from the jump.
+    let rc = a
+        .execute(
+            at(4),
+            Command::UpdateStory {
+                id: sid("1_s"),
+                field: StoryField::Name("n".into()),
+            },
+        )
+        .unwrap();
+    assert_eq!(rc.lamport, local + MAX_LAMPORT_JUMP + 1);
+}
+
+#[test]
+fn oversized_payloads_are_refused_at_signing_and_at_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b) = setup(dir.path(), 28);
+    let before = stored(&a);
+    let huge = "x".repeat(MAX_BODY_BYTES + 1);
+
+    // Locally: refused with a clear argument error, nothing written.
+    let err = a
+        .execute(
+            at(2),
+            Command::AddStory {
+                id: sid("big"),
+                name: "big".into(),
+                body: Some(huge.clone()),
+                depends_on: vec![],
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.to_string().contains("limit"), "{err}");
+    let err = a
+        .execute(
+            at(2),
+            Command::UpdateStory {
+                id: sid("1_s"),
+                field: StoryField::Name("n".repeat(5000)),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(stored(&a), before);
+
+    // At signing.
+    let key = NodeKey::from_seed([9; 32]);
+    let content = OpContent {
+        version: OP_FORMAT_VERSION,
+        cluster: a.cluster_id(),
+        author: key.node_id(),
+        seq: 1,
+        lamport: 1,
+        prev: None,
+        wall: at(2),
+        payload: Payload::StoryCreate {
+            story: sid("big"),
+            name: "big".into(),
+            body: Some(huge),
+            depends_on: vec![],
+        },
+    };
+    let err = SignedOp::sign(content.clone(), &key).unwrap_err();
+    assert!(matches!(err, DecodeError::Invalid(_)), "{err:?}");
+
+    // At decode: the same content framed by hand (with any signature) is refused before
+    // signatures are looked at...
+    let body = postcard::to_allocvec(&content).unwrap();
+    let mut framed = (body.len() as u32).to_le_bytes().to_vec();
+    framed.extend_from_slice(&body);
+    framed.extend_from_slice(&[0u8; 64]);
+    assert!(framed.len() < MAX_OP_BYTES);
+    let err = UnverifiedOp::decode(&framed).unwrap_err();
+    assert!(matches!(err, DecodeError::Invalid(_)), "{err:?}");
+    assert!(err.to_string().contains("limit"), "{err}");
+    // ...and so is anything over the op size limit, whatever it holds.
+    let mut over = ((MAX_OP_BYTES - 68 + 1) as u32).to_le_bytes().to_vec();
+    over.resize(MAX_OP_BYTES + 1, 0);
+    assert_eq!(
+        UnverifiedOp::decode(&over).unwrap_err(),
+        DecodeError::TooLarge(MAX_OP_BYTES + 1)
+    );
+    // In a bundle, the framed op is a Malformed rejection.
+    let mut bundle = b"HSKB\x01".to_vec();
+    bundle.extend_from_slice(&1u32.to_le_bytes());
+    bundle.extend_from_slice(&(framed.len() as u32).to_le_bytes());
+    bundle.extend_from_slice(&framed);
+    let r = a.ingest_bundle(&bundle).unwrap();
+    assert!(matches!(
+        single_rejection(&r),
+        RejectReason::Malformed(DecodeError::Invalid(_))
+    ));
+    assert_eq!(stored(&a), before);
+    assert!(encode_bundle(std::iter::empty()).len() == 9);
+}
+
+#[test]
+fn only_admins_add_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = setup(dir.path(), 29);
+    let mut rng = TestRng::new(290);
+    let mut outsider_node = outsider(&dir.path().join("o"), a.cluster_id(), &mut rng, at(0));
+    push(&a, &mut outsider_node);
+    let newcomer = NodeKey::from_seed([0x77; 32]).node_id();
+
+    // Locally: an outsider and a plain member are refused, and nothing is written.
+    for n in [&mut outsider_node, &mut b] {
+        let before = stored(n);
+        let err = n
+            .execute(
+                at(2),
+                Command::AddMember {
+                    node: newcomer,
+                    role: Role::Admin,
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+        assert!(err.to_string().contains("admin"), "{err}");
+        assert_eq!(stored(n), before);
+    }
+    // An outsider cannot write anything at all.
+    let err = outsider_node
+        .execute(
+            at(2),
+            Command::Heartbeat {
+                label: "o".into(),
+                address: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthorized);
+
+    // At merge: a member's signed MemberAdd is refused on every replica.
+    let mut m = RawAuthor::new([0x4d; 32], a.cluster_id());
+    a.execute(
+        at(3),
+        Command::AddMember {
+            node: m.id(),
+            role: Role::Member,
+        },
+    )
+    .unwrap();
+    sync(&mut a, &mut b);
+    let before_a = stored(&a);
+    let add = m.next(
+        a.lamport() + 1,
+        at(4),
+        Payload::MemberAdd {
+            node: newcomer,
+            role: Role::Admin,
+        },
+    );
+    for n in [&mut a, &mut b] {
+        let r = n.ingest(vec![add.clone().into_unverified()]).unwrap();
+        assert!(
+            matches!(single_rejection(&r), RejectReason::Unauthorized(why) if why.contains("admin")),
+            "{r:?}"
+        );
+        assert!(n.members().iter().all(|x| x.node != newcomer));
+    }
+    assert_eq!(stored(&a), before_a);
+    // ...and so is a removal by a member.
+    // (M's refused op did not advance its chain: this is M's seq 1 again.)
+    let m = RawAuthor::new([0x4d; 32], a.cluster_id());
+    let remove = m.peek(
+        a.lamport() + 1,
+        at(4),
+        Payload::MemberRemove {
+            node: a.node_id(),
+            cutoff_seq: 0,
+        },
+    );
+    assert!(matches!(
+        single_rejection(&a.ingest(vec![remove.into_unverified()]).unwrap()),
+        RejectReason::Unauthorized(_)
+    ));
+    assert_eq!(stored(&a), before_a);
+}
+
+/// Builds a closed home with some history; returns its snapshot.
+fn closed_home(path: &std::path::Path, seed: u64) -> Stored {
+    let mut rng = TestRng::new(seed);
+    let mut n = new_cluster(path, &mut rng, at(0));
+    for i in 0..30 {
+        add_story(&mut n, at(1), &format!("s_{i}"));
+        if i % 3 == 0 {
+            event(
+                &mut n,
+                at(2),
+                &format!("s_{i}"),
+                huskies_core::PipelineEvent::DepsMet,
+            );
+        }
+    }
+    stored(&n)
+}
+
+/// What opening a damaged home gave.
+#[derive(Debug)]
+enum Outcome {
+    Refused(ErrorKind),
+    /// Opened; the store is consistent (verify is clean) and holds `ops` of the original.
+    RolledBack {
+        ops: u64,
+    },
+    /// Opened; verify reports problems.
+    Flagged(Vec<String>),
+}
+
+fn open_damaged(home: &std::path::Path, original: &Stored) -> Outcome {
+    let home = home.to_path_buf();
+    let original_vv = original.snapshot.vv.clone();
+    let r = std::panic::catch_unwind(move || match Node::open(&home, config()) {
+        Err(e) => {
+            assert!(
+                matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::Io),
+                "unexpected error kind: {e:?}"
+            );
+            assert!(!e.to_string().is_empty());
+            Outcome::Refused(e.kind())
+        }
+        Ok(n) => {
+            let report = n.verify(|_| {}).expect("verify runs");
+            if !report.ok {
+                assert!(!report.problems.is_empty());
+                return Outcome::Flagged(report.problems);
+            }
+            let vv = n.version_vector();
+            assert!(
+                original_vv.dominates(&vv),
+                "a clean store must be a prefix of the original"
+            );
+            let snap = snapshot(&n, at(1000));
+            if vv == original_vv {
+                assert_eq!(snap, snapshot_of(original));
+            }
+            Outcome::RolledBack { ops: vv.total() }
+        }
+    });
+    match r {
+        Ok(o) => o,
+        Err(_) => panic!("opening a damaged home panicked"),
+    }
+}
+
+fn snapshot_of(s: &Stored) -> Snapshot {
+    s.snapshot.clone()
+}
+
+/// Bytes overwritten in sled's own files. sled checks each log message's CRC and treats a
+/// bad one as the torn tail of a crash: it recovers the last consistent batch before it.
+/// So damage is either refused at open (Corrupt/Io), or leaves a clean, consistent prefix
+/// of the original store (never a mix, never a panic). Damage at the start of the file or
+/// in sled's config is refused outright.
+#[test]
+fn damaged_sled_files_are_refused_or_roll_back_to_a_consistent_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    let original = closed_home(&base, 30);
+    let db_len = std::fs::metadata(base.join("store/db")).unwrap().len() as usize;
+    let total = original.snapshot.vv.total();
+
+    let mut outcomes = Vec::new();
+    let damage: Vec<(&str, usize, &str)> = [0, db_len / 5, db_len / 2, db_len * 4 / 5, db_len - 40]
+        .into_iter()
+        .flat_map(|off| [("db", off, "flip"), ("db", off, "zero"), ("db", off, "truncate")])
+        .chain([("conf", 0, "flip"), ("conf", 10, "truncate")])
+        .collect();
+    for (i, (file, off, how)) in damage.into_iter().enumerate() {
+        let home = dir.path().join(format!("d{i}"));
+        copy_dir(&base, &home);
+        let path = home.join("store").join(file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let len = bytes.len();
+        match how {
+            "flip" => bytes[off..(off + 32).min(len)]
+                .iter_mut()
+                .for_each(|b| *b ^= 0x5a),
+            "zero" => bytes[off..].iter_mut().for_each(|b| *b = 0),
+            _ => bytes.truncate(off),
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let outcome = open_damaged(&home, &original);
+        eprintln!("{file} {how} @{off}: {outcome:?}");
+        if let Outcome::Flagged(problems) = &outcome {
+            assert!(!problems.is_empty());
+        }
+        if off == 0 || file == "conf" && how == "flip" {
+            assert!(
+                matches!(outcome, Outcome::Refused(ErrorKind::Corrupt)),
+                "{file} {how} @{off}: {outcome:?}"
+            );
+        }
+        outcomes.push(outcome);
+    }
+    // Mid-file damage loses the batches from the damaged one on (never the whole store).
+    assert!(outcomes
+        .iter()
+        .any(|o| matches!(o, Outcome::RolledBack { ops } if *ops > 0 && *ops < total)));
+}
+
+/// Records damaged below sled (valid sled, bad huskies bytes): opening reads the persisted
+/// projection without replaying the log, so a damaged op segment is found by `verify`
+/// (segment checksum) and by any read of it; damaged records are `Corrupt` errors.
+#[test]
+fn damaged_records_are_reported_by_verify_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    let original = closed_home(&base, 31);
+    let tamper = |name: &str, pick: &dyn Fn(&[u8]) -> bool, edit: &dyn Fn(&mut Vec<u8>)| {
+        let home = dir.path().join(name);
+        copy_dir(&base, &home);
+        // The same sled settings as the core's store (sled refuses another segment size).
+        let conf = std::fs::read(home.join("store/conf")).unwrap();
+        let segment_size: usize = String::from_utf8_lossy(&conf)
+            .lines()
+            .find_map(|l| l.strip_prefix("segment_size: ")?.trim().parse().ok())
+            .expect("sled conf names its segment size");
+        let db = sled::Config::new()
+            .path(home.join("store"))
+            .segment_size(segment_size)
+            .cache_capacity(128 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let (k, v) = db
+            .iter()
+            .map(|kv| kv.unwrap())
+            .find(|(k, _)| pick(k))
+            .expect("a record to tamper with");
+        let mut v = v.to_vec();
+        edit(&mut v);
+        db.insert(k, v).unwrap();
+        db.flush().unwrap();
+        drop(db);
+        home
+    };
+
+    // A bit flipped inside an op segment.
+    let home = tamper("seg", &|k| k[0] == b'O', &|v| {
+        let n = v.len();
+        v[n - 100] ^= 1;
+    });
+    let n = Node::open(&home, config()).expect("open does not re-verify the log");
+    let report = n.verify(|_| {}).unwrap();
+    assert!(!report.ok);
+    assert!(
+        report.problems.iter().any(|p| p.contains("checksum")),
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(
+        n.ops_since(&Default::default()).unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
+    assert_eq!(
+        n.export_since(&Default::default()).unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
+    drop(n);
+
+    // A story record overwritten with garbage.
+    let home = tamper("story", &|k| k[0] == b'S', &|v| {
+        v.clear();
+        v.extend_from_slice(&[0xff; 7]);
+    });
+    let n = Node::open(&home, config()).unwrap();
+    assert_eq!(n.stories(None, at(5)).unwrap_err().kind(), ErrorKind::Corrupt);
+    assert_eq!(
+        n.story(&sid("s_0"), at(5)).unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
+    let report = n.verify(|_| {}).unwrap();
+    assert!(!report.ok);
+    assert!(
+        report.problems.iter().any(|p| p.contains("s_0")),
+        "{:?}",
+        report.problems
+    );
+    drop(n);
+
+    // Records read at open: refused with Corrupt.
+    for (name, prefix) in [("author", b'A'), ("member", b'U'), ("meta", b'M')] {
+        let home = tamper(name, &|k| k[0] == prefix, &|v| {
+            v.clear();
+            v.extend_from_slice(&[0xff; 3]);
+        });
+        let err = Node::open(&home, config()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{name}: {err}");
+    }
+    // The untouched home is fine.
+    let n = Node::open(&base, config()).unwrap();
+    assert!(n.verify(|_| {}).unwrap().ok);
+    assert_eq!(stored(&n), original);
+}
+
+#[test]
+fn bad_key_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let original = closed_home(&home, 32);
+    let key = home.join("node.key");
+    let good = std::fs::read(&key).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for mode in [0o644, 0o640, 0o604, 0o666] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = Node::open(&home, config()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unauthorized, "mode {mode:o}: {err}");
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let write = |text: &[u8]| {
+        std::fs::write(&key, text).unwrap();
+    };
+    for bad in [
+        &b""[..],
+        b"huskies-node-key v1\n",
+        b"huskies-node-key v1\nnot hex\n",
+        b"huskies-node-key v2\n0000000000000000000000000000000000000000000000000000000000000000\n",
+        &[0xff; 100],
+    ] {
+        write(bad);
+        let err = Node::open(&home, config()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    }
+    // A well-formed key of another node does not open this store.
+    write(b"huskies-node-key v1\n0101010101010101010101010101010101010101010101010101010101010101\n");
+    let err = Node::open(&home, config()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt);
+    assert!(err.to_string().contains("does not belong"), "{err}");
+    // No key at all: not a home.
+    std::fs::remove_file(&key).unwrap();
+    assert_eq!(
+        Node::open(&home, config()).unwrap_err().kind(),
+        ErrorKind::HomeNotFound
+    );
+    // Restored (a new file gets the umask's mode: it must be made private again),
+    // everything is as it was.
+    write(&good);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            assert_eq!(
+                Node::open(&home, config()).unwrap_err().kind(),
+                ErrorKind::Unauthorized
+            );
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let n = Node::open(&home, config()).unwrap();
+    assert_eq!(stored(&n), original);
+}

@@ -1,0 +1,839 @@
+//! Several nodes exchanging ops: convergence, delta sync, concurrent transitions and
+//! claims, tombstones, equivocation, member removal and key rotation.
+
+mod common;
+
+use common::*;
+use huskies_core::{
+    Command, ErrorKind, Event, Node, NodeId, Payload, PipelineEvent, RejectReason, Role, Stage, StageKind,
+    StoryField, VersionVector,
+};
+use std::collections::BTreeMap;
+
+/// Per author, how many ops `have` holds beyond `base`.
+fn missing(have: &VersionVector, base: &VersionVector) -> usize {
+    have.iter()
+        .map(|(a, s)| s.saturating_sub(base.get(a)) as usize)
+        .sum()
+}
+
+fn three_nodes(dir: &std::path::Path, seed: u64) -> Vec<Node> {
+    let mut rng = TestRng::new(seed);
+    let mut a = new_cluster(&dir.join("a"), &mut rng, at(0));
+    let b = join(&dir.join("b"), &mut a, Role::Member, &mut rng, at(0));
+    let c = join(&dir.join("c"), &mut a, Role::Member, &mut rng, at(0));
+    let mut nodes = vec![a, b, c];
+    sync_all(&mut nodes);
+    nodes
+}
+
+#[test]
+fn two_and_three_nodes_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three_nodes(dir.path(), 11);
+    {
+        let [a, b, c] = &mut nodes[..] else { unreachable!() };
+        add_story(a, at(1), "1_a");
+        add_story(b, at(1), "2_b");
+        add_story(c, at(1), "3_c");
+        event(a, at(2), "1_a", PipelineEvent::DepsMet);
+        b.execute(
+            at(2),
+            Command::Heartbeat {
+                label: "b".into(),
+                address: Some("ws://b".into()),
+            },
+        )
+        .unwrap();
+        c.execute(at(3), Command::AcquireMergeLock { ttl_secs: 60 })
+            .unwrap();
+        // Two nodes first.
+        sync(a, b);
+        assert_eq!(snapshot(a, at(10)), snapshot(b, at(10)));
+        assert_eq!(a.stories(None, at(10)).unwrap().len(), 2);
+        // Then C, only ever talking to B: A's ops reach it through B.
+        sync(b, c);
+        sync(a, b);
+    }
+    let s0 = snapshot(&nodes[0], at(10));
+    for n in &nodes[1..] {
+        assert_eq!(snapshot(n, at(10)), s0);
+    }
+    assert_eq!(s0.stories.len(), 3);
+    assert_eq!(s0.nodes.len(), 1);
+    assert_eq!(s0.merge_lock.as_ref().unwrap().node, nodes[2].node_id());
+    assert_eq!(s0.vv.len(), 3);
+    for n in &nodes {
+        assert!(n.verify(|_| {}).unwrap().ok);
+    }
+}
+
+#[test]
+fn only_missing_ops_are_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three_nodes(dir.path(), 12);
+    let [a, b, c] = &mut nodes[..] else { unreachable!() };
+    assert!(a.ops_since(&b.version_vector()).unwrap().is_empty(), "in sync");
+
+    let mut new_a = Vec::new();
+    for i in 0..3 {
+        new_a.push(
+            a.execute(
+                at(1),
+                Command::Heartbeat {
+                    label: format!("a{i}"),
+                    address: None,
+                },
+            )
+            .unwrap(),
+        );
+    }
+    let new_b = b
+        .execute(
+            at(1),
+            Command::Heartbeat {
+                label: "b".into(),
+                address: None,
+            },
+        )
+        .unwrap();
+    let new_c = c
+        .execute(
+            at(1),
+            Command::Heartbeat {
+                label: "c".into(),
+                address: None,
+            },
+        )
+        .unwrap();
+    push(c, b);
+
+    // A sends B exactly A's three new ops, in order; B sends A exactly B's and C's.
+    let to_b = a.ops_since(&b.version_vector()).unwrap();
+    let ids: Vec<_> = to_b.iter().map(|o| o.id()).collect();
+    assert_eq!(ids, new_a.iter().map(|r| r.op_id).collect::<Vec<_>>());
+    let to_a = b.ops_since(&a.version_vector()).unwrap();
+    let mut ids: Vec<_> = to_a.iter().map(|o| o.id()).collect();
+    ids.sort();
+    let mut expected = vec![new_b.op_id, new_c.op_id];
+    expected.sort();
+    assert_eq!(ids, expected);
+    for (from, to) in [(&*a, &*b), (&*b, &*a)] {
+        let ops = from.ops_since(&to.version_vector()).unwrap();
+        assert_eq!(ops.len(), missing(&from.version_vector(), &to.version_vector()));
+        for op in &ops {
+            assert!(op.content().seq > to.version_vector().get(&op.content().author));
+        }
+    }
+    // A partial vector gets exactly the tail.
+    let mut partial = a.version_vector();
+    partial.set(a.node_id(), partial.get(&a.node_id()) - 2);
+    let tail = a.ops_since(&partial).unwrap();
+    assert_eq!(
+        tail.iter().map(|o| o.id()).collect::<Vec<_>>(),
+        [new_a[1].op_id, new_a[2].op_id]
+    );
+
+    let report = b.ingest(unverified(to_b)).unwrap();
+    assert_eq!((report.applied, report.duplicates), (3, 0));
+    let report = a
+        .ingest_bundle(&b.export_since(&a.version_vector()).unwrap())
+        .unwrap();
+    assert_eq!((report.applied, report.duplicates), (2, 0));
+    assert_eq!(a.version_vector(), b.version_vector());
+    assert!(a.ops_since(&b.version_vector()).unwrap().is_empty());
+    assert_eq!(
+        a.export_since(&b.version_vector()).unwrap().len(),
+        9,
+        "an empty bundle"
+    );
+}
+
+#[test]
+fn concurrent_transitions_converge_and_show_as_conflicts_on_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = TestRng::new(13);
+    let mut a = new_cluster(&dir.path().join("a"), &mut rng, at(0));
+    let mut b = join(&dir.path().join("b"), &mut a, Role::Member, &mut rng, at(0));
+    add_story(&mut a, at(1), "1_s");
+    event(&mut a, at(2), "1_s", PipelineEvent::DepsMet);
+    sync(&mut a, &mut b);
+    let (seen_a, _sa) = collect_events(&a);
+    let (seen_b, _sb) = collect_events(&b);
+
+    // Both move the story out of Coding at once, with equal Lamport timestamps.
+    let ra = a
+        .execute(
+            at(3),
+            Command::Event {
+                id: sid("1_s"),
+                event: PipelineEvent::GatesStarted,
+            },
+        )
+        .unwrap();
+    let rb = b
+        .execute(
+            at(3),
+            Command::Event {
+                id: sid("1_s"),
+                event: PipelineEvent::QaSkipped {
+                    branch: "f/1".into(),
+                    commits: nz(2),
+                },
+            },
+        )
+        .unwrap();
+    assert_eq!(ra.lamport, rb.lamport, "a Lamport tie");
+    sync(&mut a, &mut b);
+
+    // The tie goes to the larger author id, on both.
+    let (winner, loser) = if a.node_id() > b.node_id() {
+        (ra, rb)
+    } else {
+        (rb, ra)
+    };
+    let winner_stage = if winner == ra {
+        Stage::Qa
+    } else {
+        Stage::Merge {
+            feature_branch: "f/1".into(),
+            commits_ahead: nz(2),
+        }
+    };
+    let sa = a.story(&sid("1_s"), at(4)).unwrap();
+    let sb = b.story(&sid("1_s"), at(4)).unwrap();
+    assert_eq!(sa, sb);
+    assert_eq!(sa.stage, winner_stage);
+    assert_eq!(sa.conflicts.len(), 1, "{:?}", sa.conflicts);
+    let conflict = &sa.conflicts[0];
+    assert_eq!(conflict.op_id, winner.op_id);
+    assert_eq!(conflict.concurrent_with, Some(loser.op_id));
+    assert_eq!(conflict.from, StageKind::Coding);
+    let history = a.history(&sid("1_s")).unwrap();
+    assert_eq!(history, b.history(&sid("1_s")).unwrap());
+    let ids: Vec<_> = history.iter().map(|t| t.op_id).collect();
+    assert!(
+        ids.contains(&ra.op_id) && ids.contains(&rb.op_id),
+        "neither transition is lost"
+    );
+    assert_eq!(history.iter().filter(|t| t.conflict).count(), 1);
+
+    // Each node heard its own transition and the remote one: two events each.
+    for seen in [&seen_a, &seen_b] {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        let Event::Transition(last) = &seen[1] else {
+            panic!()
+        };
+        assert_eq!(last.after, winner_stage, "the last event shows the merged stage");
+    }
+
+    // Work continues from the merged stage without a new conflict.
+    let next = match winner_stage {
+        Stage::Qa => PipelineEvent::GatesPassed {
+            branch: "f/1".into(),
+            commits: nz(1),
+        },
+        _ => PipelineEvent::MergeSucceeded { commit: "c".into() },
+    };
+    event(&mut b, at(5), "1_s", next);
+    sync(&mut a, &mut b);
+    assert_eq!(a.story(&sid("1_s"), at(6)).unwrap().conflicts.len(), 1);
+    assert_eq!(snapshot(&a, at(6)), snapshot(&b, at(6)));
+
+    // Without a tie, the higher Lamport wins whoever the author is.
+    add_story(&mut a, at(7), "2_s");
+    sync(&mut a, &mut b);
+    let small = if a.node_id() < b.node_id() { &mut a } else { &mut b };
+    for i in 0..3 {
+        small
+            .execute(
+                at(8),
+                Command::Heartbeat {
+                    label: format!("{i}"),
+                    address: None,
+                },
+            )
+            .unwrap();
+    }
+    event(small, at(9), "2_s", PipelineEvent::Abandon);
+    let big = if a.node_id() > b.node_id() { &mut a } else { &mut b };
+    event(big, at(9), "2_s", PipelineEvent::DepsMet);
+    sync(&mut a, &mut b);
+    for n in [&a, &b] {
+        let s = n.story(&sid("2_s"), at(10)).unwrap();
+        assert_eq!(
+            s.stage.kind(),
+            StageKind::Archived,
+            "the later (higher Lamport) abandon wins"
+        );
+        assert_eq!(s.conflicts.len(), 1);
+    }
+}
+
+#[test]
+fn concurrent_claims_leave_one_holder_and_the_loser_learns_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = TestRng::new(14);
+    let mut a = new_cluster(&dir.path().join("a"), &mut rng, at(0));
+    let mut b = join(&dir.path().join("b"), &mut a, Role::Member, &mut rng, at(0));
+    add_story(&mut a, at(1), "1_s");
+    add_story(&mut a, at(1), "2_s");
+    for n in [&mut a, &mut b] {
+        n.execute(
+            at(1),
+            Command::Heartbeat {
+                label: "n".into(),
+                address: None,
+            },
+        )
+        .unwrap();
+    }
+    sync(&mut a, &mut b);
+    let (seen_a, _sa) = collect_events(&a);
+    let (seen_b, _sb) = collect_events(&b);
+
+    // Equal Lamports: the larger author id wins.
+    let ra = a
+        .execute(
+            at(2),
+            Command::Claim {
+                id: sid("1_s"),
+                ttl_secs: 600,
+            },
+        )
+        .unwrap();
+    let rb = b
+        .execute(
+            at(2),
+            Command::Claim {
+                id: sid("1_s"),
+                ttl_secs: 600,
+            },
+        )
+        .unwrap();
+    assert_eq!(ra.lamport, rb.lamport);
+    sync(&mut a, &mut b);
+    let (winner, loser) = if a.node_id() > b.node_id() {
+        (a.node_id(), b.node_id())
+    } else {
+        (b.node_id(), a.node_id())
+    };
+    for n in [&a, &b] {
+        assert_eq!(n.story(&sid("1_s"), at(3)).unwrap().claim.unwrap().node, winner);
+    }
+    let lost = Event::ClaimLost {
+        story: sid("1_s"),
+        winner: Some(winner),
+    };
+    let (loser_seen, winner_seen) = if loser == a.node_id() {
+        (&seen_a, &seen_b)
+    } else {
+        (&seen_b, &seen_a)
+    };
+    assert_eq!(loser_seen.lock().unwrap().as_slice(), [lost]);
+    assert!(winner_seen.lock().unwrap().is_empty());
+    // The loser is now refused while the winner's claim lives.
+    let loser_node = if loser == a.node_id() { &mut a } else { &mut b };
+    assert_eq!(
+        loser_node
+            .execute(
+                at(4),
+                Command::Claim {
+                    id: sid("1_s"),
+                    ttl_secs: 60
+                }
+            )
+            .unwrap_err()
+            .kind(),
+        ErrorKind::ClaimConflict
+    );
+    seen_a.lock().unwrap().clear();
+    seen_b.lock().unwrap().clear();
+
+    // Different Lamports: the later claim wins, even from the smaller id.
+    let small_is_a = a.node_id() < b.node_id();
+    {
+        let small = if small_is_a { &mut a } else { &mut b };
+        small
+            .execute(
+                at(5),
+                Command::Heartbeat {
+                    label: "x".into(),
+                    address: None,
+                },
+            )
+            .unwrap();
+        small
+            .execute(
+                at(5),
+                Command::Claim {
+                    id: sid("2_s"),
+                    ttl_secs: 600,
+                },
+            )
+            .unwrap();
+    }
+    {
+        let big = if small_is_a { &mut b } else { &mut a };
+        big.execute(
+            at(5),
+            Command::Claim {
+                id: sid("2_s"),
+                ttl_secs: 600,
+            },
+        )
+        .unwrap();
+    }
+    sync(&mut a, &mut b);
+    let small_id = if small_is_a { a.node_id() } else { b.node_id() };
+    for n in [&a, &b] {
+        assert_eq!(n.story(&sid("2_s"), at(6)).unwrap().claim.unwrap().node, small_id);
+    }
+    let (big_seen, small_seen) = if small_is_a {
+        (&seen_b, &seen_a)
+    } else {
+        (&seen_a, &seen_b)
+    };
+    assert_eq!(
+        big_seen.lock().unwrap().as_slice(),
+        [Event::ClaimLost {
+            story: sid("2_s"),
+            winner: Some(small_id)
+        }]
+    );
+    assert!(small_seen.lock().unwrap().is_empty());
+    assert_eq!(snapshot(&a, at(6)), snapshot(&b, at(6)));
+}
+
+#[test]
+fn a_tombstone_wins_over_a_concurrent_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = TestRng::new(15);
+    let mut a = new_cluster(&dir.path().join("a"), &mut rng, at(0));
+    let mut b = join(&dir.path().join("b"), &mut a, Role::Member, &mut rng, at(0));
+    add_story(&mut a, at(1), "1_s");
+    add_story(&mut a, at(1), "2_keep");
+    sync(&mut a, &mut b);
+
+    a.execute(at(2), Command::DeleteStory { id: sid("1_s") }).unwrap();
+    // B keeps editing, with later Lamports than the delete.
+    for i in 0..3 {
+        b.execute(
+            at(2),
+            Command::UpdateStory {
+                id: sid("1_s"),
+                field: StoryField::Name(format!("edit {i}")),
+            },
+        )
+        .unwrap();
+    }
+    event(&mut b, at(3), "1_s", PipelineEvent::DepsMet);
+    b.execute(
+        at(3),
+        Command::Claim {
+            id: sid("1_s"),
+            ttl_secs: 60,
+        },
+    )
+    .unwrap();
+    sync(&mut a, &mut b);
+
+    for n in [&a, &b] {
+        let s = n.story(&sid("1_s"), at(4)).unwrap();
+        assert!(s.deleted, "deleted on every replica");
+        let ids: Vec<_> = n
+            .stories(None, at(4))
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(ids, [sid("2_keep")]);
+        assert_eq!(n.stage_counts().unwrap()[&StageKind::Coding], 0);
+        assert_eq!(n.stage_counts().unwrap()[&StageKind::Backlog], 1);
+    }
+    assert_eq!(snapshot(&a, at(4)), snapshot(&b, at(4)));
+    assert_eq!(
+        a.story(&sid("1_s"), at(4)).unwrap(),
+        b.story(&sid("1_s"), at(4)).unwrap()
+    );
+    // The id is not reused, and the tombstoned story takes no more edits.
+    let err = b
+        .execute(
+            at(5),
+            Command::AddStory {
+                id: sid("1_s"),
+                name: "again".into(),
+                body: None,
+                depends_on: vec![],
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    let err = a
+        .execute(
+            at(5),
+            Command::UpdateStory {
+                id: sid("1_s"),
+                field: StoryField::Name("x".into()),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+/// Sets up admin A and member B, plus a raw author M (admitted by A) that has written one
+/// valid op; returns M so the test can make it equivocate.
+fn with_raw_member(dir: &std::path::Path, seed: u64) -> (Node, Node, RawAuthor) {
+    let mut rng = TestRng::new(seed);
+    let mut a = new_cluster(&dir.join("a"), &mut rng, at(0));
+    let mut b = join(&dir.join("b"), &mut a, Role::Member, &mut rng, at(0));
+    let mut m = RawAuthor::new([0x4d; 32], a.cluster_id());
+    a.execute(
+        at(1),
+        Command::AddMember {
+            node: m.id(),
+            role: Role::Member,
+        },
+    )
+    .unwrap();
+    let first = m.next(
+        a.lamport() + 1,
+        at(2),
+        Payload::StoryCreate {
+            story: sid("m_0"),
+            name: "m".into(),
+            body: None,
+            depends_on: vec![],
+        },
+    );
+    let r = a.ingest(unverified(vec![first])).unwrap();
+    assert_eq!(r.applied, 1, "{r:?}");
+    sync(&mut a, &mut b);
+    (a, b, m)
+}
+
+fn assert_quarantined(n: &Node, m: NodeId, at_seq: u64, evidence: &[huskies_core::OpId]) {
+    let forks = n.forks().unwrap();
+    assert_eq!(forks.len(), 1, "{forks:?}");
+    assert_eq!(forks[0].author, m);
+    assert_eq!(forks[0].at_seq, at_seq);
+    let mut got = forks[0].evidence.clone();
+    got.sort();
+    let mut want = evidence.to_vec();
+    want.sort();
+    assert_eq!(got, want, "evidence on {:?}", n.node_id());
+    let member = n
+        .members()
+        .into_iter()
+        .find(|x| x.node == m)
+        .expect("still listed");
+    assert!(member.quarantined);
+    assert_eq!(
+        n.version_vector().get(&m),
+        at_seq - 1,
+        "ops from the fork on are void"
+    );
+}
+
+#[test]
+fn equivocation_quarantines_the_author_identically_in_any_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, m) = with_raw_member(dir.path(), 16);
+    let l = a.lamport() + 1;
+    let pay = |name: &str| Payload::StoryCreate {
+        story: sid(name),
+        name: name.into(),
+        body: None,
+        depends_on: vec![],
+    };
+    // Two different ops for M's seq 2, and a follow-up on each branch.
+    let x = m.peek(l, at(3), pay("m_x"));
+    let y = m.peek(l + 1, at(3), pay("m_y"));
+    let mut mx = m.after(&x);
+    let mut my = m.after(&y);
+    let x2 = mx.next(l + 2, at(4), pay("m_x2"));
+    let y2 = my.next(l + 2, at(4), pay("m_y2"));
+
+    // A hears x then y; B hears y2, y then x, in separate ingests.
+    let ra = a.ingest(unverified(vec![x.clone(), x2.clone()])).unwrap();
+    assert_eq!(ra.applied, 2);
+    assert_eq!(
+        a.story(&sid("m_x"), at(5)).unwrap().name,
+        "m_x",
+        "accepted before the fork is known"
+    );
+    let ra = a.ingest(unverified(vec![y.clone()])).unwrap();
+    assert_eq!(ra.forks, vec![m.id()]);
+    let rb = b.ingest(unverified(vec![y2.clone()])).unwrap();
+    assert_eq!(rb.buffered, 1);
+    let rb = b.ingest(unverified(vec![y.clone()])).unwrap();
+    assert_eq!(rb.applied, 2);
+    let rb = b.ingest(unverified(vec![x.clone()])).unwrap();
+    assert_eq!(rb.forks, vec![m.id()]);
+
+    for n in [&a, &b] {
+        assert_quarantined(n, m.id(), 2, &[x.id(), y.id()]);
+        // Everything M wrote from the fork on is gone from the projection; seq 1 stays.
+        assert!(n.story(&sid("m_0"), at(5)).is_ok());
+        for s in ["m_x", "m_y", "m_x2", "m_y2"] {
+            assert_eq!(
+                n.story(&sid(s), at(5)).unwrap_err().kind(),
+                ErrorKind::NotFound,
+                "{s}"
+            );
+        }
+    }
+    assert_eq!(snapshot(&a, at(5)), snapshot(&b, at(5)));
+
+    // Later ops of M are refused.
+    let more = mx.next(l + 3, at(6), pay("m_late"));
+    let r = a.ingest(unverified(vec![more])).unwrap();
+    assert_eq!(r.applied, 0);
+    assert!(
+        matches!(r.rejected[0].reason, RejectReason::Quarantined(q) if q == m.id()),
+        "{r:?}"
+    );
+
+    // The evidence travels with ops_since: fresh nodes fed by A or by B alone reach the
+    // same decision, whether the evidence comes in one batch or op by op.
+    let mut rng = TestRng::new(160);
+    let mut c = join(&dir.path().join("c"), &mut a, Role::Member, &mut rng, at(7));
+    let mut d = join(&dir.path().join("d"), &mut a, Role::Member, &mut rng, at(7));
+    push(&a, &mut c);
+    let all = b.ops_since(&d.version_vector()).unwrap();
+    for op in all.into_iter().rev() {
+        d.ingest(unverified(vec![op])).unwrap();
+    }
+    push(&b, &mut d);
+    for n in [&c, &d] {
+        assert_quarantined(n, m.id(), 2, &[x.id(), y.id()]);
+    }
+    sync(&mut a, &mut b);
+    let mut nodes = vec![a, b, c, d];
+    sync_all(&mut nodes);
+    let s0 = snapshot(&nodes[0], at(8));
+    for n in &nodes[1..] {
+        assert_eq!(snapshot(n, at(8)), s0);
+    }
+}
+
+/// A node restored from a stale copy of its home signs a different op for a seq it had
+/// already used: the same equivocation, from a real node.
+#[test]
+fn a_node_restored_from_a_stale_copy_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = TestRng::new(17);
+    let mut a = new_cluster(&dir.path().join("a"), &mut rng, at(0));
+    let b_home = dir.path().join("b");
+    let b = join(&b_home, &mut a, Role::Member, &mut rng, at(0));
+    let b_id = b.node_id();
+    drop(b);
+    let copy = dir.path().join("b_copy");
+    copy_dir(&b_home, &copy);
+    let mut b = Node::open(&b_home, config()).unwrap();
+    let mut b2 = Node::open(&copy, config()).unwrap();
+    assert_eq!(b2.node_id(), b_id);
+    add_story(&mut b, at(1), "1_original");
+    add_story(&mut b2, at(1), "1_restored");
+    push(&b, &mut a);
+    // Version-vector sync sends nothing for a seq the receiver holds, so the second op
+    // for seq 1 goes unnoticed until the restored node's chain continues past it.
+    assert_eq!(push_report(&b2, &mut a).applied, 0);
+    add_story(&mut b2, at(1), "2_restored");
+    let r = push_report(&b2, &mut a);
+    assert_eq!(r.forks, vec![b_id]);
+    let forks = a.forks().unwrap();
+    assert_eq!(forks[0].at_seq, 1);
+    assert_eq!(
+        forks[0].evidence.len(),
+        2,
+        "the op A held and the one contradicting it"
+    );
+    assert!(a.members().iter().any(|m| m.node == b_id && m.quarantined));
+    assert!(a.stories(None, at(2)).unwrap().is_empty());
+    // B hears of it from A.
+    let r = push_report(&a, &mut b);
+    assert_eq!(r.forks, vec![b_id]);
+    assert_eq!(a.forks().unwrap(), b.forks().unwrap());
+    assert_eq!(snapshot(&a, at(2)), snapshot(&b, at(2)));
+    assert_eq!(
+        b.execute(
+            at(3),
+            Command::Heartbeat {
+                label: "b".into(),
+                address: None
+            }
+        )
+        .unwrap_err()
+        .kind(),
+        ErrorKind::Unauthorized,
+        "a quarantined node cannot write"
+    );
+    // A fresh node learns the fork from the evidence alone.
+    let mut c = join(&dir.path().join("c"), &mut a, Role::Member, &mut rng, at(4));
+    assert_eq!(c.forks().unwrap(), a.forks().unwrap());
+    assert_eq!(snapshot(&c, at(5)), snapshot(&a, at(5)));
+    // Re-sent evidence counts as duplicates, not refusals.
+    let r = push_report(&a, &mut c);
+    assert!(r.rejected.is_empty(), "{r:?}");
+    assert_eq!(r.duplicates, 2);
+}
+
+#[test]
+fn a_removed_members_later_ops_are_void_on_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three_nodes(dir.path(), 18);
+    let b_id = nodes[1].node_id();
+    add_story(&mut nodes[1], at(1), "1_b");
+    sync_all(&mut nodes);
+    let cutoff = nodes[0].version_vector().get(&b_id);
+    {
+        let [a, b, c] = &mut nodes[..] else { unreachable!() };
+        // B keeps writing; only C hears of it before A removes B.
+        add_story(b, at(2), "2_b");
+        event(b, at(2), "1_b", PipelineEvent::DepsMet);
+        push(b, c);
+        assert_eq!(c.stories(None, at(3)).unwrap().len(), 2);
+        let before = a.stories(None, at(3)).unwrap();
+        a.execute(at(3), Command::RemoveMember { node: b_id }).unwrap();
+        assert_eq!(a.stories(None, at(3)).unwrap(), before);
+    }
+    sync_all(&mut nodes);
+    let s0 = snapshot(&nodes[0], at(4));
+    for n in &nodes {
+        assert_eq!(snapshot(n, at(4)), s0);
+        assert_eq!(n.version_vector().get(&b_id), cutoff);
+        let ids: Vec<_> = n
+            .stories(None, at(4))
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(ids, [sid("1_b")], "B's ops after the cutoff are void");
+        assert_eq!(n.story(&sid("1_b"), at(4)).unwrap().stage, Stage::Backlog);
+        let member = n.members().into_iter().find(|m| m.node == b_id).unwrap();
+        assert!(member.removed);
+    }
+    // B can no longer write, and nobody takes its ops.
+    let err = nodes[1]
+        .execute(
+            at(5),
+            Command::Heartbeat {
+                label: "b".into(),
+                address: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthorized, "{err}");
+    // A removed key cannot be re-added.
+    let err = nodes[0]
+        .execute(
+            at(5),
+            Command::AddMember {
+                node: b_id,
+                role: Role::Member,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    // Members cannot remove members.
+    let a_id = nodes[0].node_id();
+    let err = nodes[2]
+        .execute(at(5), Command::RemoveMember { node: a_id })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthorized);
+}
+
+#[test]
+fn a_rotated_key_replicates_and_the_new_key_can_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = TestRng::new(19);
+    let mut a = new_cluster(&dir.path().join("a"), &mut rng, at(0));
+    let b_home = dir.path().join("b");
+    let mut b = join(&b_home, &mut a, Role::Member, &mut rng, at(0));
+    add_story(&mut b, at(1), "1_b");
+    sync(&mut a, &mut b);
+    let old = b.node_id();
+    b.rotate_key(at(2), &mut rng).unwrap();
+    let new = b.node_id();
+    assert_ne!(old, new);
+    push(&b, &mut a);
+    for n in [&a, &b] {
+        let members: BTreeMap<NodeId, _> = n.members().into_iter().map(|m| (m.node, m)).collect();
+        assert_eq!(members[&old].rotated_to, Some(new));
+        assert!(members[&old].removed);
+        assert_eq!(members[&new].role, Role::Member);
+        assert!(!members[&new].removed);
+    }
+    // The new key writes and the admin takes its ops.
+    add_story(&mut b, at(3), "2_b");
+    event(&mut b, at(3), "1_b", PipelineEvent::DepsMet);
+    assert_eq!(push(&b, &mut a), 2);
+    assert_eq!(a.version_vector().get(&new), 2);
+    assert_eq!(a.story(&sid("1_b"), at(4)).unwrap().stage, Stage::Coding);
+    assert_eq!(snapshot(&a, at(4)), snapshot(&b, at(4)));
+
+    // The rotation survives a reopen, and a fresh node learns all of it.
+    drop(b);
+    let b = Node::open(&b_home, config()).unwrap();
+    assert_eq!(b.node_id(), new);
+    let mut c = join(&dir.path().join("c"), &mut a, Role::Member, &mut rng, at(5));
+    push(&a, &mut c);
+    assert_eq!(snapshot(&c, at(6)), snapshot(&a, at(6)));
+    assert_eq!(snapshot(&b, at(6)).stories, snapshot(&c, at(6)).stories);
+
+    // An admin rotates too, and its new key keeps admin rights.
+    a.rotate_key(at(7), &mut rng).unwrap();
+    let mut rng2 = TestRng::new(190);
+    let d = outsider(&dir.path().join("d"), a.cluster_id(), &mut rng2, at(7));
+    a.execute(
+        at(8),
+        Command::AddMember {
+            node: d.node_id(),
+            role: Role::Member,
+        },
+    )
+    .unwrap();
+    push(&a, &mut c);
+    assert!(c.members().iter().any(|m| m.node == d.node_id()));
+}
+
+/// Known gap, left for the sync protocol: an author that signs two different ops for its
+/// newest seq and gives one to each of two nodes is never caught by version-vector sync,
+/// because `ops_since(vv)` (correctly) sends only seqs above the receiver's vector and both
+/// receivers hold that seq already. The two replicas then disagree forever on what the
+/// author's op said. Catching it needs the handshake to compare each author's head op id
+/// (e.g. a version vector with head hashes) and exchange the heads that differ.
+#[test]
+#[ignore = "known gap: same-seq equivocation at an author's head is invisible to version-vector sync"]
+fn equivocation_at_the_authors_head_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, m) = with_raw_member(dir.path(), 20);
+    let l = a.lamport() + 1;
+    let x = m.peek(
+        l,
+        at(3),
+        Payload::StoryCreate {
+            story: sid("m_x"),
+            name: "x".into(),
+            body: None,
+            depends_on: vec![],
+        },
+    );
+    let y = m.peek(
+        l,
+        at(3),
+        Payload::StoryCreate {
+            story: sid("m_y"),
+            name: "y".into(),
+            body: None,
+            depends_on: vec![],
+        },
+    );
+    assert_eq!(a.ingest(unverified(vec![x])).unwrap().applied, 1);
+    assert_eq!(b.ingest(unverified(vec![y])).unwrap().applied, 1);
+    sync(&mut a, &mut b);
+    assert_eq!(snapshot(&a, at(4)), snapshot(&b, at(4)));
+    assert!(a.members().iter().any(|x| x.node == m.id() && x.quarantined));
+}

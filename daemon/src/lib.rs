@@ -1,0 +1,226 @@
+//! The huskies sync daemon: a thin async shell around the sans-IO sync sessions of
+//! `huskies_core::sync`.
+//!
+//! It owns a node's home while it runs, serves `/crdt-sync` (WebSocket) and `/health`
+//! (JSON) on one TCP listener, dials configured peers and up to `max_mesh_peers` more found
+//! in node presence (reconnecting with jittered exponential backoff), writes this node's
+//! heartbeat, runs the cluster policies, and serves local clients on a control socket in the
+//! home so that every CLI command behaves the same with the daemon up.
+
+mod control;
+mod http;
+mod join;
+mod mesh;
+mod metrics;
+mod peer;
+mod policy;
+mod shared;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use huskies_core::sync::SessionConfig;
+use huskies_core::Node;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use control::{request as control_request, socket_path, ControlHandler, ControlRequest, ControlResponse};
+pub use join::{join_cluster, JoinOutcome};
+pub use metrics::{HealthReport, PeerStatus};
+
+/// Settings of a daemon. `Default` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// Where `/crdt-sync` and `/health` listen (default `127.0.0.1:3001`; port 0 picks one).
+    pub listen: SocketAddr,
+    /// Peers to keep connected, as `ws://host:port/crdt-sync` URLs (e.g. a rendezvous).
+    pub peers: Vec<String>,
+    /// Extra peers, discovered from node presence, to keep connected (default 3).
+    pub max_mesh_peers: usize,
+    /// This node's label in presence.
+    pub label: String,
+    /// The address published in presence for peers to dial (default: from `listen`).
+    pub advertise: Option<String>,
+    /// Seconds between heartbeats (default 10).
+    pub heartbeat_secs: u64,
+    /// Done stories are archived this long after merging (default 4 h).
+    pub retention_secs: u64,
+    /// A story is blocked after this many merge failures in a row (default 3).
+    pub block_after_merge_failures: u32,
+    /// Seconds between policy runs (default 5).
+    pub policy_interval_secs: u64,
+    /// Protocol limits and timers.
+    pub session: SessionConfig,
+    /// Backoff before redialling a peer: first delay, in milliseconds (default 250).
+    pub backoff_initial_ms: u64,
+    /// Backoff cap, in milliseconds (default 15 s).
+    pub backoff_max_ms: u64,
+    /// A frame write that takes longer than this means the peer does not read (default 20 s).
+    pub write_timeout_ms: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3001)),
+            peers: Vec::new(),
+            max_mesh_peers: 3,
+            label: "node".into(),
+            advertise: None,
+            heartbeat_secs: 10,
+            retention_secs: 4 * 3600,
+            block_after_merge_failures: 3,
+            policy_interval_secs: 5,
+            session: SessionConfig::default(),
+            backoff_initial_ms: 250,
+            backoff_max_ms: 15_000,
+            write_timeout_ms: 20_000,
+        }
+    }
+}
+
+/// Why a daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The listener or the control socket could not be bound.
+    #[error("cannot listen on {what}: {source}")]
+    Bind {
+        /// What.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store failed.
+    #[error("{0}")]
+    Core(#[from] huskies_core::Error),
+    /// Network failure (joining).
+    #[error("network: {0}")]
+    Network(String),
+}
+
+/// A running daemon.
+pub struct Daemon {
+    shared: Arc<shared::Shared>,
+    local_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Daemon {
+    /// Starts serving with `node` (whose home it now owns). Must be called within a
+    /// multi-threaded tokio runtime.
+    pub async fn start(
+        node: Node,
+        config: DaemonConfig,
+        control: Arc<dyn ControlHandler>,
+    ) -> Result<Daemon, DaemonError> {
+        let home: PathBuf = node.home().to_path_buf();
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                what: config.listen.to_string(),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| DaemonError::Bind {
+            what: "listener".into(),
+            source,
+        })?;
+        let advertise = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("ws://{local_addr}/crdt-sync"));
+        let (shutdown, _) = watch::channel(false);
+        let shared = shared::Shared::new(node, config, advertise, shutdown.clone());
+        // Subscribers that start late reconcile from this replay.
+        shared.with_node(|n| n.replay_state())?;
+        let mut tasks = Vec::new();
+        let control_listener = control::bind(&home)?;
+        tasks.push(tokio::spawn(control::serve(
+            shared.clone(),
+            control_listener,
+            control,
+        )));
+        tasks.push(tokio::spawn(http::serve(shared.clone(), listener)));
+        tasks.push(tokio::spawn(policy::run(shared.clone())));
+        tasks.push(tokio::spawn(mesh::run(shared.clone())));
+        tracing::info!(node = %shared.node_id.short(), %local_addr, "daemon started");
+        Ok(Daemon {
+            shared,
+            local_addr,
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// The address `/crdt-sync` listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `ws://<local_addr>/crdt-sync`.
+    pub fn url(&self) -> String {
+        format!("ws://{}/crdt-sync", self.local_addr)
+    }
+
+    /// Health and metrics now.
+    pub fn health(&self) -> HealthReport {
+        metrics::health(&self.shared)
+    }
+
+    /// Committed transitions and lost claims, as they happen (local or remote).
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<huskies_core::Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Runs `f` on the node (for tests and embedding); peers are told about any change.
+    pub fn with_node<R>(&self, f: impl FnOnce(&mut Node) -> R) -> R {
+        self.shared.with_node(f)
+    }
+
+    /// Stops: tells peers, closes connections, flushes the store, removes the control
+    /// socket and releases the home.
+    pub async fn shutdown(self) -> Result<(), DaemonError> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.shared.wait_for_connections().await;
+        let _ = std::fs::remove_file(control::socket_path(&self.shared.home));
+        self.shared.with_node(|n| n.flush())?;
+        // Connection tasks drop their handle on the shared state just after they finish;
+        // the node (and with it the home's lock) goes when the last handle does.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Arc::strong_count(&self.shared) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if Arc::strong_count(&self.shared) > 1 {
+            tracing::warn!("some tasks still hold the node; the home is released when they end");
+        }
+        drop(self.shared);
+        tracing::info!("daemon stopped");
+        Ok(())
+    }
+}
+
+/// Runs a daemon until SIGINT or SIGTERM, then shuts it down gracefully.
+pub async fn run_until_signal(
+    node: Node,
+    config: DaemonConfig,
+    control: Arc<dyn ControlHandler>,
+) -> Result<(), DaemonError> {
+    let daemon = Daemon::start(node, config, control).await?;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| {
+            DaemonError::Bind {
+                what: "SIGTERM handler".into(),
+                source: e,
+            }
+        })?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    daemon.shutdown().await
+}

@@ -1,0 +1,281 @@
+//! Drives one connection: a sans-IO [`Session`] between a WebSocket and the node.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use huskies_core::sync::{RefuseCode, Session, SessionEvent, SessionOptions, SyncError};
+use huskies_core::NodeId;
+use rand_core::RngCore;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::shared::{Origin, Shared};
+
+/// What the reading half delivers.
+pub(crate) enum Incoming {
+    Frame(Vec<u8>),
+    /// The transport failed or sent something that is not a binary frame.
+    Error(String),
+}
+
+pub(crate) type FrameSink = Pin<Box<dyn Sink<Vec<u8>, Error = TransportError> + Send>>;
+
+/// A transport failure, in words. (A plain `sink_map_err` would panic if the sink were
+/// closed after failing; `with` and this `From` do not.)
+#[derive(Debug)]
+pub(crate) struct TransportError(pub String);
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for TransportError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        TransportError(e.to_string())
+    }
+}
+
+impl From<axum::Error> for TransportError {
+    fn from(e: axum::Error) -> Self {
+        TransportError(e.to_string())
+    }
+}
+pub(crate) type FrameStream = Pin<Box<dyn Stream<Item = Incoming> + Send>>;
+
+/// How a connection ended.
+#[derive(Debug)]
+pub(crate) struct Ended {
+    /// The peer, if the handshake completed.
+    pub peer: Option<NodeId>,
+    /// Short reason for metrics.
+    pub reason: String,
+    /// Human detail.
+    pub detail: String,
+}
+
+/// Frames queued between the reader and the session: small, so a flood from the peer
+/// waits in its own TCP window rather than in our memory.
+const READ_QUEUE: usize = 4;
+
+/// Runs a connection to completion.
+pub(crate) async fn drive(
+    shared: Arc<Shared>,
+    mut sink: FrameSink,
+    mut stream: FrameStream,
+    options: SessionOptions,
+    origin: Origin,
+    address: Option<String>,
+) -> Ended {
+    let (conn, mut kill) = shared.register(origin, address.clone());
+    shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    let mut challenge = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut challenge);
+    let session_config = shared.config.session.clone();
+    let mut session =
+        shared.with_node(|n| Session::new(n, Shared::now(), challenge, options, session_config));
+    let (tx, mut rx) = mpsc::channel::<Incoming>(READ_QUEUE);
+    let reader = tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            let stop = matches!(item, Incoming::Error(_));
+            if tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let mut changed = shared.changed.subscribe();
+    let mut shutdown = shared.shutdown.subscribe();
+    let write_timeout = Duration::from_millis(shared.config.write_timeout_ms);
+    let mut peer: Option<NodeId> = None;
+    let ended = loop {
+        // Send everything the session has to say now.
+        if let Err(e) = flush(&shared, &mut session, &mut sink, write_timeout).await {
+            break e;
+        }
+        let now = Shared::now();
+        let wait = session
+            .poll_timeout()
+            .map(|t| Duration::from_millis(t.millis_since(now).max(0) as u64))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            item = rx.recv() => {
+                let frame = match item {
+                    Some(Incoming::Frame(f)) => f,
+                    Some(Incoming::Error(e)) => break ended(peer, "transport", e),
+                    None => break ended(peer, "closed", "peer closed the connection".into()),
+                };
+                shared.metrics.frames_received.fetch_add(1, Ordering::Relaxed);
+                let r = shared.with_node(|n| session.handle_frame(n, Shared::now(), &frame));
+                let mut duplicate = false;
+                for ev in session.take_events() {
+                    match ev {
+                        SessionEvent::Established { peer: p } => {
+                            peer = Some(p);
+                            if !shared.established(conn, p) {
+                                duplicate = true;
+                                continue;
+                            }
+                            tracing::info!(peer = %p.short(), ?origin, "peer connected");
+                        }
+                        SessionEvent::Ingested { report } => {
+                            shared.metrics.ops_applied.fetch_add(report.applied as u64, Ordering::Relaxed);
+                            for r in &report.rejected {
+                                let reason = rejection_name(&r.reason);
+                                Metrics::count(&shared.metrics.rejected, reason, 1);
+                                tracing::warn!(peer = ?peer.map(|p| p.short()), reason, detail = %r.reason, "rejected op");
+                            }
+                            for f in &report.forks {
+                                tracing::warn!(author = %f.short(), "equivocation: author quarantined");
+                            }
+                        }
+                        SessionEvent::Admitted { node } => {
+                            tracing::info!(node = %node.short(), "join ticket redeemed: new member");
+                        }
+                    }
+                }
+                shared.set_peer_version(conn, session.peer_version());
+                if duplicate {
+                    session.close(RefuseCode::Protocol, "duplicate connection");
+                    let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
+                    break ended(peer, "duplicate", "a better connection to this peer exists".into());
+                }
+                if let Err(e) = r {
+                    let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
+                    break ended(peer, e.reason(), e.to_string());
+                }
+            }
+            _ = changed.changed() => {}
+            _ = tokio::time::sleep(wait) => {
+                if let Err(e) = session.handle_timeout(Shared::now()) {
+                    let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
+                    break ended(peer, e.reason(), e.to_string());
+                }
+            }
+            _ = kill.changed() => {
+                session.close(RefuseCode::Protocol, "duplicate connection");
+                let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
+                break ended(peer, "duplicate", "a better connection to this peer exists".into());
+            }
+            _ = shutdown.changed() => {
+                session.close(RefuseCode::Shutdown, "node is shutting down");
+                let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
+                break ended(peer, "shutdown", "daemon shutting down".into());
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    reader.abort();
+    shared
+        .metrics
+        .ops_sent
+        .fetch_add(session.ops_sent(), Ordering::Relaxed);
+    shared
+        .metrics
+        .bytes_sent
+        .fetch_add(session.op_bytes_sent(), Ordering::Relaxed);
+    Metrics::count(&shared.metrics.disconnects, &ended.reason, 1);
+    if ended.reason != "shutdown" && ended.reason != "duplicate" {
+        tracing::info!(peer = ?ended.peer.map(|p| p.short()), reason = %ended.reason, detail = %ended.detail, "connection closed");
+    }
+    shared.unregister(conn);
+    ended
+}
+
+fn ended(peer: Option<NodeId>, reason: &str, detail: String) -> Ended {
+    Ended {
+        peer,
+        reason: reason.to_string(),
+        detail,
+    }
+}
+
+async fn flush(
+    shared: &Shared,
+    session: &mut Session,
+    sink: &mut FrameSink,
+    write_timeout: Duration,
+) -> Result<(), Ended> {
+    loop {
+        let next = shared.with_node(|n| session.poll_transmit(n, Shared::now()));
+        let frame = match next {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(sync_ended(session, e)),
+        };
+        match tokio::time::timeout(write_timeout, sink.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ended(session.peer(), "transport", e.0)),
+            Err(_) => {
+                return Err(ended(
+                    session.peer(),
+                    "not_reading",
+                    "frame write timed out: peer does not read".into(),
+                ))
+            }
+        }
+    }
+}
+
+fn sync_ended(session: &Session, e: SyncError) -> Ended {
+    ended(session.peer(), e.reason(), e.to_string())
+}
+
+fn rejection_name(r: &huskies_core::RejectReason) -> &'static str {
+    use huskies_core::RejectReason as R;
+    match r {
+        R::Malformed(_) => "malformed",
+        R::BadSignature(_) => "bad_signature",
+        R::WrongCluster { .. } => "wrong_cluster",
+        R::UnknownAuthor(_) => "unknown_author",
+        R::Quarantined(_) => "quarantined",
+        R::Voided { .. } => "voided",
+        R::LamportJump(_) => "lamport_jump",
+        R::LamportNotIncreasing { .. } => "lamport_not_increasing",
+        R::Unauthorized(_) => "unauthorized",
+        R::InvalidPayload(_) => "invalid_payload",
+        R::BufferFull => "buffer_full",
+        _ => "other",
+    }
+}
+
+/// Adapts a tokio-tungstenite client stream.
+pub(crate) fn split_client(
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> (FrameSink, FrameStream) {
+    use tokio_tungstenite::tungstenite::Message;
+    let (sink, stream) = ws.split();
+    let sink = sink
+        .with(|f: Vec<u8>| futures_util::future::ready(Ok::<_, TransportError>(Message::Binary(f.into()))));
+    let stream = stream.filter_map(|m| {
+        futures_util::future::ready(match m {
+            Ok(Message::Binary(b)) => Some(Incoming::Frame(b.to_vec())),
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
+            Ok(Message::Text(_)) => Some(Incoming::Error("text frame: this protocol is binary".into())),
+            Ok(Message::Close(_)) => Some(Incoming::Error("peer closed the connection".into())),
+            Err(e) => Some(Incoming::Error(e.to_string())),
+        })
+    });
+    (Box::pin(sink), Box::pin(stream))
+}
+
+/// Adapts an axum server-side socket.
+pub(crate) fn split_server(ws: axum::extract::ws::WebSocket) -> (FrameSink, FrameStream) {
+    use axum::extract::ws::Message;
+    let (sink, stream) = ws.split();
+    let sink = sink
+        .with(|f: Vec<u8>| futures_util::future::ready(Ok::<_, TransportError>(Message::Binary(f.into()))));
+    let stream = stream.filter_map(|m| {
+        futures_util::future::ready(match m {
+            Ok(Message::Binary(b)) => Some(Incoming::Frame(b.to_vec())),
+            Ok(Message::Ping(_) | Message::Pong(_)) => None,
+            Ok(Message::Text(_)) => Some(Incoming::Error("text frame: this protocol is binary".into())),
+            Ok(Message::Close(_)) => Some(Incoming::Error("peer closed the connection".into())),
+            Err(e) => Some(Incoming::Error(e.to_string())),
+        })
+    });
+    (Box::pin(sink), Box::pin(stream))
+}
