@@ -4,19 +4,23 @@
 //! scripts outside this repository rely on it.
 
 mod bench;
+mod config;
 mod demo;
+mod follow;
 mod home;
 mod output;
+mod route;
+mod standalone;
 
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use huskies_core::{
-    Command as Cmd, Error, ErrorKind, InitMode, Node, NodeConfig, NodeId, PipelineEvent, StageKind, StoryId,
-    Timestamp, VersionVector,
+    Command as Cmd, Error, ErrorKind, Node, NodeConfig, NodeId, PipelineEvent, StageKind, StoryId, Timestamp,
+    VersionVector,
 };
 use serde_json::{json, Value};
 
@@ -54,6 +58,20 @@ struct Cli {
     verbose: u8,
     #[command(subcommand)]
     command: Commands,
+}
+
+impl Commands {
+    /// Commands that never run inside a daemon.
+    fn is_standalone(&self) -> bool {
+        matches!(
+            self,
+            Commands::Init { .. }
+                | Commands::Demo
+                | Commands::Bench { .. }
+                | Commands::Completions { .. }
+                | Commands::Daemon { .. }
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -105,6 +123,9 @@ enum Commands {
         /// Only ops by this node (hex id).
         #[arg(long)]
         author: Option<String>,
+        /// Keep printing ops as they commit (JSON Lines with --json).
+        #[arg(long)]
+        follow: bool,
     },
     /// Re-check every stored op: hash chain, signature, forks. Exit 1 when problems are found.
     #[command(after_help = "Example:\n  huskies verify")]
@@ -141,6 +162,32 @@ enum Commands {
         #[arg(long, default_value_t = 100_000)]
         ops: usize,
     },
+    /// Run the sync daemon: serve /crdt-sync, dial peers, heartbeat, run policies.
+    #[command(
+        after_help = "Settings come from flags, then the [daemon] table of <home>/config.toml, then defaults.\n\n\
+        Examples:\n  huskies daemon\n  huskies daemon --listen 0.0.0.0:3001 --advertise ws://10.0.0.5:3001/crdt-sync\n  \
+        huskies daemon --listen 127.0.0.1:3002 --peer ws://127.0.0.1:3001/crdt-sync"
+    )]
+    Daemon {
+        /// Address for /crdt-sync and /health (default 127.0.0.1:3001).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// A peer to keep connected (repeatable), e.g. ws://host:3001/crdt-sync.
+        #[arg(long = "peer", value_name = "URL")]
+        peers: Vec<String>,
+        /// Extra peers discovered from presence to keep connected (default 3).
+        #[arg(long, value_name = "N")]
+        max_mesh_peers: Option<usize>,
+        /// The address other nodes should dial (default: ws://<listen>/crdt-sync).
+        #[arg(long, value_name = "URL")]
+        advertise: Option<String>,
+        /// This node's label in presence.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// One-time join tickets for new nodes.
+    #[command(subcommand)]
+    Ticket(TicketCmd),
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  huskies completions bash > /etc/bash_completion.d/huskies")]
     Completions {
@@ -240,6 +287,18 @@ enum MemberCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum TicketCmd {
+    /// Create a one-time join ticket (admins only). The new node runs `huskies init --join TICKET`
+    /// while this node's daemon is running.
+    #[command(after_help = "Example:\n  huskies ticket create --ttl 600")]
+    Create {
+        /// Seconds the ticket stays valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum KeyCmd {
     /// Replace this node's signing key; membership moves to the new key.
     #[command(after_help = "Example:\n  huskies key rotate")]
@@ -306,10 +365,21 @@ impl From<anyhow::Error> for CliError {
     }
 }
 
-/// What a command printed: JSON for `--json`, text otherwise.
-struct Out {
+/// What a command printed: JSON for `--json`, text otherwise (or raw bytes).
+pub(crate) struct Out {
     json: Value,
     text: String,
+    raw: Option<Vec<u8>>,
+}
+
+impl Out {
+    fn new(text: String, json: Value) -> Out {
+        Out {
+            json,
+            text,
+            raw: None,
+        }
+    }
 }
 
 fn now() -> Timestamp {
@@ -317,68 +387,134 @@ fn now() -> Timestamp {
 }
 
 fn main() -> ExitCode {
-    let json_requested = std::env::args().any(|a| a == "--json");
-    let cli = match Cli::try_parse() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let cli = match parse(&argv) {
         Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind as K;
-            if matches!(
-                e.kind(),
-                K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            if json_requested {
-                let msg = e
-                    .to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or("usage error")
-                    .trim_start_matches("error: ")
-                    .to_string();
-                println!(
-                    "{}",
-                    json!({ "error": { "kind": "invalid_argument", "message": msg } })
-                );
-                eprintln!("huskies: {msg}");
-            } else {
-                let _ = e.print();
-            }
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(r) => return emit(r),
     };
-    match run(&cli) {
-        Ok(Some(out)) => {
-            let mut stdout = std::io::stdout().lock();
-            let r = if cli.json {
-                writeln!(
-                    stdout,
-                    "{}",
-                    serde_json::to_string_pretty(&out.json).expect("json")
-                )
-            } else if !out.text.is_empty() {
-                write!(stdout, "{}", out.text)
-            } else {
-                Ok(())
-            };
-            if r.is_err() {
-                return ExitCode::from(EXIT_ENV);
-            }
-            if out.json.get("ok") == Some(&Value::Bool(false)) {
-                return ExitCode::from(EXIT_REFUSED);
-            }
-            ExitCode::SUCCESS
-        }
-        Ok(None) => ExitCode::SUCCESS,
-        Err(e) => {
-            if cli.json {
-                println!("{}", json!({ "error": { "kind": e.kind, "message": e.message } }));
-            }
-            eprintln!("huskies: {}", e.message);
-            ExitCode::from(e.code)
+    if cli.command.is_standalone() {
+        return emit(render(&cli, standalone::run(&cli)));
+    }
+    let root = match home::resolve(cli.home.as_deref()) {
+        Ok(root) => root,
+        Err(e) => return emit(render(&cli, Err(e.into()))),
+    };
+    if let Commands::Log { follow: true, .. } = &cli.command {
+        return follow::run(&cli, &root, &argv);
+    }
+    match route::through_daemon(&cli, &root, &argv) {
+        Some(r) => emit(r),
+        None => {
+            let mut slot = NodeSlot::Direct(None);
+            let r = run(&cli, &mut slot);
+            emit(render(&cli, r))
         }
     }
+}
+
+/// Parses a command line (without the program name); a parse failure is rendered as the
+/// contract says (help and version are successes).
+pub(crate) fn parse(argv: &[String]) -> Result<Cli, Rendered> {
+    let json_requested = argv.iter().any(|a| a == "--json");
+    Cli::try_parse_from(std::iter::once("huskies".to_string()).chain(argv.iter().cloned())).map_err(|e| {
+        use clap::error::ErrorKind as K;
+        if matches!(
+            e.kind(),
+            K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
+        ) {
+            return Rendered {
+                stdout: e.to_string().into_bytes(),
+                stderr: String::new(),
+                code: 0,
+            };
+        }
+        let msg = e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("usage error")
+            .trim_start_matches("error: ")
+            .to_string();
+        if json_requested {
+            Rendered {
+                stdout: format!(
+                    "{}\n",
+                    json!({ "error": { "kind": "invalid_argument", "message": msg } })
+                )
+                .into_bytes(),
+                stderr: format!("huskies: {msg}\n"),
+                code: EXIT_USAGE,
+            }
+        } else {
+            Rendered {
+                stdout: Vec::new(),
+                stderr: e.render().ansi().to_string(),
+                code: EXIT_USAGE,
+            }
+        }
+    })
+}
+
+/// A command's complete output.
+#[derive(Default)]
+pub(crate) struct Rendered {
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    pub code: u8,
+}
+
+/// Turns a command's result into its output, the same way in the CLI and in the daemon.
+pub(crate) fn render(cli: &Cli, r: Result<Option<Out>, CliError>) -> Rendered {
+    match r {
+        Ok(Some(Out { raw: Some(raw), .. })) => Rendered {
+            stdout: raw,
+            ..Default::default()
+        },
+        Ok(Some(out)) => {
+            let stdout = if cli.json {
+                format!("{}\n", serde_json::to_string_pretty(&out.json).expect("json"))
+            } else {
+                out.text
+            };
+            let code = if out.json.get("ok") == Some(&Value::Bool(false)) {
+                EXIT_REFUSED
+            } else {
+                0
+            };
+            Rendered {
+                stdout: stdout.into_bytes(),
+                stderr: String::new(),
+                code,
+            }
+        }
+        Ok(None) => Rendered::default(),
+        Err(e) => Rendered {
+            stdout: if cli.json {
+                format!(
+                    "{}\n",
+                    json!({ "error": { "kind": e.kind, "message": e.message } })
+                )
+                .into_bytes()
+            } else {
+                Vec::new()
+            },
+            stderr: format!("huskies: {}\n", e.message),
+            code: e.code,
+        },
+    }
+}
+
+fn emit(r: Rendered) -> ExitCode {
+    let out_ok = std::io::stdout()
+        .lock()
+        .write_all(&r.stdout)
+        .and_then(|_| std::io::stdout().flush())
+        .is_ok();
+    let _ = std::io::stderr().lock().write_all(r.stderr.as_bytes());
+    if !out_ok && r.code == 0 {
+        return ExitCode::from(EXIT_ENV);
+    }
+    ExitCode::from(r.code)
 }
 
 fn story_id(s: &str) -> Result<StoryId, CliError> {
@@ -389,9 +525,47 @@ fn node_id(s: &str) -> Result<NodeId, CliError> {
     s.parse::<NodeId>().map_err(|e| CliError::usage(e.to_string()))
 }
 
-fn open(cli: &Cli) -> Result<Node, CliError> {
-    let root = home::resolve(cli.home.as_deref())?;
-    Ok(Node::open(&root, NodeConfig::default())?)
+/// The node a command works on: opened from the home on first use, or the daemon's own
+/// node when the command runs inside the daemon (sent over its control socket).
+pub(crate) enum NodeSlot<'a> {
+    /// Open the home when first needed.
+    Direct(Option<Box<Node>>),
+    /// Inside a running daemon, with the client's standard input.
+    Daemon(&'a mut Node, &'a huskies_daemon::HealthReport, Option<&'a str>),
+}
+
+impl NodeSlot<'_> {
+    fn get(&mut self, cli: &Cli) -> Result<&mut Node, CliError> {
+        match self {
+            NodeSlot::Daemon(node, _, _) => Ok(node),
+            NodeSlot::Direct(slot) => {
+                if slot.is_none() {
+                    let root = home::resolve(cli.home.as_deref())?;
+                    *slot = Some(Box::new(Node::open(&root, NodeConfig::default())?));
+                }
+                Ok(slot.as_mut().expect("opened"))
+            }
+        }
+    }
+
+    /// The command's standard input (the client's, when running inside the daemon).
+    fn read_stdin(&self) -> Result<String, CliError> {
+        match self {
+            NodeSlot::Daemon(_, _, stdin) => Ok(stdin.unwrap_or_default().to_string()),
+            NodeSlot::Direct(_) => {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+                Ok(s)
+            }
+        }
+    }
+
+    fn health(&self) -> Option<&huskies_daemon::HealthReport> {
+        match self {
+            NodeSlot::Daemon(_, h, _) => Some(h),
+            NodeSlot::Direct(_) => None,
+        }
+    }
 }
 
 fn progress_enabled(cli: &Cli) -> bool {
@@ -399,58 +573,17 @@ fn progress_enabled(cli: &Cli) -> bool {
     !cli.json && !cli.quiet && std::io::stderr().is_terminal()
 }
 
-fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
+fn run(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Option<Out>, CliError> {
     let out = match &cli.command {
-        Commands::Init {
-            cluster_name,
-            join,
-            label,
-        } => {
-            if join.is_some() {
-                return Err(CliError {
-                    kind: "network",
-                    message:
-                        "joining with a ticket needs the sync daemon, which this build does not include yet"
-                            .into(),
-                    code: EXIT_ENV,
-                });
-            }
-            let root = cli.home.clone().unwrap_or_else(|| PathBuf::from(".huskies"));
-            let mut node = Node::init(
-                &root,
-                InitMode::NewCluster {
-                    name: cluster_name.clone(),
-                },
-                &mut rand_core::OsRng,
-                now(),
-                NodeConfig::default(),
-            )?;
-            let label = label.clone().unwrap_or_else(default_label);
-            node.execute(
-                now(),
-                Cmd::Heartbeat {
-                    label: label.clone(),
-                    address: None,
-                },
-            )?;
-            id_out(
-                &node,
-                &label,
-                &format!(
-                    "initialised home {} (new cluster {cluster_name:?})\n",
-                    root.display()
-                ),
-            )
-        }
         Commands::Id => {
-            let node = open(cli)?;
-            let label = own_label(&node)?;
-            id_out(&node, &label, "")
+            let node = slot.get(cli)?;
+            let label = own_label(node)?;
+            id_out(node, &label, "")
         }
-        Commands::Story(cmd) => story_cmd(cli, cmd)?,
+        Commands::Story(cmd) => story_cmd(cli, slot, cmd)?,
         Commands::Claim { id, ttl } => {
             let id = story_id(id)?;
-            let mut node = open(cli)?;
+            let node = slot.get(cli)?;
             let t = now();
             node.execute(
                 t,
@@ -462,43 +595,40 @@ fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
             let story = node.story(&id, t)?;
             let claim = story.claim.as_ref().map(output::lease).unwrap_or(Value::Null);
             Out {
+                raw: None,
                 text: format!("claimed {id} for {ttl} s\n"),
                 json: json!({ "story": id.as_str(), "claim": claim }),
             }
         }
         Commands::Release { id } => {
             let id = story_id(id)?;
-            let mut node = open(cli)?;
+            let node = slot.get(cli)?;
             node.execute(now(), Cmd::Release { id: id.clone() })?;
             Out {
+                raw: None,
                 text: format!("released {id}\n"),
                 json: json!({ "story": id.as_str(), "released": true }),
             }
         }
-        Commands::Log { author } => {
+        Commands::Log { author, follow } => {
             let author = author.as_deref().map(node_id).transpose()?;
-            let node = open(cli)?;
+            let node = slot.get(cli)?;
             let ops = node.log(author.as_ref())?;
-            let text = ops
-                .iter()
-                .map(|o| {
-                    format!(
-                        "{} {:>6} {:>8} {:<13} {}\n",
-                        o.author.short(),
-                        o.seq,
-                        o.lamport,
-                        o.kind,
-                        o.story.as_ref().map_or("", |s| s.as_str())
-                    )
-                })
-                .collect();
-            Out {
-                text,
-                json: json!({ "ops": ops.iter().map(output::op).collect::<Vec<_>>() }),
+            if *follow {
+                // A stream: JSON Lines (or text lines), continued by the follower.
+                return Ok(Some(Out {
+                    raw: Some(op_lines(cli, &ops).into_bytes()),
+                    text: String::new(),
+                    json: Value::Null,
+                }));
             }
+            Out::new(
+                op_lines(cli, &ops),
+                json!({ "ops": ops.iter().map(output::op).collect::<Vec<_>>() }),
+            )
         }
         Commands::Verify => {
-            let node = open(cli)?;
+            let node = slot.get(cli)?;
             let total = node.version_vector().total();
             let bar = progress::bar(progress_enabled(cli), total, "verifying");
             let report = node.verify(|n| bar.set_position(n))?;
@@ -521,13 +651,14 @@ fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
                 );
             }
             Out {
+                raw: None,
                 text,
                 json: output::verify(&report),
             }
         }
-        Commands::Status => status(cli)?,
+        Commands::Status => status(cli, slot)?,
         Commands::Member(MemberCmd::List) => {
-            let node = open(cli)?;
+            let node = slot.get(cli)?;
             let members = node.members();
             let text = members
                 .iter()
@@ -543,37 +674,41 @@ fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
                 })
                 .collect();
             Out {
+                raw: None,
                 text,
                 json: json!({ "members": members.iter().map(output::member).collect::<Vec<_>>() }),
             }
         }
         Commands::Member(MemberCmd::Remove { node: target }) => {
             let target = node_id(target)?;
-            let mut node = open(cli)?;
+            let node = slot.get(cli)?;
             node.execute(now(), Cmd::RemoveMember { node: target })?;
             Out {
+                raw: None,
                 text: format!("removed {target}\n"),
                 json: json!({ "node_id": target.to_hex(), "removed": true }),
             }
         }
         Commands::Key(KeyCmd::Rotate) => {
-            let mut node = open(cli)?;
+            let node = slot.get(cli)?;
             let old = node.node_id();
             node.rotate_key(now(), &mut rand_core::OsRng)?;
             let new = node.node_id();
             Out {
+                raw: None,
                 text: format!("rotated key: {old} -> {new}\n"),
                 json: json!({ "old_node_id": old.to_hex(), "node_id": new.to_hex() }),
             }
         }
         Commands::Export { out } => {
-            let node = open(cli)?;
+            let node = slot.get(cli)?;
             let bytes = node.export_since(&VersionVector::default())?;
             let count = node.version_vector().total();
             match out {
                 Some(path) => {
                     write_file_atomically(path, &bytes)?;
                     Out {
+                        raw: None,
                         text: format!(
                             "exported {count} ops ({} bytes) to {}\n",
                             bytes.len(),
@@ -588,15 +723,18 @@ fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
                             "--json needs --out FILE: the export itself is binary",
                         ));
                     }
-                    std::io::stdout().lock().write_all(&bytes)?;
-                    return Ok(None);
+                    return Ok(Some(Out {
+                        raw: Some(bytes),
+                        text: String::new(),
+                        json: Value::Null,
+                    }));
                 }
             }
         }
         Commands::Import { file } => {
             let bytes = std::fs::read(file)
                 .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
-            let mut node = open(cli)?;
+            let node = slot.get(cli)?;
             let report = node.ingest_bundle(&bytes)?;
             let rejected: Vec<Value> = report
                 .rejected
@@ -623,6 +761,7 @@ fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
                     .collect::<String>()
             );
             Out {
+                raw: None,
                 text,
                 json: json!({
                     "applied": report.applied,
@@ -633,27 +772,47 @@ fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
                 }),
             }
         }
-        Commands::Demo => {
-            demo::run(cli.quiet)?;
-            return Ok(None);
+        Commands::Init { .. }
+        | Commands::Demo
+        | Commands::Bench { .. }
+        | Commands::Completions { .. }
+        | Commands::Daemon { .. } => {
+            return Err(CliError::usage("this command does not run inside a daemon"))
         }
-        Commands::Bench { ops } => {
-            let figures = bench::run(&bench::BenchOptions {
-                ops: *ops,
-                progress: progress_enabled(cli),
-            })?;
-            let text = figures
-                .as_object()
-                .map(|m| m.iter().map(|(k, v)| format!("{k:>24}  {v}\n")).collect())
-                .unwrap_or_default();
-            Out { text, json: figures }
-        }
-        Commands::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "huskies", &mut std::io::stdout());
-            return Ok(None);
+        Commands::Ticket(TicketCmd::Create { ttl }) => {
+            let address = match slot.health() {
+                Some(h) => h.address.clone(),
+                None => config::load(&home::resolve(cli.home.as_deref())?)?.advertise_address(),
+            };
+            let node = slot.get(cli)?;
+            let ticket = node.create_ticket(now(), *ttl, address.clone(), &mut rand_core::OsRng)?;
+            Out::new(
+                format!("{ticket}\n"),
+                json!({ "ticket": ticket.to_string(), "address": address, "expires_at": output::time(ticket.expires_at) }),
+            )
         }
     };
     Ok(Some(out))
+}
+
+/// Ops as lines: one JSON object per line with `--json`, else one text line each.
+pub(crate) fn op_lines(cli: &Cli, ops: &[huskies_core::OpSummary]) -> String {
+    ops.iter()
+        .map(|o| {
+            if cli.json {
+                format!("{}\n", output::op(o))
+            } else {
+                format!(
+                    "{} {:>6} {:>8} {:<13} {}\n",
+                    o.author.short(),
+                    o.seq,
+                    o.lamport,
+                    o.kind,
+                    o.story.as_ref().map_or("", |s| s.as_str())
+                )
+            }
+        })
+        .collect()
 }
 
 fn default_label() -> String {
@@ -675,6 +834,7 @@ fn own_label(node: &Node) -> Result<String, CliError> {
 
 fn id_out(node: &Node, label: &str, prefix: &str) -> Out {
     Out {
+        raw: None,
         text: format!(
             "{prefix}node    {}\ncluster {}\nlabel   {label}\n",
             node.node_id(),
@@ -758,7 +918,7 @@ fn parse_event(
     })
 }
 
-fn story_cmd(cli: &Cli, cmd: &StoryCmd) -> Result<Out, CliError> {
+fn story_cmd(cli: &Cli, slot: &mut NodeSlot<'_>, cmd: &StoryCmd) -> Result<Out, CliError> {
     let t = now();
     match cmd {
         StoryCmd::Add {
@@ -774,17 +934,13 @@ fn story_cmd(cli: &Cli, cmd: &StoryCmd) -> Result<Out, CliError> {
                 .collect::<Result<Vec<_>, _>>()?;
             let body = match body_file {
                 None => None,
-                Some(p) if p.as_os_str() == "-" => {
-                    let mut s = String::new();
-                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
-                    Some(s)
-                }
+                Some(p) if p.as_os_str() == "-" => Some(slot.read_stdin()?),
                 Some(p) => Some(
                     std::fs::read_to_string(p)
                         .map_err(|e| CliError::usage(format!("cannot read {}: {e}", p.display())))?,
                 ),
             };
-            let mut node = open(cli)?;
+            let node = slot.get(cli)?;
             let name = name.clone().unwrap_or_else(|| id.as_str().to_string());
             node.execute(
                 t,
@@ -795,11 +951,11 @@ fn story_cmd(cli: &Cli, cmd: &StoryCmd) -> Result<Out, CliError> {
                     depends_on,
                 },
             )?;
-            story_out(&node, &id, t)
+            story_out(node, &id, t)
         }
         StoryCmd::Show { id } => {
             let id = story_id(id)?;
-            story_out(&open(cli)?, &id, t)
+            story_out(slot.get(cli)?, &id, t)
         }
         StoryCmd::List { stage } => {
             let stage = stage
@@ -811,7 +967,7 @@ fn story_cmd(cli: &Cli, cmd: &StoryCmd) -> Result<Out, CliError> {
                     })
                 })
                 .transpose()?;
-            let node = open(cli)?;
+            let node = slot.get(cli)?;
             let stories = node.stories(stage, t)?;
             let text = stories
                 .iter()
@@ -830,6 +986,7 @@ fn story_cmd(cli: &Cli, cmd: &StoryCmd) -> Result<Out, CliError> {
                 })
                 .collect();
             Ok(Out {
+                raw: None,
                 text,
                 json: json!({ "stories": stories.iter().map(output::story).collect::<Vec<_>>() }),
             })
@@ -846,7 +1003,7 @@ fn story_cmd(cli: &Cli, cmd: &StoryCmd) -> Result<Out, CliError> {
         } => {
             let id = story_id(id)?;
             let event = parse_event(event, branch, *commits, commit, kind, reason, by)?;
-            let mut node = open(cli)?;
+            let node = slot.get(cli)?;
             node.execute(
                 t,
                 Cmd::Event {
@@ -854,11 +1011,11 @@ fn story_cmd(cli: &Cli, cmd: &StoryCmd) -> Result<Out, CliError> {
                     event,
                 },
             )?;
-            story_out(&node, &id, t)
+            story_out(node, &id, t)
         }
         StoryCmd::History { id } => {
             let id = story_id(id)?;
-            let node = open(cli)?;
+            let node = slot.get(cli)?;
             let history = node.history(&id)?;
             let text = history
                 .iter()
@@ -875,15 +1032,17 @@ fn story_cmd(cli: &Cli, cmd: &StoryCmd) -> Result<Out, CliError> {
                 })
                 .collect();
             Ok(Out {
+                raw: None,
                 text,
                 json: json!({ "transitions": history.iter().map(output::transition).collect::<Vec<_>>() }),
             })
         }
         StoryCmd::Rm { id } => {
             let id = story_id(id)?;
-            let mut node = open(cli)?;
+            let node = slot.get(cli)?;
             node.execute(t, Cmd::DeleteStory { id: id.clone() })?;
             Ok(Out {
+                raw: None,
                 text: format!("deleted {id}\n"),
                 json: json!({ "id": id.as_str(), "deleted": true }),
             })
@@ -894,25 +1053,47 @@ fn story_cmd(cli: &Cli, cmd: &StoryCmd) -> Result<Out, CliError> {
 fn story_out(node: &Node, id: &StoryId, t: Timestamp) -> Result<Out, CliError> {
     let s = node.story(id, t)?;
     Ok(Out {
+        raw: None,
         text: output::story_text(&s),
         json: output::story(&s),
     })
 }
 
-fn status(cli: &Cli) -> Result<Out, CliError> {
-    let node = open(cli)?;
+fn status(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Out, CliError> {
+    let health = slot.health().cloned();
+    let node = slot.get(cli)?;
     let t = now();
     let counts = node.stage_counts()?;
     let vv = node.version_vector();
     let forks = node.forks()?;
     let nodes = node.nodes(t)?;
     let mut text = format!(
-        "node     {} ({})\ncluster  {} ({})\npeers    none connected (no daemon running)\n",
+        "node     {} ({})\ncluster  {} ({})\n",
         node.node_id(),
-        own_label(&node)?,
+        own_label(node)?,
         node.cluster_id(),
         node.cluster_name().unwrap_or("?")
     );
+    match &health {
+        None => text += "daemon   not running (no peers connected)\n",
+        Some(h) => {
+            text += &format!(
+                "daemon   running at {}, {} peers, {:.1} ops/s merged\n",
+                h.address,
+                h.peers.len(),
+                h.ops_per_s
+            );
+            for p in &h.peers {
+                text += &format!(
+                    "peer     {} {} {}, lag {} ops\n",
+                    p.node_id.as_deref().map_or("(handshaking)", |n| &n[..8]),
+                    p.direction,
+                    p.address.as_deref().unwrap_or(""),
+                    p.lag
+                );
+            }
+        }
+    }
     text += "stories ";
     for (k, n) in &counts {
         text += &format!(" {k}={n}");
@@ -940,14 +1121,16 @@ fn status(cli: &Cli) -> Result<Out, CliError> {
         );
     }
     Ok(Out {
+        raw: None,
         text,
         json: json!({
             "node_id": node.node_id().to_hex(),
             "cluster_id": node.cluster_id().to_hex(),
             "cluster_name": node.cluster_name(),
-            "label": own_label(&node)?,
-            "daemon": false,
-            "peers": [],
+            "label": own_label(node)?,
+            "daemon": health.is_some(),
+            "peers": health.as_ref().map(|h| json!(h.peers)).unwrap_or_else(|| json!([])),
+            "health": health,
             "stages": counts.iter().map(|(k, n)| (k.as_str().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "version_vector": vv.iter().map(|(a, s)| (a.to_hex(), json!(s))).collect::<serde_json::Map<_, _>>(),
             "lamport": node.lamport(),

@@ -1109,21 +1109,7 @@ impl Node {
         if let Some(a) = author {
             ops.retain(|op| op.content().author == *a);
         }
-        Ok(ops
-            .iter()
-            .map(|op| {
-                let c = op.content();
-                OpSummary {
-                    op_id: op.id(),
-                    author: c.author,
-                    seq: c.seq,
-                    lamport: c.lamport,
-                    wall: c.wall,
-                    kind: c.payload.kind_str(),
-                    story: c.payload.story().cloned(),
-                }
-            })
-            .collect())
+        Ok(ops.iter().map(OpSummary::of).collect())
     }
 
     /// Re-checks every stored op: segment checksums, decoding, signatures (`verify_strict`),

@@ -123,6 +123,22 @@ pub struct OpSummary {
     pub story: Option<StoryId>,
 }
 
+impl OpSummary {
+    /// Summarises a signed op.
+    pub fn of(op: &crate::op::SignedOp) -> OpSummary {
+        let c = op.content();
+        OpSummary {
+            op_id: op.id(),
+            author: c.author,
+            seq: c.seq,
+            lamport: c.lamport,
+            wall: c.wall,
+            kind: c.payload.kind_str(),
+            story: c.payload.story().cloned(),
+        }
+    }
+}
+
 /// Evidence that an author signed two different ops for one seq.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForkInfo {

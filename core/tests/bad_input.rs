@@ -844,3 +844,40 @@ fn bad_key_files_are_refused() {
     let n = Node::open(&home, config()).unwrap();
     assert_eq!(stored(&n), original);
 }
+
+#[test]
+fn the_out_of_order_buffer_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, mut b) = setup(dir.path(), 33);
+    for i in 0..5 {
+        add_story(&mut b, at(2), &format!("b_{i}"));
+    }
+    let mut rng = TestRng::new(330);
+    let mut small = Node::init(
+        &dir.path().join("small"),
+        huskies_core::InitMode::Join {
+            cluster: a.cluster_id(),
+        },
+        &mut rng,
+        at(0),
+        huskies_core::NodeConfig {
+            max_buffered_ops: 2,
+            ..config()
+        },
+    )
+    .unwrap();
+    push(&a, &mut small);
+    let ops = b.ops_since(&small.version_vector()).unwrap();
+    assert_eq!(ops.len(), 5);
+    let before = stored(&small);
+    let r = small.ingest(unverified(ops[2..].to_vec())).unwrap();
+    assert_eq!((r.applied, r.buffered), (0, 2), "{r:?}");
+    assert_eq!(r.rejected.len(), 1);
+    assert_eq!(r.rejected[0].reason, RejectReason::BufferFull);
+    assert_eq!(small.buffered_ops(), 2);
+    assert_eq!(stored(&small), before);
+    // The refused op is simply sent again later.
+    push(&b, &mut small);
+    assert_eq!(small.buffered_ops(), 0);
+    assert_eq!(small.version_vector(), b.version_vector());
+}

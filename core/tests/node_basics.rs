@@ -958,3 +958,55 @@ fn execute_group_commits_the_valid_commands_with_per_command_results() {
     let node = Node::open(&home, config()).unwrap();
     assert_eq!(snapshot(&node, at(3)), before);
 }
+
+/// Known gap in `LeaseSet`: a claim taken over from a node whose heartbeat went stale (but
+/// whose lease had not expired) comes back to life when the new holder releases it and
+/// the old holder's heartbeat resumes, although the old holder was told `ClaimLost`. The
+/// story then looks claimed by a node that is not working on it until that old lease
+/// expires (up to `MAX_TTL_SECS`). A release (or the takeover itself) should retire the
+/// leases it superseded.
+#[test]
+#[ignore = "known gap: a superseded claim resurfaces after the new holder releases"]
+fn a_taken_over_claim_does_not_come_back_after_the_new_holder_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = TestRng::new(11);
+    let mut a = new_cluster(&dir.path().join("a"), &mut rng, at(0));
+    let mut b = join(&dir.path().join("b"), &mut a, Role::Member, &mut rng, at(0));
+    add_story(&mut a, at(1), "1_s");
+    let hb = |n: &mut Node, t: u64| {
+        n.execute(
+            at(t),
+            Command::Heartbeat {
+                label: "n".into(),
+                address: None,
+            },
+        )
+        .unwrap();
+    };
+    hb(&mut a, 1);
+    a.execute(
+        at(1),
+        Command::Claim {
+            id: sid("1_s"),
+            ttl_secs: 3600,
+        },
+    )
+    .unwrap();
+    sync(&mut a, &mut b);
+    // A goes quiet; B takes over once A is stale, then finishes and releases.
+    b.execute(
+        at(200),
+        Command::Claim {
+            id: sid("1_s"),
+            ttl_secs: 600,
+        },
+    )
+    .unwrap();
+    b.execute(at(300), Command::Release { id: sid("1_s") }).unwrap();
+    // A comes back.
+    hb(&mut a, 400);
+    sync(&mut a, &mut b);
+    for n in [&a, &b] {
+        assert_eq!(n.story(&sid("1_s"), at(401)).unwrap().claim, None);
+    }
+}

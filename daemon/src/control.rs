@@ -47,6 +47,9 @@ pub struct ControlResponse {
     /// Keep the connection open and stream [`ControlHandler::follow`] output.
     #[serde(default)]
     pub follow: bool,
+    /// `stdout` is hex-encoded binary (e.g. an export).
+    #[serde(default)]
+    pub binary: bool,
 }
 
 /// Runs client commands on the daemon's node (the CLI implements it).

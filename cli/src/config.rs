@@ -1,0 +1,90 @@
+//! `<home>/config.toml`: daemon settings, layered under command-line flags.
+//!
+//! ```toml
+//! [daemon]
+//! listen = "127.0.0.1:3001"
+//! peers = ["ws://10.0.0.5:3001/crdt-sync"]
+//! max_mesh_peers = 3
+//! label = "build-1"
+//! advertise = "ws://10.0.0.6:3001/crdt-sync"
+//! heartbeat_secs = 10
+//! retention_secs = 14400
+//! block_after_merge_failures = 3
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::CliError;
+
+const FILE: &str = "config.toml";
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[daemon]`
+    #[serde(default)]
+    pub daemon: DaemonSection,
+}
+
+/// `[daemon]`: every key optional.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSection {
+    pub listen: Option<SocketAddr>,
+    pub peers: Option<Vec<String>>,
+    pub max_mesh_peers: Option<usize>,
+    pub label: Option<String>,
+    pub advertise: Option<String>,
+    pub heartbeat_secs: Option<u64>,
+    pub retention_secs: Option<u64>,
+    pub block_after_merge_failures: Option<u32>,
+}
+
+/// Reads the home's config (absent file: defaults).
+pub fn load(home: &Path) -> Result<FileConfig, CliError> {
+    let path = home.join(FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| CliError::usage(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+        Err(e) => Err(CliError {
+            kind: "io",
+            message: format!("reading {}: {e}", path.display()),
+            code: crate::EXIT_ENV,
+        }),
+    }
+}
+
+/// Writes the home's config.
+pub fn save(home: &Path, config: &FileConfig) -> Result<(), CliError> {
+    let path = home.join(FILE);
+    let text = format!(
+        "# huskies node settings; command-line flags override them.\n{}",
+        toml::to_string_pretty(config).expect("config serialises")
+    );
+    std::fs::write(&path, text).map_err(|e| CliError {
+        kind: "io",
+        message: format!("writing {}: {e}", path.display()),
+        code: crate::EXIT_ENV,
+    })
+}
+
+impl FileConfig {
+    /// The listen address (default 127.0.0.1:3001).
+    pub fn listen(&self) -> SocketAddr {
+        self.daemon
+            .listen
+            .unwrap_or_else(|| huskies_daemon::DaemonConfig::default().listen)
+    }
+
+    /// The address other nodes dial: `advertise`, else derived from `listen`.
+    pub fn advertise_address(&self) -> String {
+        self.daemon
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("ws://{}/crdt-sync", self.listen()))
+    }
+}

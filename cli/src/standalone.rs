@@ -1,0 +1,230 @@
+//! Commands that never run inside a daemon: init, daemon, demo, bench, completions.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::CommandFactory;
+use huskies_core::sync::Ticket;
+use huskies_core::{Command as Cmd, InitMode, Node, NodeConfig};
+use huskies_daemon::DaemonConfig;
+use serde_json::Value;
+
+use crate::{
+    bench, config, default_label, demo, home, id_out, now, progress_enabled, Cli, CliError, Commands, Out,
+};
+
+pub(crate) fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
+    Ok(Some(match &cli.command {
+        Commands::Init {
+            cluster_name,
+            join,
+            label,
+        } => {
+            let root = cli.home.clone().unwrap_or_else(|| PathBuf::from(".huskies"));
+            let label = label.clone().unwrap_or_else(default_label);
+            let out = match join {
+                None => init_new(&root, cluster_name, &label)?,
+                Some(ticket) => init_join(&root, ticket, &label)?,
+            };
+            let mut file = config::load(&root)?;
+            file.daemon.label = Some(label);
+            config::save(&root, &file)?;
+            out
+        }
+        Commands::Daemon {
+            listen,
+            peers,
+            max_mesh_peers,
+            advertise,
+            label,
+        } => {
+            run_daemon(
+                cli,
+                *listen,
+                peers,
+                *max_mesh_peers,
+                advertise.clone(),
+                label.clone(),
+            )?;
+            return Ok(None);
+        }
+        Commands::Demo => {
+            demo::run(cli.quiet)?;
+            return Ok(None);
+        }
+        Commands::Bench { ops } => {
+            let figures = bench::run(&bench::BenchOptions {
+                ops: *ops,
+                progress: progress_enabled(cli),
+            })?;
+            let text = figures
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{k:>24}  {v}\n")).collect())
+                .unwrap_or_default();
+            Out::new(text, figures)
+        }
+        Commands::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "huskies", &mut buf);
+            Out {
+                raw: Some(buf),
+                text: String::new(),
+                json: Value::Null,
+            }
+        }
+        _ => return Err(CliError::usage("not a standalone command")),
+    }))
+}
+
+fn init_new(root: &std::path::Path, cluster_name: &str, label: &str) -> Result<Out, CliError> {
+    let mut node = Node::init(
+        root,
+        InitMode::NewCluster {
+            name: cluster_name.to_string(),
+        },
+        &mut rand_core::OsRng,
+        now(),
+        NodeConfig::default(),
+    )?;
+    node.execute(
+        now(),
+        Cmd::Heartbeat {
+            label: label.to_string(),
+            address: None,
+        },
+    )?;
+    Ok(id_out(
+        &node,
+        label,
+        &format!(
+            "initialised home {} (new cluster {cluster_name:?})\n",
+            root.display()
+        ),
+    ))
+}
+
+fn init_join(root: &std::path::Path, ticket: &str, label: &str) -> Result<Out, CliError> {
+    let ticket: Ticket = ticket
+        .parse()
+        .map_err(|e: huskies_core::Error| CliError::usage(e.to_string()))?;
+    let existed = root.exists();
+    let mut node = Node::init(
+        root,
+        InitMode::Join {
+            cluster: ticket.cluster,
+        },
+        &mut rand_core::OsRng,
+        now(),
+        NodeConfig::default(),
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let joined = runtime.block_on(huskies_daemon::join_cluster(
+        &mut node,
+        &ticket,
+        label,
+        Duration::from_secs(60),
+    ));
+    match joined {
+        Ok(outcome) => Ok(id_out(
+            &node,
+            label,
+            &format!(
+                "joined cluster {} via {} ({} ops received); home {}\n",
+                ticket.cluster.short(),
+                ticket.address,
+                outcome.ops,
+                root.display()
+            ),
+        )),
+        Err(e) => {
+            // Leave nothing half-made behind: the node was never admitted.
+            drop(node);
+            if !existed {
+                let _ = std::fs::remove_dir_all(root);
+            }
+            Err(CliError {
+                kind: "network",
+                message: format!("joining failed: {e}"),
+                code: crate::EXIT_ENV,
+            })
+        }
+    }
+}
+
+fn run_daemon(
+    cli: &Cli,
+    listen: Option<std::net::SocketAddr>,
+    peers: &[String],
+    max_mesh_peers: Option<usize>,
+    advertise: Option<String>,
+    label: Option<String>,
+) -> Result<(), CliError> {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HUSKIES_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("warn,huskies_daemon={level},huskies={level}"))
+    });
+    let ansi = match cli.color {
+        crate::ColorChoice::Always => true,
+        crate::ColorChoice::Never => false,
+        crate::ColorChoice::Auto => {
+            std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr())
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
+
+    let root = home::resolve(cli.home.as_deref())?;
+    let file = config::load(&root)?;
+    let node = Node::open(&root, NodeConfig::default())?;
+    let defaults = DaemonConfig::default();
+    let d = &file.daemon;
+    let presence_label = crate::own_label(&node).ok().filter(|l| !l.is_empty());
+    let config = DaemonConfig {
+        listen: listen.or(d.listen).unwrap_or(defaults.listen),
+        peers: if peers.is_empty() {
+            d.peers.clone().unwrap_or_default()
+        } else {
+            peers.to_vec()
+        },
+        max_mesh_peers: max_mesh_peers
+            .or(d.max_mesh_peers)
+            .unwrap_or(defaults.max_mesh_peers),
+        label: label
+            .or(d.label.clone())
+            .or(presence_label)
+            .unwrap_or_else(default_label),
+        advertise: advertise.or(d.advertise.clone()),
+        heartbeat_secs: d.heartbeat_secs.unwrap_or(defaults.heartbeat_secs),
+        retention_secs: d.retention_secs.unwrap_or(defaults.retention_secs),
+        block_after_merge_failures: d
+            .block_after_merge_failures
+            .unwrap_or(defaults.block_after_merge_failures),
+        ..defaults
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime
+        .block_on(huskies_daemon::run_until_signal(
+            node,
+            config,
+            Arc::new(crate::route::CliControl),
+        ))
+        .map_err(|e| match e {
+            huskies_daemon::DaemonError::Core(core) => core.into(),
+            other => CliError {
+                kind: "network",
+                message: other.to_string(),
+                code: crate::EXIT_ENV,
+            },
+        })
+}
