@@ -635,15 +635,19 @@ impl<'a> Working<'a> {
                     rec.deleted = Some(stamp);
                 }
             }
-            Payload::Claim { story, ttl_secs } => {
+            Payload::Claim {
+                story,
+                ttl_secs,
+                takes_over,
+            } => {
                 let lease = Lease {
                     node: c.author,
                     claimed_at: c.wall,
                     expires_at: c.wall.add_secs(u64::from(*ttl_secs)),
                 };
-                self.set_claim(story, stamp, Some(lease))?;
+                self.set_claim(story, stamp, Some(lease), *takes_over)?;
             }
-            Payload::Release { story } => self.set_claim(story, stamp, None)?,
+            Payload::Release { story } => self.set_claim(story, stamp, None, None)?,
             Payload::LockAcquire { ttl_secs } => {
                 let lease = Lease {
                     node: c.author,
@@ -687,10 +691,19 @@ impl<'a> Working<'a> {
         Ok(Ok(()))
     }
 
-    fn set_claim(&mut self, story: &StoryId, stamp: Stamp, lease: Option<Lease>) -> Result<(), Error> {
+    fn set_claim(
+        &mut self,
+        story: &StoryId,
+        stamp: Stamp,
+        lease: Option<Lease>,
+        takes_over: Option<(NodeId, u64)>,
+    ) -> Result<(), Error> {
         let local = self.local;
         let rec = self.story_mut(story)?;
         let before = rec.claims.current().map(|(_, l)| l.node);
+        if let Some((holder, through)) = takes_over {
+            rec.claims.clear(holder, through);
+        }
         rec.claims.set(stamp, lease);
         let after = rec.claims.current().map(|(_, l)| l.node);
         if before == Some(local) && after != Some(local) && stamp.author != local {

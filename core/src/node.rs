@@ -493,17 +493,25 @@ impl Node {
                 let current = Self::visible_story(w, &id)?
                     .claims
                     .current()
-                    .map(|(_, l)| l.clone());
-                if let Some(lease) = current {
-                    if lease.node != me && self.lease_live(w, &lease, now)? {
-                        return Err(Error::ClaimConflict {
-                            what: format!("story {id}"),
-                            holder: lease.node,
-                            expires_at: lease.expires_at,
-                        });
+                    .map(|(s, l)| (s, l.clone()));
+                let mut takes_over = None;
+                if let Some((stamp, lease)) = current {
+                    if lease.node != me {
+                        if self.lease_live(w, &lease, now)? {
+                            return Err(Error::ClaimConflict {
+                                what: format!("story {id}"),
+                                holder: lease.node,
+                                expires_at: lease.expires_at,
+                            });
+                        }
+                        takes_over = Some((lease.node, stamp.lamport));
                     }
                 }
-                Payload::Claim { story: id, ttl_secs }
+                Payload::Claim {
+                    story: id,
+                    ttl_secs,
+                    takes_over,
+                }
             }
             Command::Release { id } => {
                 let rec = Self::visible_story(w, &id)?;
@@ -1292,6 +1300,32 @@ impl Node {
             .get(node)
             .is_some_and(|a| a.quarantined_at.is_some());
         member && !quarantined
+    }
+
+    /// The op `author` signed at `seq`, if this node holds it.
+    pub fn op_at(&self, author: &NodeId, seq: u64) -> Result<Option<SignedOp>, Error> {
+        match self.state.authors.get(author) {
+            Some(rec) if seq >= 1 && seq <= rec.head_seq => crate::merge::read_op(&self.db, rec.idx, seq),
+            _ => Ok(None),
+        }
+    }
+
+    /// For each entry of `vv` this node holds, the id of the op at that seq.
+    pub fn op_ids_at(&self, vv: &VersionVector) -> Result<Vec<(NodeId, OpId)>, Error> {
+        let mut out = Vec::with_capacity(vv.len());
+        for (author, seq) in vv.iter() {
+            let Some(rec) = self.state.authors.get(author) else {
+                continue;
+            };
+            if *seq == rec.head_seq {
+                if let Some(id) = rec.head_id {
+                    out.push((*author, id));
+                }
+            } else if let Some(op) = self.op_at(author, *seq)? {
+                out.push((*author, op.id()));
+            }
+        }
+        Ok(out)
     }
 
     /// Authors quarantined for equivocation.

@@ -120,6 +120,10 @@ pub enum Payload {
         story: StoryId,
         /// Lease length.
         ttl_secs: u32,
+        /// Taking over a lease that is no longer live: that holder's leases up to this
+        /// Lamport timestamp stop counting, so they cannot come back later (e.g. when the
+        /// old holder's heartbeat resumes after the new holder released).
+        takes_over: Option<(NodeId, u64)>,
     },
     /// Give up a claim.
     Release {

@@ -323,6 +323,7 @@ impl Sim {
             2 => Payload::Claim {
                 story: id,
                 ttl_secs: 300,
+                takes_over: None,
             },
             _ => Payload::Presence {
                 label: "m".into(),

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ClusterId, NodeId};
+use crate::id::{ClusterId, NodeId, OpId};
 use crate::version::VersionVector;
 
 /// The protocol version this build speaks.
@@ -68,6 +68,10 @@ pub enum Message {
         proof: [[u8; 32]; 2],
         /// The sender's version vector.
         have: VersionVector,
+        /// The id of the op at each `have` entry. A receiver that holds a different op for
+        /// that seq sends its own back: an author that equivocated on its newest op is caught
+        /// even though neither side lacks anything by version vector.
+        heads: Vec<(NodeId, OpId)>,
     },
     /// Signed ops the receiver lacks, in Lamport order.
     Ops {

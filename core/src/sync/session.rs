@@ -41,12 +41,15 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use crate::error::Error;
-use crate::id::{ClusterId, NodeId};
+use crate::id::{ClusterId, NodeId, OpId};
 use crate::node::{IngestReport, Node};
 use crate::op::UnverifiedOp;
 use crate::sync::message::{Message, RefuseCode, PROTOCOL_VERSION};
 use crate::time::Timestamp;
 use crate::version::VersionVector;
+
+/// Most head ids compared per handshake: one per author, and clusters have few authors.
+pub(crate) const MAX_HEADS: usize = 4096;
 
 /// Signed statement prefix of the handshake proof.
 const AUTH_DOMAIN: &[u8; 16] = b"huskies/sync/v1\0";
@@ -225,6 +228,8 @@ pub struct Session {
     sent: VersionVector,
     /// Authors whose fork evidence this session already sent.
     evidence_sent: BTreeSet<NodeId>,
+    /// Our ops that contradict the peer's heads, to send as evidence.
+    pending_evidence: Vec<crate::op::SignedOp>,
     in_flight: VecDeque<InFlight>,
     in_flight_bytes: usize,
     frames_received: u64,
@@ -267,6 +272,7 @@ impl Session {
             outbox: VecDeque::from([hello.encode()]),
             sent: VersionVector::default(),
             evidence_sent: BTreeSet::new(),
+            pending_evidence: Vec::new(),
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
             frames_received: 0,
@@ -390,7 +396,9 @@ impl Session {
                     ticket,
                 },
             ) => self.on_hello(node, now, protocol, cluster, peer, challenge, ticket),
-            (State::AwaitAuth, Message::Auth { proof, have }) => self.on_auth(node, proof, have),
+            (State::AwaitAuth, Message::Auth { proof, have, heads }) => {
+                self.on_auth(node, proof, have, heads)
+            }
             (State::Established, Message::Ops { ops }) => self.on_ops(node, ops),
             (State::Established, Message::Ack { have, frames }) => {
                 self.on_ack(now, have, frames);
@@ -456,18 +464,21 @@ impl Session {
         }
         self.peer = Some(peer);
         let proof = node.sign_bytes(&Self::statement(&challenge, &self.me, &peer, &self.cluster));
-        self.outbox.push_back(
-            Message::Auth {
-                proof,
-                have: node.version_vector(),
-            }
-            .encode(),
-        );
+        let have = node.version_vector();
+        let heads = node.op_ids_at(&have)?;
+        self.outbox
+            .push_back(Message::Auth { proof, have, heads }.encode());
         self.state = State::AwaitAuth;
         Ok(())
     }
 
-    fn on_auth(&mut self, node: &Node, proof: [[u8; 32]; 2], have: VersionVector) -> Result<(), SyncError> {
+    fn on_auth(
+        &mut self,
+        node: &Node,
+        proof: [[u8; 32]; 2],
+        have: VersionVector,
+        heads: Vec<(NodeId, OpId)>,
+    ) -> Result<(), SyncError> {
         let peer = self.peer.expect("hello sets the peer");
         let statement = Self::statement(&self.challenge, &peer, &self.me, &self.cluster);
         if !crate::key::check_signature(&peer, &statement, &proof) {
@@ -479,6 +490,19 @@ impl Session {
                 RefuseCode::NotMember,
                 format!("node {peer} is not a member of this cluster"),
             ));
+        }
+        // Where we hold a different op for the peer's head of an author, that author
+        // equivocated: send ours, and the peer's merge records the fork (it does the same).
+        for (author, id) in heads.into_iter().take(crate::sync::session::MAX_HEADS) {
+            let seq = have.get(&author);
+            if seq == 0 || seq > node.version_vector().get(&author) {
+                continue;
+            }
+            if let Some(ours) = node.op_at(&author, seq)? {
+                if ours.id() != id {
+                    self.pending_evidence.push(ours);
+                }
+            }
         }
         self.sent = have;
         self.state = State::Established;
@@ -559,6 +583,7 @@ impl Session {
                 .target_frame_bytes
                 .min(self.config.max_frame_bytes / 2);
             let mut ops = node.ops_for_sync(&self.sent, budget)?;
+            ops.append(&mut self.pending_evidence);
             for author in node.quarantined_authors() {
                 if self.evidence_sent.insert(author) {
                     ops.extend(node.fork_evidence(&author)?);
