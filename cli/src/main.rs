@@ -3,6 +3,7 @@
 //! The contract (names, JSON shapes, exit codes, error kinds) is `shared/spec/cli.md`;
 //! scripts outside this repository rely on it.
 
+mod agent;
 mod bench;
 mod config;
 mod demo;
@@ -70,6 +71,7 @@ impl Commands {
                 | Commands::Bench { .. }
                 | Commands::Completions { .. }
                 | Commands::Daemon { .. }
+                | Commands::Agent { .. }
         )
     }
 }
@@ -184,6 +186,39 @@ enum Commands {
         /// This node's label in presence.
         #[arg(long)]
         label: Option<String>,
+    },
+    /// Headless build agent: claim coding stories and run CMD for each.
+    #[command(
+        after_help = "CMD runs as `sh -c CMD` with HUSKIES_STORY_ID, HUSKIES_STORY_NAME, HUSKIES_HOME and \
+        HUSKIES_NODE_ID set. Exit 0 moves the story to qa; any other status leaves it in coding for another node.\n\n\
+        Example:\n  huskies agent --rendezvous ws://10.0.0.5:3001/crdt-sync --exec ./build-story.sh --max-parallel 2"
+    )]
+    Agent {
+        /// The peer to sync with, e.g. ws://host:3001/crdt-sync.
+        #[arg(long, value_name = "URL")]
+        rendezvous: String,
+        /// The command to run per story.
+        #[arg(long, value_name = "CMD")]
+        exec: String,
+        /// Claim lease in seconds (renewed while the command runs).
+        #[arg(long, default_value_t = 600)]
+        ttl: u32,
+        /// Most stories worked at once.
+        #[arg(long, default_value_t = 1)]
+        max_parallel: usize,
+        /// Where this agent's own /crdt-sync listens (default: a free loopback port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// This node's label in presence.
+        #[arg(long)]
+        label: Option<String>,
+        /// Milliseconds between scans for work.
+        #[arg(long, default_value_t = 1000, hide = true)]
+        scan_interval_ms: u64,
+        /// Milliseconds a fresh claim must survive before the command starts (lets a
+        /// concurrent claim from another node arrive first).
+        #[arg(long, default_value_t = 1500, hide = true)]
+        settle_ms: u64,
     },
     /// One-time join tickets for new nodes.
     #[command(subcommand)]
@@ -776,9 +811,8 @@ fn run(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Option<Out>, CliError> {
         | Commands::Demo
         | Commands::Bench { .. }
         | Commands::Completions { .. }
-        | Commands::Daemon { .. } => {
-            return Err(CliError::usage("this command does not run inside a daemon"))
-        }
+        | Commands::Daemon { .. }
+        | Commands::Agent { .. } => return Err(CliError::usage("this command does not run inside a daemon")),
         Commands::Ticket(TicketCmd::Create { ttl }) => {
             let address = match slot.health() {
                 Some(h) => h.address.clone(),

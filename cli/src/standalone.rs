@@ -49,6 +49,31 @@ pub(crate) fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
             )?;
             return Ok(None);
         }
+        Commands::Agent {
+            rendezvous,
+            exec,
+            ttl,
+            max_parallel,
+            listen,
+            label,
+            scan_interval_ms,
+            settle_ms,
+        } => {
+            crate::agent::run(
+                cli,
+                crate::agent::AgentOptions {
+                    rendezvous: rendezvous.clone(),
+                    exec: exec.clone(),
+                    ttl: *ttl,
+                    max_parallel: (*max_parallel).max(1),
+                    listen: *listen,
+                    label: label.clone(),
+                    scan_interval: Duration::from_millis(*scan_interval_ms),
+                    settle: Duration::from_millis(*settle_ms),
+                },
+            )?;
+            return Ok(None);
+        }
         Commands::Demo => {
             demo::run(cli.quiet)?;
             return Ok(None);
@@ -162,28 +187,7 @@ fn run_daemon(
     advertise: Option<String>,
     label: Option<String>,
 ) -> Result<(), CliError> {
-    let level = match (cli.quiet, cli.verbose) {
-        (true, _) => "warn",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HUSKIES_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("warn,huskies_daemon={level},huskies={level}"))
-    });
-    let ansi = match cli.color {
-        crate::ColorChoice::Always => true,
-        crate::ColorChoice::Never => false,
-        crate::ColorChoice::Auto => {
-            std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr())
-        }
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .try_init();
-
+    init_logging(cli);
     let root = home::resolve(cli.home.as_deref())?;
     let file = config::load(&root)?;
     let node = Node::open(&root, NodeConfig::default())?;
@@ -227,4 +231,30 @@ fn run_daemon(
                 code: crate::EXIT_ENV,
             },
         })
+}
+
+/// Logs on stderr for long-running commands: info by default, `-v` debug, `-vv` trace,
+/// `--quiet` warnings only; `HUSKIES_LOG` overrides (EnvFilter syntax).
+pub(crate) fn init_logging(cli: &Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HUSKIES_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("warn,huskies_daemon={level},huskies={level}"))
+    });
+    let ansi = match cli.color {
+        crate::ColorChoice::Always => true,
+        crate::ColorChoice::Never => false,
+        crate::ColorChoice::Auto => {
+            std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr())
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
 }
