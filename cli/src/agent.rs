@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use huskies_core::{
-    Command as Cmd, Error, ExecutionEvent, ExecutionState, Node, NodeConfig, NodeId, PipelineEvent,
-    StageKind, StoryId, Timestamp,
+    Command as Cmd, Error, ExecutionEvent, ExecutionState, NodeId, PipelineEvent, StageKind, StoryId,
+    Timestamp,
 };
 use huskies_daemon::{Daemon, DaemonConfig};
 use nix::sys::signal::{killpg, Signal};
@@ -54,7 +54,7 @@ pub(crate) fn run(cli: &Cli, opts: AgentOptions) -> Result<(), CliError> {
     let root = home::resolve(cli.home.as_deref())?;
     let root = std::fs::canonicalize(&root).unwrap_or(root);
     let file = config::load(&root)?;
-    let node = Node::open(&root, NodeConfig::default())?;
+    let node = crate::standalone::open_for_daemon(&root)?;
     let label = opts
         .label
         .clone()

@@ -190,7 +190,7 @@ fn run_daemon(
     init_logging(cli);
     let root = home::resolve(cli.home.as_deref())?;
     let file = config::load(&root)?;
-    let node = Node::open(&root, NodeConfig::default())?;
+    let node = open_for_daemon(&root)?;
     let defaults = DaemonConfig::default();
     let d = &file.daemon;
     let presence_label = crate::own_label(&node).ok().filter(|l| !l.is_empty());
@@ -257,4 +257,18 @@ pub(crate) fn init_logging(cli: &Cli) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .try_init();
+}
+
+/// Opens the home for a long-running process. A short-lived command may hold the home for
+/// a moment, so a locked home is retried for a few seconds before giving up.
+pub(crate) fn open_for_daemon(root: &std::path::Path) -> Result<Node, CliError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Node::open(root, NodeConfig::default()) {
+            Err(huskies_core::Error::HomeLocked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return Ok(other?),
+        }
+    }
 }

@@ -1,0 +1,336 @@
+//! The CLI with real daemons on loopback: routing through the control socket, join
+//! tickets, claim conflicts between nodes, `log --follow`, and build agents.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_huskies")
+}
+
+fn huskies(home: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("HUSKIES_HOME")
+        .output()
+        .expect("runs")
+}
+
+fn ok_json(home: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = huskies(home, &all);
+    assert!(
+        out.status.success(),
+        "huskies {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn err_kind(home: &Path, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = huskies(home, &all);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        v["error"]["kind"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// A daemon process, stopped (SIGTERM) on drop.
+struct Daemon {
+    child: Child,
+    home: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+fn start_daemon(home: &Path, extra: &[&str]) -> (Daemon, String) {
+    let mut args = vec![
+        "--home".to_string(),
+        home.display().to_string(),
+        "daemon".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let child = Command::new(bin())
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        child,
+        home: home.to_path_buf(),
+    };
+    wait_for(20, "the daemon's control socket", || {
+        home.join("daemon.sock").exists().then_some(())
+    });
+    let url = wait_for(20, "the daemon answers on its control socket", || {
+        let out = huskies(&d.home, &["--json", "status"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["daemon"] == true).then(|| v["health"]["address"].as_str().unwrap().to_string())
+    });
+    (d, url)
+}
+
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn init(home: &Path, label: &str) {
+    ok_json(home, &["init", "--cluster-name", "acme", "--label", label]);
+}
+
+fn join(admin: &Path, home: &Path, label: &str) {
+    let t = ok_json(admin, &["ticket", "create", "--ttl", "600"]);
+    let ticket = t["ticket"].as_str().unwrap();
+    let v = ok_json(home, &["init", "--join", ticket, "--label", label]);
+    assert_eq!(v["cluster_id"], ok_json(admin, &["id"])["cluster_id"]);
+}
+
+#[test]
+fn commands_behave_the_same_through_a_running_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("a");
+    init(&home, "a");
+    let direct = ok_json(&home, &["story", "add", "1_direct", "--name", "Direct"]);
+    let (_d, _) = start_daemon(&home, &[]);
+    let routed = ok_json(&home, &["story", "add", "2_routed", "--name", "Routed"]);
+    assert_eq!(
+        direct.as_object().unwrap().keys().collect::<Vec<_>>(),
+        routed.as_object().unwrap().keys().collect::<Vec<_>>()
+    );
+    assert_eq!(routed["stage"]["kind"], "backlog");
+    let list = ok_json(&home, &["story", "list"]);
+    assert_eq!(list["stories"].as_array().unwrap().len(), 2);
+    // Errors keep their kinds and exit codes through the daemon.
+    assert_eq!(
+        err_kind(&home, &["story", "event", "2_routed", "accepted"]),
+        (1, "invalid_transition".into())
+    );
+    assert_eq!(
+        err_kind(&home, &["story", "show", "nope"]),
+        (1, "not_found".into())
+    );
+    assert_eq!(
+        err_kind(&home, &["story", "add", "2_routed"]),
+        (1, "already_exists".into())
+    );
+    assert_eq!(
+        err_kind(&home, &["story", "add", "bad id"]),
+        (2, "invalid_argument".into())
+    );
+    // Relative paths and stdin are the client's.
+    let body = dir.path().join("body.md");
+    std::fs::write(&body, "the body").unwrap();
+    let out = Command::new(bin())
+        .current_dir(dir.path())
+        .args([
+            "--home",
+            home.to_str().unwrap(),
+            "--json",
+            "story",
+            "add",
+            "3_body",
+            "--body-file",
+            "body.md",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ok_json(&home, &["story", "show", "3_body"])["body"], "the body");
+    let out = Command::new(bin())
+        .current_dir(dir.path())
+        .args(["--home", home.to_str().unwrap(), "export", "--out", "x.hsk"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("x.hsk").exists());
+    let status = ok_json(&home, &["status"]);
+    assert_eq!(status["daemon"], true);
+    assert!(ok_json(&home, &["verify"])["ok"] == true);
+}
+
+#[test]
+fn join_sync_and_claim_conflicts_between_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    init(&a, "a");
+    let (_da, url_a) = start_daemon(&a, &[]);
+    join(&a, &b, "b");
+    let (_db, _) = start_daemon(&b, &["--peer", &url_a]);
+    ok_json(&a, &["story", "add", "7_shared"]);
+    wait_for(10, "b sees a's story", || {
+        ok_json(&b, &["story", "list"])["stories"]
+            .as_array()
+            .unwrap()
+            .first()
+            .cloned()
+    });
+    ok_json(&b, &["claim", "7_shared", "--ttl", "600"]);
+    wait_for(10, "a sees b's claim", || {
+        (!ok_json(&a, &["story", "show", "7_shared"])["claim"].is_null()).then_some(())
+    });
+    assert_eq!(err_kind(&a, &["claim", "7_shared"]), (1, "claim_conflict".into()));
+    // A non-admin cannot issue tickets.
+    assert_eq!(err_kind(&b, &["ticket", "create"]), (1, "unauthorized".into()));
+    let members = ok_json(&a, &["member", "list"]);
+    assert_eq!(members["members"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn environment_errors_have_their_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    // A ticket to nowhere: network error, and nothing is left behind.
+    let a = dir.path().join("a");
+    init(&a, "a");
+    let t = ok_json(&a, &["ticket", "create"]);
+    let ticket = t["ticket"].as_str().unwrap().to_string();
+    let b = dir.path().join("b");
+    assert_eq!(err_kind(&b, &["init", "--join", &ticket]), (3, "network".into()));
+    assert!(!b.exists());
+    assert_eq!(
+        err_kind(&b, &["init", "--join", "not-a-ticket"]),
+        (2, "invalid_argument".into())
+    );
+    // A damaged key file: corrupt.
+    let key = a.join("node.key");
+    std::fs::write(&key, "garbage").unwrap();
+    assert_eq!(err_kind(&a, &["story", "list"]), (3, "corrupt".into()));
+    // Writing where it cannot: io.
+    let c = dir.path().join("c");
+    init(&c, "c");
+    assert_eq!(
+        err_kind(&c, &["export", "--out", "/nonexistent-dir/x.hsk"]),
+        (3, "io".into())
+    );
+}
+
+#[test]
+fn log_follow_streams_new_ops_as_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("a");
+    init(&home, "a");
+    let (_d, _) = start_daemon(&home, &[]);
+    let mut follow = Command::new(bin())
+        .args(["--home", home.to_str().unwrap(), "--json", "log", "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    ok_json(&home, &["story", "add", "9_followed"]);
+    let mut seen = false;
+    for line in BufReader::new(stdout).lines() {
+        let v: Value = serde_json::from_str(&line.unwrap()).expect("each line is one JSON object");
+        if v["kind"] == "story_create" && v["story"] == "9_followed" {
+            seen = true;
+            break;
+        }
+    }
+    let _ = follow.kill();
+    assert!(seen);
+}
+
+/// Two agents race for the same coding stories; every story runs, and no story runs on two
+/// nodes at once.
+#[test]
+fn two_agents_share_the_work_without_running_a_story_twice_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("rdv");
+    init(&r, "rdv");
+    let (_dr, url) = start_daemon(&r, &[]);
+    let runs = dir.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    let stories: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
+    for s in &stories {
+        ok_json(&r, &["story", "add", s]);
+        ok_json(&r, &["story", "event", s, "deps-met"]);
+    }
+    let script = format!(
+        "f={}/$HUSKIES_STORY_ID.$HUSKIES_NODE_ID.$$; date +%s%N > $f; sleep 0.4; date +%s%N >> $f",
+        runs.display()
+    );
+    let mut agents = Vec::new();
+    for name in ["w1", "w2"] {
+        let home = dir.path().join(name);
+        join(&r, &home, name);
+        let child = Command::new(bin())
+            .args([
+                "--home",
+                home.to_str().unwrap(),
+                "agent",
+                "--rendezvous",
+                &url,
+                "--exec",
+                &script,
+                "--max-parallel",
+                "2",
+                "--ttl",
+                "60",
+            ])
+            .args(["--scan-interval-ms", "200", "--settle-ms", "800"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        agents.push(Daemon { child, home });
+    }
+    wait_for(60, "every story reaches qa", || {
+        let list = ok_json(&r, &["story", "list", "--stage", "qa"]);
+        (list["stories"].as_array().unwrap().len() == stories.len()).then_some(())
+    });
+    drop(agents);
+    // Intervals per story never overlap.
+    for s in &stories {
+        let mut intervals: Vec<(u128, u128)> = std::fs::read_dir(&runs)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{s}.")))
+            .map(|e| {
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                let mut it = text.lines().map(|l| l.trim().parse::<u128>().unwrap());
+                (it.next().unwrap(), it.next().unwrap_or(u128::MAX))
+            })
+            .collect();
+        assert!(!intervals.is_empty(), "{s} ran");
+        intervals.sort();
+        for w in intervals.windows(2) {
+            assert!(w[0].1 <= w[1].0, "{s} ran twice at once: {intervals:?}");
+        }
+    }
+}
