@@ -263,6 +263,7 @@ fn log_follow_streams_new_ops_as_json_lines() {
         }
     }
     let _ = follow.kill();
+    let _ = follow.wait();
     assert!(seen);
 }
 
