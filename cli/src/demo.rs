@@ -1,38 +1,21 @@
-//! `huskies demo`: a small local cluster in temporary homes that shows the pipeline,
-//! replication between nodes, a claim race, and a node restarting and catching up.
+//! `huskies demo`: a small local cluster in temporary homes — three sync daemons on
+//! loopback — showing the pipeline driven from different nodes, live replication, a claim
+//! race, and a node stopping, missing ops, restarting and catching up.
 //!
-//! Nodes here exchange signed ops as bundles (the same bytes the sync protocol carries);
-//! everything is a real sled store in a temporary directory removed at the end.
+//! Everything is real: sled stores, WebSocket connections, join tickets. The homes live in
+//! a temporary directory removed at the end.
 
 use std::num::NonZeroU32;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use huskies_core::{
-    Command, Event, InitMode, Node, NodeConfig, PipelineEvent, Role, StageKind, StoryId, Timestamp,
-};
+use anyhow::{bail, Context, Result};
+use huskies_core::{Command, Event, InitMode, Node, NodeConfig, PipelineEvent, StageKind, StoryId};
+use huskies_daemon::{Daemon, DaemonConfig};
 
+use crate::now;
 use crate::output::stage_line;
-
-struct Demo {
-    quiet: bool,
-    clock: Timestamp,
-}
-
-impl Demo {
-    fn say(&self, text: &str) {
-        if !self.quiet {
-            println!("{text}");
-        }
-    }
-
-    fn now(&mut self) -> Timestamp {
-        // Simulated time: every step is a second later, so leases and heartbeats behave
-        // the same on every machine.
-        self.clock = self.clock.add_secs(1);
-        self.clock
-    }
-}
 
 fn id(s: &str) -> StoryId {
     StoryId::new(s).expect("demo ids are valid")
@@ -42,167 +25,183 @@ fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).expect("non-zero")
 }
 
-/// Sends each side the ops the other lacks; returns (ops a→b, ops b→a).
-fn sync(a: &mut Node, b: &mut Node) -> Result<(usize, usize)> {
-    let to_b = a.export_since(&b.version_vector())?;
-    let rb = b.ingest_bundle(&to_b)?;
-    let to_a = b.export_since(&a.version_vector())?;
-    let ra = a.ingest_bundle(&to_a)?;
-    anyhow::ensure!(
-        rb.rejected.is_empty() && ra.rejected.is_empty(),
-        "sync rejected ops: {:?} {:?}",
-        rb.rejected,
-        ra.rejected
-    );
-    Ok((rb.applied, ra.applied))
+struct Demo {
+    quiet: bool,
 }
 
-fn event(demo: &mut Demo, node: &mut Node, who: &str, story: &str, e: PipelineEvent) -> Result<()> {
-    let t = demo.now();
-    let name = e.name();
-    node.execute(
-        t,
-        Command::Event {
-            id: id(story),
-            event: e,
-        },
-    )?;
-    let s = node.story(&id(story), t)?;
-    demo.say(&format!(
-        "  {who:<6} {story:<12} {name:<18} -> {}",
-        stage_line(&s.stage)
-    ));
-    Ok(())
-}
-
-fn init_node(dir: &Path, name: &str, mode: InitMode, demo: &mut Demo) -> Result<Node> {
-    let t = demo.now();
-    let founder = matches!(mode, InitMode::NewCluster { .. });
-    let mut node = Node::init(
-        &dir.join(name),
-        mode,
-        &mut rand_core::OsRng,
-        t,
-        NodeConfig::default(),
-    )
-    .with_context(|| format!("creating {name}'s home"))?;
-    if founder {
-        node.execute(
-            t,
-            Command::Heartbeat {
-                label: name.into(),
-                address: None,
-            },
-        )?;
+impl Demo {
+    fn say(&self, text: &str) {
+        if !self.quiet {
+            println!("{text}");
+        }
     }
-    Ok(node)
+
+    fn event(&self, d: &Daemon, who: &str, story: &str, e: PipelineEvent) -> Result<()> {
+        let name = e.name();
+        let s = d.with_node(|n| {
+            n.execute(
+                now(),
+                Command::Event {
+                    id: id(story),
+                    event: e,
+                },
+            )?;
+            n.story(&id(story), now())
+        })?;
+        self.say(&format!(
+            "  {who:<6} {story:<12} {name:<18} -> {}",
+            stage_line(&s.stage)
+        ));
+        Ok(())
+    }
+}
+
+fn config(label: &str, peers: Vec<String>) -> DaemonConfig {
+    DaemonConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        peers,
+        label: label.into(),
+        heartbeat_secs: 2,
+        backoff_initial_ms: 50,
+        backoff_max_ms: 500,
+        ..DaemonConfig::default()
+    }
+}
+
+async fn start(home: &Path, config: DaemonConfig) -> Result<Daemon> {
+    let node = Node::open(home, NodeConfig::default())?;
+    Ok(Daemon::start(node, config, Arc::new(crate::route::CliControl)).await?)
+}
+
+/// Waits until every daemon holds the same ops.
+async fn converge(daemons: &[&Daemon], secs: u64) -> Result<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        let vvs: Vec<_> = daemons
+            .iter()
+            .map(|d| d.with_node(|n| n.version_vector()))
+            .collect();
+        if vvs.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("the nodes did not converge within {secs} s")
 }
 
 /// Runs the demo; prints a readable account on stdout.
 pub fn run(quiet: bool) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(quiet))
+}
+
+async fn run_async(quiet: bool) -> Result<()> {
     let dir = tempfile::Builder::new().prefix("huskies-demo-").tempdir()?;
-    let mut demo = Demo {
-        quiet,
-        clock: Timestamp::from_datetime(chrono::Utc::now()),
-    };
-    demo.say("huskies demo: three nodes, each with its own sled store in a temporary home\n");
+    let demo = Demo { quiet };
+    let started = Instant::now();
+    demo.say("huskies demo: three nodes, each with its own sled store and sync daemon on loopback\n");
 
-    demo.say("1. alice starts a cluster; bob and carol are admitted by the admin");
-    let mut alice = init_node(
-        dir.path(),
-        "alice",
+    demo.say("1. alice starts a cluster and her daemon; bob and carol join with one-time tickets");
+    let alice_home = dir.path().join("alice");
+    let mut node = Node::init(
+        &alice_home,
         InitMode::NewCluster { name: "demo".into() },
-        &mut demo,
+        &mut rand_core::OsRng,
+        now(),
+        NodeConfig::default(),
     )?;
-    let cluster = alice.cluster_id();
-    let mut bob = init_node(dir.path(), "bob", InitMode::Join { cluster }, &mut demo)?;
-    let mut carol = init_node(dir.path(), "carol", InitMode::Join { cluster }, &mut demo)?;
-    for (node, who) in [(bob.node_id(), "bob"), (carol.node_id(), "carol")] {
-        let t = demo.now();
-        alice.execute(
-            t,
-            Command::AddMember {
-                node,
-                role: Role::Member,
+    node.execute(
+        now(),
+        Command::Heartbeat {
+            label: "alice".into(),
+            address: None,
+        },
+    )?;
+    let alice = Daemon::start(node, config("alice", vec![]), Arc::new(crate::route::CliControl)).await?;
+    demo.say(&format!(
+        "  alice  cluster {} , daemon at {}",
+        alice.with_node(|n| n.cluster_id()).short(),
+        alice.url()
+    ));
+    let mut joined = Vec::new();
+    for who in ["bob", "carol"] {
+        let ticket = alice.with_node(|n| n.create_ticket(now(), 300, alice.url(), &mut rand_core::OsRng))?;
+        let home = dir.path().join(who);
+        let mut node = Node::init(
+            &home,
+            InitMode::Join {
+                cluster: ticket.cluster,
             },
+            &mut rand_core::OsRng,
+            now(),
+            NodeConfig::default(),
         )?;
-        demo.say(&format!("  alice  admits {who} ({})", node.short()));
-    }
-    demo.say(&format!("  cluster {}", cluster.short()));
-    for (node, who) in [(&mut bob, "bob"), (&mut carol, "carol")] {
-        let (n, _) = sync(&mut alice, node)?;
-        let t = demo.now();
-        node.execute(
-            t,
-            Command::Heartbeat {
-                label: who.into(),
-                address: None,
-            },
-        )?;
+        let outcome = huskies_daemon::join_cluster(&mut node, &ticket, who, Duration::from_secs(20))
+            .await
+            .with_context(|| format!("{who} joining"))?;
+        drop(node);
+        let daemon = start(&home, config(who, vec![alice.url()])).await?;
         demo.say(&format!(
-            "  {who:<6} receives the cluster's {n} ops and announces itself"
+            "  {who:<6} redeemed a ticket: admitted, {} ops received, daemon at {}",
+            outcome.ops,
+            daemon.url()
         ));
+        joined.push((daemon, home));
     }
+    let (bob, _bob_home) = joined.remove(0);
+    let (carol, carol_home) = joined.remove(0);
 
-    demo.say("\n2. alice writes the backlog; the ops replicate to bob and carol");
+    demo.say("\n2. alice writes the backlog; it replicates live");
     for (sid, name) in [
         ("10_login", "Fix login"),
         ("20_search", "Search"),
         ("30_billing", "Billing"),
         ("40_export", "CSV export"),
     ] {
-        let t = demo.now();
-        alice.execute(
-            t,
-            Command::AddStory {
-                id: id(sid),
-                name: name.into(),
-                body: None,
-                depends_on: vec![],
-            },
-        )?;
+        alice.with_node(|n| {
+            n.execute(
+                now(),
+                Command::AddStory {
+                    id: id(sid),
+                    name: name.into(),
+                    body: None,
+                    depends_on: vec![],
+                },
+            )
+        })?;
     }
-    let (n, _) = sync(&mut alice, &mut bob)?;
-    demo.say(&format!("  sync alice -> bob: {n} ops"));
-    let (n, _) = sync(&mut alice, &mut carol)?;
-    demo.say(&format!("  sync alice -> carol: {n} ops"));
+    let took = converge(&[&alice, &bob, &carol], 10).await?;
+    demo.say(&format!(
+        "  4 stories on every node after {} ms",
+        took.as_millis()
+    ));
 
     demo.say("\n3. bob claims 10_login and works it; QA fails once, then passes");
-    let t = demo.now();
-    bob.execute(
-        t,
-        Command::Claim {
-            id: id("10_login"),
-            ttl_secs: 600,
-        },
-    )?;
-    event(&mut demo, &mut bob, "bob", "10_login", PipelineEvent::DepsMet)?;
-    event(
-        &mut demo,
-        &mut bob,
-        "bob",
-        "10_login",
-        PipelineEvent::GatesStarted,
-    )?;
-    event(
-        &mut demo,
-        &mut bob,
+    bob.with_node(|n| {
+        n.execute(
+            now(),
+            Command::Claim {
+                id: id("10_login"),
+                ttl_secs: 600,
+            },
+        )
+    })?;
+    demo.event(&bob, "bob", "10_login", PipelineEvent::DepsMet)?;
+    demo.event(&bob, "bob", "10_login", PipelineEvent::GatesStarted)?;
+    demo.event(
+        &bob,
         "bob",
         "10_login",
         PipelineEvent::GatesFailed {
             reason: "2 tests failed".into(),
         },
     )?;
-    event(
-        &mut demo,
-        &mut bob,
-        "bob",
-        "10_login",
-        PipelineEvent::GatesStarted,
-    )?;
-    event(
-        &mut demo,
-        &mut bob,
+    demo.event(&bob, "bob", "10_login", PipelineEvent::GatesStarted)?;
+    demo.event(
+        &bob,
         "bob",
         "10_login",
         PipelineEvent::GatesPassed {
@@ -210,29 +209,23 @@ pub fn run(quiet: bool) -> Result<()> {
             commits: nz(3),
         },
     )?;
-    let t = demo.now();
-    match bob.execute(
-        t,
-        Command::Event {
-            id: id("10_login"),
-            event: PipelineEvent::Accepted,
-        },
-    ) {
+    match bob.with_node(|n| {
+        n.execute(
+            now(),
+            Command::Event {
+                id: id("10_login"),
+                event: PipelineEvent::Accepted,
+            },
+        )
+    }) {
         Err(e) => demo.say(&format!("  bob    10_login     accepted           refused: {e}")),
-        Ok(_) => anyhow::bail!("an invalid transition was accepted"),
+        Ok(_) => bail!("an invalid transition was accepted"),
     }
 
     demo.say("\n4. carol takes 20_search: the merge conflicts, the retry merges");
-    event(
-        &mut demo,
-        &mut carol,
-        "carol",
-        "20_search",
-        PipelineEvent::DepsMet,
-    )?;
-    event(
-        &mut demo,
-        &mut carol,
+    demo.event(&carol, "carol", "20_search", PipelineEvent::DepsMet)?;
+    demo.event(
+        &carol,
         "carol",
         "20_search",
         PipelineEvent::QaSkipped {
@@ -240,9 +233,8 @@ pub fn run(quiet: bool) -> Result<()> {
             commits: nz(1),
         },
     )?;
-    event(
-        &mut demo,
-        &mut carol,
+    demo.event(
+        &carol,
         "carol",
         "20_search",
         PipelineEvent::MergeConflict {
@@ -250,9 +242,8 @@ pub fn run(quiet: bool) -> Result<()> {
             reason: "src/search.rs".into(),
         },
     )?;
-    event(
-        &mut demo,
-        &mut carol,
+    demo.event(
+        &carol,
         "carol",
         "20_search",
         PipelineEvent::GatesPassed {
@@ -260,159 +251,139 @@ pub fn run(quiet: bool) -> Result<()> {
             commits: nz(2),
         },
     )?;
-    event(
-        &mut demo,
-        &mut carol,
+    demo.event(
+        &carol,
         "carol",
         "20_search",
         PipelineEvent::MergeSucceeded {
             commit: "9f1c2ab".into(),
         },
     )?;
-    event(
-        &mut demo,
-        &mut carol,
-        "carol",
-        "20_search",
-        PipelineEvent::Accepted,
-    )?;
+    demo.event(&carol, "carol", "20_search", PipelineEvent::Accepted)?;
 
     demo.say("\n5. alice blocks 30_billing, then unblocks it");
-    event(
-        &mut demo,
-        &mut alice,
+    demo.event(
+        &alice,
         "alice",
         "30_billing",
         PipelineEvent::Block {
             reason: "waiting on legal".into(),
         },
     )?;
-    event(
-        &mut demo,
-        &mut alice,
-        "alice",
-        "30_billing",
-        PipelineEvent::Unblock,
-    )?;
+    demo.event(&alice, "alice", "30_billing", PipelineEvent::Unblock)?;
 
-    demo.say("\n6. a claim race: bob and carol claim 40_export before they hear of each other");
-    let lost = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let lost_bob = lost.clone();
-    let _sub_bob = bob.subscribe(move |e| {
-        if let Event::ClaimLost { story, .. } = e {
-            lost_bob.lock().expect("lock").push(format!("bob lost {story}"));
-        }
+    demo.say("\n6. a claim race: bob and carol claim 40_export at the same moment");
+    let mut bob_events = bob.subscribe_events();
+    let mut carol_events = carol.subscribe_events();
+    let rb = bob.with_node(|n| {
+        n.execute(
+            now(),
+            Command::Claim {
+                id: id("40_export"),
+                ttl_secs: 600,
+            },
+        )
     });
-    let lost_carol = lost.clone();
-    let _sub_carol = carol.subscribe(move |e| {
-        if let Event::ClaimLost { story, .. } = e {
-            lost_carol
-                .lock()
-                .expect("lock")
-                .push(format!("carol lost {story}"));
-        }
+    let rc = carol.with_node(|n| {
+        n.execute(
+            now(),
+            Command::Claim {
+                id: id("40_export"),
+                ttl_secs: 600,
+            },
+        )
     });
-    let t = demo.now();
-    bob.execute(
-        t,
-        Command::Claim {
-            id: id("40_export"),
-            ttl_secs: 600,
-        },
-    )?;
-    carol.execute(
-        t,
-        Command::Claim {
-            id: id("40_export"),
-            ttl_secs: 600,
-        },
-    )?;
-    demo.say("  bob    claims 40_export\n  carol  claims 40_export");
-    sync(&mut bob, &mut carol)?;
-    let t = demo.now();
-    let holder_b = bob.story(&id("40_export"), t)?.claim.map(|c| c.node);
-    let holder_c = carol.story(&id("40_export"), t)?.claim.map(|c| c.node);
-    anyhow::ensure!(
-        holder_b == holder_c && holder_b.is_some(),
-        "claim race did not converge"
-    );
-    let winner = if holder_b == Some(bob.node_id()) {
+    for (who, r) in [("bob", &rb), ("carol", &rc)] {
+        match r {
+            Ok(_) => demo.say(&format!("  {who:<6} claims 40_export: accepted locally")),
+            Err(e) => demo.say(&format!("  {who:<6} claims 40_export: refused ({e})")),
+        }
+    }
+    converge(&[&alice, &bob, &carol], 10).await?;
+    let holders: Vec<_> = [&alice, &bob, &carol]
+        .iter()
+        .map(|d| d.with_node(|n| n.story(&id("40_export"), now()).map(|s| s.claim.map(|c| c.node))))
+        .collect::<Result<_, _>>()?;
+    if holders.iter().any(|h| h.is_none() || *h != holders[0]) {
+        bail!("the claim race did not converge: {holders:?}");
+    }
+    let bob_id = bob.with_node(|n| n.node_id());
+    let winner = if holders[0] == Some(bob_id) {
         "bob"
     } else {
         "carol"
     };
-    demo.say(&format!("  after sync both agree: {winner} holds 40_export"));
-    for line in lost.lock().expect("lock").iter() {
-        demo.say(&format!("  told: {line}"));
+    demo.say(&format!("  every node agrees: {winner} holds 40_export"));
+    for (who, rx) in [("bob", &mut bob_events), ("carol", &mut carol_events)] {
+        while let Ok(e) = rx.try_recv() {
+            if let Event::ClaimLost { story, .. } = e {
+                demo.say(&format!("  {who} is told it lost the race for {story}"));
+            }
+        }
     }
 
-    demo.say("\n7. carol stops; alice and bob keep working; carol restarts and catches up");
-    let carol_home = carol.home().to_path_buf();
-    let before = carol.lamport();
-    drop(_sub_carol);
-    drop(carol);
-    demo.say(&format!("  carol  stopped (lamport {before})"));
-    sync(&mut alice, &mut bob)?;
-    event(
-        &mut demo,
-        &mut bob,
+    demo.say("\n7. carol's node stops; alice and bob keep working; carol restarts and catches up");
+    let carol_addr = carol.local_addr();
+    let before = carol.with_node(|n| n.lamport());
+    carol.shutdown().await?;
+    demo.say(&format!("  carol  stopped (lamport clock {before})"));
+    demo.event(
+        &bob,
         "bob",
         "10_login",
         PipelineEvent::MergeSucceeded {
             commit: "4be0d17".into(),
         },
     )?;
-    sync(&mut bob, &mut alice)?;
-    event(
-        &mut demo,
-        &mut alice,
-        "alice",
-        "10_login",
-        PipelineEvent::Accepted,
-    )?;
-    sync(&mut alice, &mut bob)?;
-    let mut carol = Node::open(&carol_home, NodeConfig::default())?;
+    converge(&[&alice, &bob], 10).await?;
+    demo.event(&alice, "alice", "10_login", PipelineEvent::Accepted)?;
+    let mut cfg = config("carol", vec![alice.url()]);
+    cfg.listen = carol_addr;
+    let carol = start(&carol_home, cfg).await?;
+    let (held, lamport) = carol.with_node(|n| (n.version_vector().total(), n.lamport()));
     demo.say(&format!(
-        "  carol  restarted from her store: lamport {} (never reused), {} ops held",
-        carol.lamport(),
-        carol.version_vector().total()
+        "  carol  restarted from her store: {held} ops, lamport {lamport} (never reused)"
     ));
-    let (to_carol, from_carol) = sync(&mut alice, &mut carol)?;
-    demo.say(&format!(
-        "  sync alice <-> carol: {to_carol} missing ops to carol, {from_carol} to alice"
-    ));
-    sync(&mut bob, &mut carol)?;
-    sync(&mut alice, &mut bob)?;
+    let took = converge(&[&alice, &bob, &carol], 15).await?;
+    demo.say(&format!("  carol  caught up in {} ms", took.as_millis()));
 
     demo.say("\n8. everything converged");
-    let t = demo.now();
-    let vv = alice.version_vector();
-    anyhow::ensure!(
-        vv == bob.version_vector() && vv == carol.version_vector(),
-        "version vectors differ"
-    );
-    let stories = alice.stories(None, t)?;
-    anyhow::ensure!(
-        stories == bob.stories(None, t)? && stories == carol.stories(None, t)?,
-        "projections differ"
-    );
+    let t = now();
+    let stories = alice.with_node(|n| n.stories(None, t))?;
+    if stories != bob.with_node(|n| n.stories(None, t))?
+        || stories != carol.with_node(|n| n.stories(None, t))?
+    {
+        bail!("projections differ");
+    }
     for s in &stories {
         demo.say(&format!("  {:<12} {}", s.id.as_str(), stage_line(&s.stage)));
     }
-    let counts = alice.stage_counts()?;
+    let counts = alice.with_node(|n| n.stage_counts())?;
+    let total = alice.with_node(|n| n.version_vector().total());
     demo.say(&format!(
-        "  {} ops from 3 authors on every node; {} archived, {} in backlog",
-        vv.total(),
+        "  {total} ops from 3 authors on every node; {} archived, {} in backlog",
         counts[&StageKind::Archived],
         counts[&StageKind::Backlog]
     ));
-    for node in [&alice, &bob, &carol] {
-        let report = node.verify(|_| {})?;
-        anyhow::ensure!(report.ok, "verify failed: {:?}", report.problems);
+    for d in [&alice, &bob, &carol] {
+        let report = d.with_node(|n| n.verify(|_| {}))?;
+        if !report.ok {
+            bail!("verify failed: {:?}", report.problems);
+        }
     }
-    demo.say("  every store verifies: hash chains, signatures, no forks");
-    drop((alice, bob, carol));
+    let health = alice.health();
+    demo.say(&format!(
+        "  every store verifies (hash chains, signatures, no forks); alice has {} peers, {} ops rejected",
+        health.peers.len(),
+        health.rejected.values().sum::<u64>()
+    ));
+    for d in [alice, bob, carol] {
+        d.shutdown().await?;
+    }
     dir.close()?;
-    demo.say("\ntemporary homes removed.");
+    demo.say(&format!(
+        "\ndaemons stopped, temporary homes removed ({:.1} s).",
+        started.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
