@@ -139,9 +139,10 @@ async fn run_async(quiet: bool) -> Result<()> {
             now(),
             NodeConfig::default(),
         )?;
-        let outcome = huskies_daemon::join_cluster(&mut node, &ticket, who, Duration::from_secs(20))
-            .await
-            .with_context(|| format!("{who} joining"))?;
+        let outcome =
+            huskies_daemon::join_cluster(&mut node, &ticket, who, Duration::from_secs(20), |_, _| {})
+                .await
+                .with_context(|| format!("{who} joining"))?;
         drop(node);
         let daemon = start(&home, config(who, vec![alice.url()])).await?;
         demo.say(&format!(

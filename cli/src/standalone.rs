@@ -25,7 +25,7 @@ pub(crate) fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
             let label = label.clone().unwrap_or_else(default_label);
             let out = match join {
                 None => init_new(&root, cluster_name, &label)?,
-                Some(ticket) => init_join(&root, ticket, &label)?,
+                Some(ticket) => init_join(cli, &root, ticket, &label)?,
             };
             let mut file = config::load(&root)?;
             file.daemon.label = Some(label);
@@ -129,7 +129,7 @@ fn init_new(root: &std::path::Path, cluster_name: &str, label: &str) -> Result<O
     ))
 }
 
-fn init_join(root: &std::path::Path, ticket: &str, label: &str) -> Result<Out, CliError> {
+fn init_join(cli: &Cli, root: &std::path::Path, ticket: &str, label: &str) -> Result<Out, CliError> {
     let ticket: Ticket = ticket
         .parse()
         .map_err(|e: huskies_core::Error| CliError::usage(e.to_string()))?;
@@ -146,12 +146,18 @@ fn init_join(root: &std::path::Path, ticket: &str, label: &str) -> Result<Out, C
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let bar = crate::progress::bar(crate::progress_enabled(cli), 0, "catching up");
     let joined = runtime.block_on(huskies_daemon::join_cluster(
         &mut node,
         &ticket,
         label,
-        Duration::from_secs(60),
+        Duration::from_secs(600),
+        |held, total| {
+            bar.set_length(total);
+            bar.set_position(held);
+        },
     ));
+    bar.finish_and_clear();
     match joined {
         Ok(outcome) => Ok(id_out(
             &node,

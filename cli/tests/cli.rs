@@ -331,6 +331,10 @@ fn help_explains_every_command() {
         vec!["import"],
         vec!["demo"],
         vec!["bench"],
+        vec!["daemon"],
+        vec!["agent"],
+        vec!["ticket", "create"],
+        vec!["member", "remove"],
         vec!["completions"],
     ] {
         let mut args = cmd.clone();

@@ -24,19 +24,26 @@ fn now() -> Timestamp {
 
 /// Redeems `ticket` for `node` (a home created with `InitMode::Join`): connects to the
 /// issuer, is admitted, receives every op, then publishes this node's presence with
-/// `label` and waits until the issuer has it.
+/// `label` and waits until the issuer has it. `progress(held, total)` is called as ops
+/// arrive.
 pub async fn join_cluster(
     node: &mut Node,
     ticket: &Ticket,
     label: &str,
     timeout: Duration,
+    progress: impl FnMut(u64, u64),
 ) -> Result<JoinOutcome, DaemonError> {
-    tokio::time::timeout(timeout, join_inner(node, ticket, label))
+    tokio::time::timeout(timeout, join_inner(node, ticket, label, progress))
         .await
         .map_err(|_| DaemonError::Network(format!("joining via {} timed out", ticket.address)))?
 }
 
-async fn join_inner(node: &mut Node, ticket: &Ticket, label: &str) -> Result<JoinOutcome, DaemonError> {
+async fn join_inner(
+    node: &mut Node,
+    ticket: &Ticket,
+    label: &str,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<JoinOutcome, DaemonError> {
     let (ws, _) = tokio_tungstenite::connect_async(ticket.address.as_str())
         .await
         .map_err(|e| DaemonError::Network(format!("cannot reach {}: {e}", ticket.address)))?;
@@ -68,7 +75,7 @@ async fn join_inner(node: &mut Node, ticket: &Ticket, label: &str) -> Result<Joi
         }
         let frame = match stream.next().await {
             Some(Incoming::Frame(f)) => f,
-            Some(Incoming::Error(e)) => return Err(DaemonError::Network(e)),
+            Some(Incoming::Error(_, e)) => return Err(DaemonError::Network(e)),
             None => return Err(DaemonError::Network("the issuer closed the connection".into())),
         };
         session
@@ -78,6 +85,9 @@ async fn join_inner(node: &mut Node, ticket: &Ticket, label: &str) -> Result<Joi
             if let SessionEvent::Established { .. } = ev {
                 target = Some(session.peer_version().clone());
             }
+        }
+        if let Some(t) = &target {
+            progress(node.version_vector().total(), t.total());
         }
         if let (Some(t), None) = (&target, announced) {
             if node.version_vector().dominates(t) {

@@ -17,8 +17,9 @@ use crate::shared::{Origin, Shared};
 /// What the reading half delivers.
 pub(crate) enum Incoming {
     Frame(Vec<u8>),
-    /// The transport failed or sent something that is not a binary frame.
-    Error(String),
+    /// The transport failed or sent something that is not a binary frame: a short reason
+    /// for metrics (as [`SyncError::reason`]), and the detail.
+    Error(&'static str, String),
 }
 
 pub(crate) type FrameSink = Pin<Box<dyn Sink<Vec<u8>, Error = TransportError> + Send>>;
@@ -81,7 +82,7 @@ pub(crate) async fn drive(
     let (tx, mut rx) = mpsc::channel::<Incoming>(READ_QUEUE);
     let reader = tokio::spawn(async move {
         while let Some(item) = stream.next().await {
-            let stop = matches!(item, Incoming::Error(_));
+            let stop = matches!(item, Incoming::Error(..));
             if tx.send(item).await.is_err() || stop {
                 break;
             }
@@ -93,7 +94,8 @@ pub(crate) async fn drive(
     let mut peer: Option<NodeId> = None;
     let ended = loop {
         // Send everything the session has to say now.
-        if let Err(e) = flush(&shared, &mut session, &mut sink, write_timeout).await {
+        if let Err(mut e) = flush(&shared, &mut session, &mut sink, write_timeout).await {
+            e.peer = e.peer.or(peer);
             break e;
         }
         let now = Shared::now();
@@ -105,7 +107,7 @@ pub(crate) async fn drive(
             item = rx.recv() => {
                 let frame = match item {
                     Some(Incoming::Frame(f)) => f,
-                    Some(Incoming::Error(e)) => break ended(peer, "transport", e),
+                    Some(Incoming::Error(reason, e)) => break ended(peer, reason, e),
                     None => break ended(peer, "closed", "peer closed the connection".into()),
                 };
                 shared.metrics.frames_received.fetch_add(1, Ordering::Relaxed);
@@ -204,7 +206,19 @@ async fn flush(
         let frame = match next {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
-            Err(e) => return Err(sync_ended(session, e)),
+            Err(e) => {
+                let ended = sync_ended(session, e);
+                // The session queued a `Refuse` saying why: the peer gets it before we close.
+                while let Ok(Some(f)) = shared.with_node(|n| session.poll_transmit(n, Shared::now())) {
+                    if !matches!(
+                        tokio::time::timeout(write_timeout, sink.send(f)).await,
+                        Ok(Ok(()))
+                    ) {
+                        break;
+                    }
+                }
+                return Err(ended);
+            }
         };
         match tokio::time::timeout(write_timeout, sink.send(frame)).await {
             Ok(Ok(())) => {}
@@ -242,6 +256,23 @@ fn rejection_name(r: &huskies_core::RejectReason) -> &'static str {
     }
 }
 
+fn text_frame() -> Incoming {
+    Incoming::Error("malformed", "text frame: this protocol is binary".into())
+}
+
+fn close_frame() -> Incoming {
+    Incoming::Error("closed", "peer closed the connection".into())
+}
+
+/// A frame or message over the limit is refused by the WebSocket layer before it is
+/// buffered whole: count it as such, not as a network failure.
+fn transport_reason(e: &tokio_tungstenite::tungstenite::Error) -> &'static str {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Capacity(_) => "frame_too_large",
+        _ => "transport",
+    }
+}
+
 /// Adapts a tokio-tungstenite client stream.
 pub(crate) fn split_client(
     ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
@@ -254,9 +285,9 @@ pub(crate) fn split_client(
         futures_util::future::ready(match m {
             Ok(Message::Binary(b)) => Some(Incoming::Frame(b.to_vec())),
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
-            Ok(Message::Text(_)) => Some(Incoming::Error("text frame: this protocol is binary".into())),
-            Ok(Message::Close(_)) => Some(Incoming::Error("peer closed the connection".into())),
-            Err(e) => Some(Incoming::Error(e.to_string())),
+            Ok(Message::Text(_)) => Some(text_frame()),
+            Ok(Message::Close(_)) => Some(close_frame()),
+            Err(e) => Some(Incoming::Error(transport_reason(&e), e.to_string())),
         })
     });
     (Box::pin(sink), Box::pin(stream))
@@ -272,9 +303,15 @@ pub(crate) fn split_server(ws: axum::extract::ws::WebSocket) -> (FrameSink, Fram
         futures_util::future::ready(match m {
             Ok(Message::Binary(b)) => Some(Incoming::Frame(b.to_vec())),
             Ok(Message::Ping(_) | Message::Pong(_)) => None,
-            Ok(Message::Text(_)) => Some(Incoming::Error("text frame: this protocol is binary".into())),
-            Ok(Message::Close(_)) => Some(Incoming::Error("peer closed the connection".into())),
-            Err(e) => Some(Incoming::Error(e.to_string())),
+            Ok(Message::Text(_)) => Some(text_frame()),
+            Ok(Message::Close(_)) => Some(close_frame()),
+            Err(e) => {
+                let e = e.into_inner();
+                let reason = e
+                    .downcast_ref::<tokio_tungstenite::tungstenite::Error>()
+                    .map_or("transport", transport_reason);
+                Some(Incoming::Error(reason, e.to_string()))
+            }
         })
     });
     (Box::pin(sink), Box::pin(stream))
