@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 pub use control::{request as control_request, socket_path, ControlHandler, ControlRequest, ControlResponse};
 pub use join::{join_cluster, JoinOutcome};
 pub use metrics::{HealthReport, PeerStatus};
+pub use policy::apply_policies;
 
 /// Settings of a daemon. `Default` gives the documented defaults.
 #[derive(Clone, Debug)]

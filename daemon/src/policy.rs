@@ -48,7 +48,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 
 /// One policy run. Only the leader acts (the alive member with the lowest id), so two
 /// daemons do not race to make the same transition.
-pub(crate) fn apply_policies(node: &mut Node, now: Timestamp, config: &DaemonConfig) -> Result<usize, Error> {
+pub fn apply_policies(node: &mut Node, now: Timestamp, config: &DaemonConfig) -> Result<usize, Error> {
     let me = node.node_id();
     let leader = node
         .nodes(now)?
