@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use huskies_core::{
-    Command, ExecutionEvent, InitMode, Node, NodeConfig, PipelineEvent, StoryId, Timestamp, VersionVector,
-    SIGNING_DOMAIN,
+    encode_bundle, Command, ExecutionEvent, InitMode, Node, NodeConfig, PipelineEvent, StoryId, Timestamp,
+    VersionVector, SIGNING_DOMAIN,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
@@ -41,6 +41,13 @@ impl Default for BenchOptions {
 pub const GROUP: usize = 512;
 /// Signatures per `verify_batch` call in the raw batch-verification ceiling (the contract's).
 pub const VERIFY_BATCH: usize = 256;
+/// Ops per bundle handed to `ingest_bundle` (what a peer sends in one go).
+const INGEST_CHUNK: usize = 16_384;
+/// Signatures per raw signing burst, and a burst every this many append groups.
+const SIGN_BURST: usize = 512;
+const SIGN_BURST_EVERY: usize = 8;
+/// Batches of [`VERIFY_BATCH`] per raw verification burst (one between ingest bundles).
+const VERIFY_BURST_BATCHES: usize = 8;
 /// Signatures per batch equation in `huskies_core::verify_ops`, for the second verification
 /// ceiling `raw_verify_core_batch_per_s` (keep in step with the core).
 pub const CORE_VERIFY_BATCH: usize = 4096;
@@ -67,11 +74,13 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
         .context("creating a temporary directory for the bench homes")?;
     let start = Timestamp::from_millis(START_MILLIS);
 
-    // Each ceiling is measured half just before and half just after the figure it bounds,
-    // so that a burst of load from other processes tends to hit both.
+    // Each ceiling is measured in short bursts interleaved with the figure it bounds (one
+    // before, one between every few chunks of work, one after), so that load from other
+    // processes on a shared machine hits the ceiling and the figure alike and their ratio
+    // holds.
     // Ceiling 1: raw signing, op-sized messages.
-    let sign_half = n.clamp(2_000, 50_000) / 2;
-    let mut sign = raw_sign(sign_half, opts)?;
+    let signer = RawSigner::new();
+    let mut sign = signer.burst(SIGN_BURST);
 
     // Figure 1: local appends through execute_group (workload built outside the timing).
     let groups = workload(n)?;
@@ -85,7 +94,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
     )?;
     let bar = progress_bar(opts, "append", n as u64);
     let mut append_time = Duration::ZERO;
-    for (now, cmds) in groups {
+    for (i, (now, cmds)) in groups.into_iter().enumerate() {
         let len = cmds.len();
         let t = Instant::now();
         let results = a.execute_group(now, cmds)?;
@@ -94,10 +103,13 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
             r.context("a workload command was refused")?;
         }
         bar.inc(len as u64);
+        if i % SIGN_BURST_EVERY == SIGN_BURST_EVERY - 1 {
+            sign.add(signer.burst(SIGN_BURST));
+        }
     }
     bar.finish_and_clear();
     let append_per_s = n as f64 / append_time.as_secs_f64();
-    sign.add(raw_sign(sign_half, opts)?);
+    sign.add(signer.burst(SIGN_BURST));
     let raw_sign_per_s = sign.per_s();
 
     // Sizes: mean signed op, store on disk.
@@ -110,6 +122,9 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
         n + 1
     );
     let op_bytes = all_ops.iter().map(|o| o.bytes().len()).sum::<usize>() as f64 / total_ops as f64;
+    // What a peer would send, in Lamport order, as bundles of INGEST_CHUNK ops (built
+    // outside the timing).
+    let bundles: Vec<Vec<u8>> = all_ops.chunks(INGEST_CHUNK).map(encode_bundle).collect();
     drop(all_ops);
     let store_dir = home_a.join("store");
     let disk_bytes = dir_size(&store_dir)?;
@@ -121,25 +136,41 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
     let probe = StoryId::new(story_name(finished / 2))?;
     let probe_stage = a.story(&probe, start)?.stage.kind();
 
-    let bundle = a.export_since(&VersionVector::default())?;
     let cluster = a.cluster_id();
 
     // Ceiling 2: raw batch verification, op-sized messages, batches of 256.
-    let verify_half = n.div_ceil(VERIFY_BATCH).clamp(8, 200) / 2;
-    let mut verify = raw_verify_batch(verify_half, VERIFY_BATCH, opts)?;
+    let verifier = RawVerifier::new(VERIFY_BATCH, VERIFY_BURST_BATCHES);
+    let mut verify = verifier.burst()?;
 
     // Figure 2: remote ops through the real merge path, one verification thread.
-    let (ingest_per_s, ingest_disk) =
-        ingest_into(&tmp.path().join("b"), cluster, &bundle, 1, total_ops, opts)?;
-    verify.add(raw_verify_batch(verify_half, VERIFY_BATCH, opts)?);
+    let (ingest_per_s, ingest_disk) = ingest_into(
+        &tmp.path().join("b"),
+        cluster,
+        &bundles,
+        1,
+        total_ops,
+        opts,
+        &mut || {
+            verify.add(verifier.burst()?);
+            Ok(())
+        },
+    )?;
+    verify.add(verifier.burst()?);
     let raw_verify_batch_per_s = verify.per_s();
     // The same ceiling at the batch size the core uses.
-    let core_batches = n.div_ceil(CORE_VERIFY_BATCH).clamp(4, 12);
-    let raw_verify_core_batch_per_s = raw_verify_batch(core_batches, CORE_VERIFY_BATCH, opts)?.per_s();
+    let core_batches = n.div_ceil(CORE_VERIFY_BATCH).clamp(2, 6);
+    let raw_verify_core_batch_per_s = RawVerifier::new(CORE_VERIFY_BATCH, core_batches).burst()?.per_s();
     // Figure 3: the same with every core verifying.
-    let (ingest_parallel_per_s, _) =
-        ingest_into(&tmp.path().join("c"), cluster, &bundle, cores, total_ops, opts)?;
-    drop(bundle);
+    let (ingest_parallel_per_s, _) = ingest_into(
+        &tmp.path().join("c"),
+        cluster,
+        &bundles,
+        cores,
+        total_ops,
+        opts,
+        &mut || Ok(()),
+    )?;
+    drop(bundles);
 
     // Figure 4: reopen the appending home and answer one query.
     drop(a);
@@ -160,6 +191,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
     );
     drop(reopened);
 
+    // Figure 5: a fresh node catching up the appending home from a daemon over loopback.
+    let bar = progress_bar(opts, "sync", total_ops as u64);
+    let sync = crate::bench_sync::catch_up(&home_a, &tmp.path().join("d"), |held, _| bar.set_position(held))?;
+    bar.finish_and_clear();
+    let sync_ops_per_s = sync.ops as f64 / sync.elapsed.as_secs_f64();
+
     let peak_rss_mb = peak_rss_mb();
     let out = json!({
         "ops": n,
@@ -172,8 +209,10 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
         "raw_verify_core_batch_per_s": round(raw_verify_core_batch_per_s, 0),
         "ingest_vs_verify_core_batch": round(ingest_per_s / raw_verify_core_batch_per_s, 3),
         "ingest_parallel_per_s": round(ingest_parallel_per_s, 0),
-        "sync_ops_per_s": Value::Null,
-        "sync_vs_ingest": Value::Null,
+        "sync_ops_per_s": round(sync_ops_per_s, 0),
+        "sync_vs_ingest": round(sync_ops_per_s / ingest_parallel_per_s, 3),
+        "sync_ops_sent": sync.ops_sent,
+        "sync_op_bytes_sent": sync.op_bytes_sent,
         "reopen_ms": round(reopen.as_secs_f64() * 1000.0, 1),
         "disk_bytes_per_op": round(disk_bytes_per_op, 1),
         "op_bytes": round(op_bytes, 1),
@@ -188,9 +227,9 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
         "verify_threads_parallel": cores,
         "cores": cores,
         "cpu": cpu_model(),
-        "notes": "sync_ops_per_s and sync_vs_ingest are null: they need two network daemons on \
-                  loopback WebSocket, and the daemon does not exist yet. ops counts workload \
-                  commands; the appending home also holds its genesis op.",
+        "notes": "ops counts workload commands; the appending home also holds its genesis op. \
+                  sync: a fresh node joins with a ticket and catches up every op from a daemon \
+                  serving the appending home over loopback WebSocket.",
     });
     Ok(out)
 }
@@ -270,59 +309,85 @@ impl Rate {
     }
 }
 
-fn raw_sign(count: usize, opts: &BenchOptions) -> anyhow::Result<Rate> {
-    let key = bench_key();
-    let messages: Vec<[u8; 48]> = (0..count as u64).map(message).collect();
-    let bar = progress_bar(opts, "sign", count as u64);
-    let mut sink = 0u8;
-    let t = Instant::now();
-    for (i, m) in messages.iter().enumerate() {
-        let sig: Signature = key.sign(m);
-        sink ^= sig.to_bytes()[0];
-        if i % 1024 == 1023 {
-            bar.inc(1024);
+/// Raw Ed25519 signing of op-sized messages with one key, one thread.
+struct RawSigner {
+    key: SigningKey,
+    messages: Vec<[u8; 48]>,
+}
+
+impl RawSigner {
+    fn new() -> Self {
+        RawSigner {
+            key: bench_key(),
+            messages: (0..SIGN_BURST as u64).map(message).collect(),
         }
     }
-    let elapsed = t.elapsed();
-    bar.finish_and_clear();
-    std::hint::black_box(sink);
-    Ok(Rate { count, time: elapsed })
-}
 
-/// `batches` calls of `ed25519_dalek::verify_batch` over `size` signatures each, all by one
-/// key (as in an ingest from one author).
-fn raw_verify_batch(batches: usize, size: usize, opts: &BenchOptions) -> anyhow::Result<Rate> {
-    let key = bench_key();
-    let vk: VerifyingKey = key.verifying_key();
-    let total = batches * size;
-    let messages: Vec<[u8; 48]> = (0..total as u64).map(message).collect();
-    let sigs: Vec<Signature> = messages.iter().map(|m| key.sign(m)).collect();
-    let vks = vec![vk; size];
-    let bar = progress_bar(opts, "verify", total as u64);
-    let t = Instant::now();
-    for b in 0..batches {
-        let range = b * size..(b + 1) * size;
-        let msgs: Vec<&[u8]> = messages[range.clone()].iter().map(|m| &m[..]).collect();
-        ed25519_dalek::verify_batch(&msgs, &sigs[range], &vks).context("raw batch does not verify")?;
-        bar.inc(size as u64);
+    /// Signs `count` messages.
+    fn burst(&self, count: usize) -> Rate {
+        let mut sink = 0u8;
+        let t = Instant::now();
+        for m in self.messages.iter().cycle().take(count) {
+            let sig: Signature = self.key.sign(m);
+            sink ^= sig.to_bytes()[0];
+        }
+        let time = t.elapsed();
+        std::hint::black_box(sink);
+        Rate { count, time }
     }
-    let elapsed = t.elapsed();
-    bar.finish_and_clear();
-    Ok(Rate {
-        count: total,
-        time: elapsed,
-    })
 }
 
-/// Ingests `bundle` into a fresh home that joins `cluster`; returns ops/s (decode + verify
-/// + apply + persist + projection) and the store's size on disk afterwards.
+/// Raw `ed25519_dalek::verify_batch` over batches of `size` op-sized messages signed by one
+/// key (as in an ingest from one author), one thread.
+struct RawVerifier {
+    size: usize,
+    batches: usize,
+    messages: Vec<[u8; 48]>,
+    sigs: Vec<Signature>,
+    vks: Vec<VerifyingKey>,
+}
+
+impl RawVerifier {
+    fn new(size: usize, batches: usize) -> Self {
+        let key = bench_key();
+        let messages: Vec<[u8; 48]> = (0..(size * batches) as u64).map(message).collect();
+        let sigs = messages.iter().map(|m| key.sign(m)).collect();
+        RawVerifier {
+            size,
+            batches,
+            messages,
+            sigs,
+            vks: vec![key.verifying_key(); size],
+        }
+    }
+
+    /// Verifies every batch once.
+    fn burst(&self) -> anyhow::Result<Rate> {
+        let t = Instant::now();
+        for b in 0..self.batches {
+            let range = b * self.size..(b + 1) * self.size;
+            let msgs: Vec<&[u8]> = self.messages[range.clone()].iter().map(|m| &m[..]).collect();
+            ed25519_dalek::verify_batch(&msgs, &self.sigs[range], &self.vks)
+                .context("raw batch does not verify")?;
+        }
+        Ok(Rate {
+            count: self.size * self.batches,
+            time: t.elapsed(),
+        })
+    }
+}
+
+/// Ingests `bundles` in order into a fresh home that joins `cluster`, calling `between`
+/// (untimed) before each bundle after the first; returns ops/s (decode + verify + apply +
+/// persist + projection) and the store's size on disk afterwards.
 fn ingest_into(
     home: &Path,
     cluster: huskies_core::ClusterId,
-    bundle: &[u8],
+    bundles: &[Vec<u8>],
     verify_threads: usize,
     expected: usize,
     opts: &BenchOptions,
+    between: &mut dyn FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<(f64, u64)> {
     let config = NodeConfig {
         verify_threads,
@@ -336,20 +401,28 @@ fn ingest_into(
         config,
     )?;
     let phase = if verify_threads == 1 { "ingest" } else { "ingest-p" };
-    let bar = spinner(opts, phase);
-    bar.set_message(format!("{expected} ops, {verify_threads} verify thread(s)"));
-    let t = Instant::now();
-    let report = node.ingest_bundle(bundle)?;
-    let elapsed = t.elapsed();
-    bar.finish_and_clear();
-    if !report.rejected.is_empty() || report.applied != expected {
-        bail!(
-            "ingest applied {} of {expected} ops ({} rejected, first: {:?})",
-            report.applied,
-            report.rejected.len(),
-            report.rejected.first().map(|r| r.reason.to_string())
-        );
+    let bar = progress_bar(opts, phase, expected as u64);
+    let mut elapsed = Duration::ZERO;
+    let mut applied = 0;
+    for (i, bundle) in bundles.iter().enumerate() {
+        if i > 0 {
+            between()?;
+        }
+        let t = Instant::now();
+        let report = node.ingest_bundle(bundle)?;
+        elapsed += t.elapsed();
+        if let Some(first) = report.rejected.first() {
+            bail!(
+                "ingest rejected {} ops, first: {}",
+                report.rejected.len(),
+                first.reason
+            );
+        }
+        applied += report.applied;
+        bar.inc(report.applied as u64);
     }
+    bar.finish_and_clear();
+    ensure!(applied == expected, "ingest applied {applied} of {expected} ops");
     node.flush()?;
     let size = dir_size(&home.join("store"))?;
     Ok((expected as f64 / elapsed.as_secs_f64(), size))
@@ -595,7 +668,7 @@ mod tests {
             assert!(out.get(k).is_some(), "missing {k}");
         }
         assert_eq!(out["ops"], 600);
-        assert!(out["sync_ops_per_s"].is_null());
+        assert!(out["sync_ops_per_s"].as_f64().unwrap() > 0.0);
         assert!(out["append_per_s"].as_f64().unwrap() > 0.0);
     }
 }

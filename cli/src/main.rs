@@ -5,6 +5,7 @@
 
 mod agent;
 mod bench;
+mod bench_sync;
 mod config;
 mod demo;
 mod follow;

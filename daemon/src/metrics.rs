@@ -74,8 +74,10 @@ pub struct HealthReport {
     pub ops: u64,
     /// Remote ops merged since start.
     pub ops_applied: u64,
-    /// Ops sent to peers since start.
+    /// Ops sent to peers since start (counted when a connection closes).
     pub ops_sent: u64,
+    /// Signed-op bytes sent to peers since start (counted when a connection closes).
+    pub op_bytes_sent: u64,
     /// Merged ops per second over the last ~10 s.
     pub ops_per_s: f64,
     /// Ops refused, by reason.
@@ -114,6 +116,7 @@ pub(crate) fn health(shared: &Shared) -> HealthReport {
         ops: vv.total(),
         ops_applied: m.ops_applied.load(Ordering::Relaxed),
         ops_sent: m.ops_sent.load(Ordering::Relaxed),
+        op_bytes_sent: m.bytes_sent.load(Ordering::Relaxed),
         ops_per_s: m.rate(),
         rejected: m.rejected.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         disconnects: m.disconnects.lock().unwrap_or_else(|e| e.into_inner()).clone(),

@@ -577,6 +577,16 @@ impl Session {
         if self.state != State::Established {
             return Ok(None);
         }
+        // Membership holds for the session's life, not only at the handshake: a peer
+        // removed (or quarantined) since is cut off rather than served every new op.
+        if let (None, Some(peer)) = (self.options.expect_peer, self.peer) {
+            if !node.is_active_member(&peer) {
+                return Err(self.refuse(
+                    RefuseCode::NotMember,
+                    format!("node {peer} is no longer a member of this cluster"),
+                ));
+            }
+        }
         if self.in_flight_bytes < self.config.max_unacked_bytes {
             let budget = self
                 .config
