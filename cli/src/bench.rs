@@ -252,19 +252,6 @@ fn progress_bar(opts: &BenchOptions, phase: &'static str, len: u64) -> ProgressB
     bar
 }
 
-fn spinner(opts: &BenchOptions, phase: &'static str) -> ProgressBar {
-    if !opts.progress {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{prefix:>8} [{elapsed_precise}] {spinner} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_spinner());
-    bar.set_style(style);
-    bar.set_prefix(phase);
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
 /// A 48-byte message shaped like the core's: `SIGNING_DOMAIN || op id`.
 fn message(i: u64) -> [u8; 48] {
     let mut m = [0u8; 48];

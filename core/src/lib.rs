@@ -48,8 +48,8 @@ pub use key::NodeKey;
 pub use merge::RejectReason;
 pub use node::{Command, IngestReport, InitMode, Node, NodeConfig, Receipt, Rejection};
 pub use op::{
-    derive_cluster_id, verify_ops, DecodeError, OpContent, SignedOp, UnverifiedOp, VerifyError, MAX_OP_BYTES,
-    OP_FORMAT_VERSION, SIGNING_DOMAIN,
+    derive_cluster_id, verify_ops, DecodeError, OpBytes, OpContent, SignedOp, UnverifiedOp, VerifyError,
+    MAX_OP_BYTES, OP_FORMAT_VERSION, SIGNING_DOMAIN,
 };
 pub use payload::{Payload, Role, StoryField, MAX_BODY_BYTES, MAX_DEPENDS_ON, MAX_TEXT_BYTES, MAX_TTL_SECS};
 pub use pipeline::{transition, ArchiveReason, InvalidTransition, PipelineEvent, Stage, StageKind};

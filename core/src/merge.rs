@@ -855,6 +855,42 @@ pub(crate) fn read_op(db: &sled::Db, idx: u32, seq: u64) -> Result<Option<Signed
     Ok(Some(op))
 }
 
+/// Like [`for_each_op`] but without decoding: the op's signed bytes with its seq and Lamport
+/// timestamp (the segment's checksum is still checked).
+pub(crate) fn for_each_op_bytes(
+    db: &sled::Db,
+    idx: u32,
+    author: NodeId,
+    from: u64,
+    mut f: impl FnMut(crate::op::OpBytes) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    let start = match db
+        .range(key::segment(idx, 0)..=key::segment(idx, from.max(1)))
+        .next_back()
+    {
+        Some(kv) => key::segment_first_seq(&kv?.0),
+        None => 1,
+    };
+    for kv in db.range(key::segment(idx, start)..key::segment(idx.saturating_add(1), 0)) {
+        let (_, v) = kv?;
+        for bytes in store::decode_segment(&v)? {
+            let (seq, lamport) = crate::op::peek_seq_lamport(&bytes)
+                .ok_or_else(|| Error::Corrupt("stored op has no readable seq".into()))?;
+            if seq >= from
+                && !f(crate::op::OpBytes {
+                    author,
+                    seq,
+                    lamport,
+                    bytes,
+                })?
+            {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Calls `f` with each stored op of the author with `seq >= from`, in order.
 pub(crate) fn for_each_op(
     db: &sled::Db,

@@ -15,7 +15,8 @@ use crate::id::{ClusterId, NodeId, OpId, StoryId};
 use crate::key::{verifying_key, NodeKey};
 use crate::merge::{for_each_op, Admission, RejectReason, State, Working};
 use crate::op::{
-    derive_cluster_id, rotation_proof, verify_ops, OpContent, SignedOp, UnverifiedOp, OP_FORMAT_VERSION,
+    derive_cluster_id, rotation_proof, verify_ops, OpBytes, OpContent, SignedOp, UnverifiedOp,
+    OP_FORMAT_VERSION,
 };
 use crate::payload::{Payload, Role, StoryField};
 use crate::pipeline::{transition, PipelineEvent, StageKind};
@@ -1349,7 +1350,7 @@ impl Node {
     /// The next ops a holder of `have` lacks, about `max_bytes` of them, in Lamport order
     /// across authors (so an admission precedes the admitted node's ops). Reads at most
     /// `max_bytes` per author: a catch-up of N ops costs O(N) reads in total.
-    pub fn ops_for_sync(&self, have: &VersionVector, max_bytes: usize) -> Result<Vec<SignedOp>, Error> {
+    pub fn ops_for_sync(&self, have: &VersionVector, max_bytes: usize) -> Result<Vec<OpBytes>, Error> {
         let mut all = Vec::new();
         let mut horizon: Option<(u64, NodeId)> = None;
         for (node, rec) in &self.state.authors {
@@ -1361,16 +1362,16 @@ impl Node {
             let mut bytes = 0usize;
             let mut truncated = false;
             let mut last = None;
-            for_each_op(&self.db, rec.idx, from, |op| {
-                if op.content().seq > until {
+            crate::merge::for_each_op_bytes(&self.db, rec.idx, *node, from, |op| {
+                if op.seq > until {
                     return Ok(false);
                 }
                 if bytes >= max_bytes {
                     truncated = true;
                     return Ok(false);
                 }
-                bytes += op.bytes().len();
-                last = Some((op.content().lamport, *node));
+                bytes += op.bytes.len();
+                last = Some((op.lamport, *node));
                 all.push(op);
                 Ok(true)
             })?;
@@ -1381,15 +1382,15 @@ impl Node {
                 });
             }
         }
-        all.sort_by_key(|op| (op.content().lamport, op.content().author, op.content().seq));
+        all.sort_by_key(|op| (op.lamport, op.author, op.seq));
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for op in all {
-            let stamp = (op.content().lamport, op.content().author);
-            if horizon.is_some_and(|h| stamp > h) || (bytes >= max_bytes && !out.is_empty()) {
+            if horizon.is_some_and(|h| (op.lamport, op.author) > h) || (bytes >= max_bytes && !out.is_empty())
+            {
                 break;
             }
-            bytes += op.bytes().len();
+            bytes += op.bytes.len();
             out.push(op);
         }
         Ok(out)

@@ -109,20 +109,39 @@ impl Home {
     }
 }
 
-/// Opens the sled database of a home.
+/// Opens the sled database of a home. The caller holds the home's lock.
+///
+/// sled 0.34 releases its own file lock from a background thread after the last handle of
+/// a database is dropped, so a home reopened right after it was closed in the same process
+/// can find that lock still held for a moment (sled reports it as an `Other` I/O error).
+/// Nobody else can be behind it while we hold the home's lock, so wait for it briefly;
+/// if it persists, the home is in use.
 pub(crate) fn open_db(path: &Path) -> Result<sled::Db, Error> {
-    sled::Config::new()
-        .path(path)
-        .cache_capacity(128 * 1024 * 1024)
-        .mode(sled::Mode::HighThroughput)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|e| match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                Error::HomeLocked(path.to_path_buf())
+    const LOCK_RETRIES: u32 = 200;
+    const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+    let mut retries = 0;
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(128 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().starts_with("could not acquire lock") =>
+            {
+                if retries == LOCK_RETRIES {
+                    return Err(Error::HomeLocked(path.to_path_buf()));
+                }
+                retries += 1;
+                std::thread::sleep(LOCK_RETRY_PAUSE);
             }
-            other => Error::from(other),
-        })
+            Err(other) => return Err(Error::from(other)),
+        }
+    }
 }
 
 /// Key builders, one per namespace.

@@ -229,7 +229,7 @@ pub struct Session {
     /// Authors whose fork evidence this session already sent.
     evidence_sent: BTreeSet<NodeId>,
     /// Our ops that contradict the peer's heads, to send as evidence.
-    pending_evidence: Vec<crate::op::SignedOp>,
+    pending_evidence: Vec<crate::op::OpBytes>,
     in_flight: VecDeque<InFlight>,
     in_flight_bytes: usize,
     frames_received: u64,
@@ -500,7 +500,7 @@ impl Session {
             }
             if let Some(ours) = node.op_at(&author, seq)? {
                 if ours.id() != id {
-                    self.pending_evidence.push(ours);
+                    self.pending_evidence.push((&ours).into());
                 }
             }
         }
@@ -596,27 +596,27 @@ impl Session {
             ops.append(&mut self.pending_evidence);
             for author in node.quarantined_authors() {
                 if self.evidence_sent.insert(author) {
-                    ops.extend(node.fork_evidence(&author)?);
+                    ops.extend(node.fork_evidence(&author)?.iter().map(crate::op::OpBytes::from));
                 }
             }
             if !ops.is_empty() {
                 let mut bytes = 0usize;
                 for op in &ops {
-                    let c = op.content();
-                    if c.seq == self.sent.get(&c.author) + 1 {
-                        self.sent.set(c.author, c.seq);
+                    if op.seq == self.sent.get(&op.author) + 1 {
+                        self.sent.set(op.author, op.seq);
                     }
-                    bytes += op.bytes().len();
+                    bytes += op.bytes.len();
                 }
+                let count = ops.len();
                 let frame = Message::Ops {
-                    ops: ops.iter().map(|o| o.bytes().to_vec()).collect(),
+                    ops: ops.into_iter().map(|o| o.bytes).collect(),
                 }
                 .encode();
                 self.in_flight.push_back(InFlight { bytes, sent_at: now });
                 self.in_flight_bytes += bytes;
                 self.frames_sent += 1;
                 self.bytes_sent += bytes as u64;
-                self.ops_sent += ops.len() as u64;
+                self.ops_sent += count as u64;
                 self.last_send = now;
                 return Ok(Some(frame));
             }
