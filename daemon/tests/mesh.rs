@@ -154,12 +154,16 @@ async fn reconnect_after_a_partition_sends_only_missing_ops() {
         a.with_node(|n| n.execute(now(), story(&format!("s{i}"))))
             .unwrap();
     }
-    let sent_before = a.health().ops_sent;
-    let missing_before = {
+    let (sent_before, bytes_before) = (a.health().ops_sent, a.health().op_bytes_sent);
+    let (missing_before, missing_bytes) = {
         let held_by_b = huskies_core::Node::open(&homes[1], Default::default())
             .unwrap()
             .version_vector();
-        vv(&a).total() - held_by_b.total()
+        let missing = a.with_node(|n| n.ops_since(&held_by_b)).unwrap();
+        (
+            missing.len() as u64,
+            missing.iter().map(|o| o.bytes().len() as u64).sum::<u64>(),
+        )
     };
     let mut config = b_config;
     config.listen = b_addr;
@@ -172,11 +176,21 @@ async fn reconnect_after_a_partition_sends_only_missing_ops() {
     b.shutdown().await.unwrap();
     eventually(5, "A saw the disconnect", || a.health().peers.is_empty()).await;
     let sent = a.health().ops_sent - sent_before;
+    let sent_bytes = a.health().op_bytes_sent - bytes_before;
+    eprintln!("partition catch-up: {missing_before} ops / {missing_bytes} bytes missing, {sent} ops / {sent_bytes} bytes sent");
     // Everything B lacked, plus whatever A wrote meanwhile (heartbeats): never the prefix.
     assert!(sent >= missing_before, "sent {sent}, missing {missing_before}");
     assert!(
         sent < missing_before + 20,
         "sent {sent} ops for {missing_before} missing: a prefix was re-sent"
+    );
+    assert!(
+        sent_bytes >= missing_bytes,
+        "sent {sent_bytes} bytes, missing {missing_bytes}"
+    );
+    assert!(
+        sent_bytes < missing_bytes + 20 * 400,
+        "sent {sent_bytes} bytes for {missing_bytes} missing: a prefix was re-sent"
     );
     a.shutdown().await.unwrap();
 }
