@@ -124,8 +124,16 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
     let op_bytes = all_ops.iter().map(|o| o.bytes().len()).sum::<usize>() as f64 / total_ops as f64;
     // What a peer would send, in Lamport order, as bundles of INGEST_CHUNK ops (built
     // outside the timing).
-    let bundles: Vec<Vec<u8>> = all_ops.chunks(INGEST_CHUNK).map(encode_bundle).collect();
-    drop(all_ops);
+    // Consumed as it goes, so that the decoded ops and the bundles are not all held at once.
+    let mut bundles: Vec<Vec<u8>> = Vec::with_capacity(total_ops.div_ceil(INGEST_CHUNK));
+    let mut rest = all_ops.into_iter();
+    loop {
+        let chunk: Vec<_> = rest.by_ref().take(INGEST_CHUNK).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        bundles.push(encode_bundle(&chunk));
+    }
     let store_dir = home_a.join("store");
     let disk_bytes = dir_size(&store_dir)?;
     let sled_size = a.store_size()?;

@@ -335,3 +335,57 @@ fn two_agents_share_the_work_without_running_a_story_twice_at_once() {
         }
     }
 }
+
+#[test]
+fn member_removal_key_rotation_and_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    init(&a, "a");
+    let (_da, url_a) = start_daemon(&a, &[]);
+    join(&a, &b, "b");
+    let (db, _) = start_daemon(&b, &["--peer", &url_a]);
+    // Key rotation on b (through its daemon): the new key is a member everywhere.
+    let rotated = ok_json(&b, &["key", "rotate"]);
+    let new_b = rotated["node_id"].as_str().unwrap().to_string();
+    assert_ne!(new_b, rotated["old_node_id"].as_str().unwrap());
+    assert_eq!(ok_json(&b, &["id"])["node_id"], new_b.as_str());
+    wait_for(10, "a sees b's new key", || {
+        let m = ok_json(&a, &["member", "list"]);
+        m["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["node_id"] == new_b.as_str() && x["removed"] == false)
+            .then_some(())
+    });
+    drop(db);
+    // The admin removes b; b's later ops are void everywhere.
+    ok_json(&a, &["member", "remove", &new_b]);
+    let m = ok_json(&a, &["member", "list"]);
+    let entry = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["node_id"] == new_b.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["removed"], true);
+    assert_eq!(
+        err_kind(&a, &["member", "remove", &new_b]),
+        (1, "not_found".into())
+    );
+    assert_eq!(
+        err_kind(&a, &["member", "remove", "zz"]),
+        (2, "invalid_argument".into())
+    );
+    // Completion scripts.
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(bin()).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("huskies"),
+            "{shell}"
+        );
+    }
+}

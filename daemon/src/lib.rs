@@ -146,7 +146,7 @@ impl Daemon {
         tasks.push(tokio::spawn(http::serve(shared.clone(), listener)));
         tasks.push(tokio::spawn(policy::run(shared.clone())));
         tasks.push(tokio::spawn(mesh::run(shared.clone())));
-        tracing::info!(node = %shared.node_id.short(), %local_addr, "daemon started");
+        tracing::info!(node = %shared.node_id().short(), %local_addr, "daemon started");
         Ok(Daemon {
             shared,
             local_addr,

@@ -29,7 +29,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             _ = tokio::time::sleep(DISCOVERY_INTERVAL) => {}
             _ = shutdown.wait_for(|s| *s) => break,
         }
-        let me = shared.node_id;
+        let me = shared.node_id();
         let now = Shared::now();
         let alive = match shared.with_node(|n| n.nodes(now)) {
             Ok(nodes) => nodes,

@@ -87,7 +87,7 @@ pub struct HealthReport {
 }
 
 pub(crate) fn health(shared: &Shared) -> HealthReport {
-    let (vv, cluster) = shared.with_node(|n| (n.version_vector(), n.cluster_id()));
+    let (vv, cluster, me) = shared.with_node(|n| (n.version_vector(), n.cluster_id(), n.node_id()));
     let peers = shared
         .peers
         .lock()
@@ -109,7 +109,7 @@ pub(crate) fn health(shared: &Shared) -> HealthReport {
         .collect();
     let m = &shared.metrics;
     HealthReport {
-        node_id: shared.node_id.to_hex(),
+        node_id: me.to_hex(),
         cluster_id: cluster.to_hex(),
         address: shared.advertise.clone(),
         peers,

@@ -33,7 +33,6 @@ pub(crate) struct PeerEntry {
 
 pub(crate) struct Shared {
     node: Mutex<Node>,
-    pub node_id: NodeId,
     pub home: PathBuf,
     pub config: DaemonConfig,
     pub advertise: String,
@@ -66,7 +65,6 @@ impl Shared {
         let (changed, _) = watch::channel(0);
         let (connections, _) = watch::channel(0);
         Arc::new(Shared {
-            node_id: node.node_id(),
             home: node.home().to_path_buf(),
             node: Mutex::new(node),
             config,
@@ -101,6 +99,11 @@ impl Shared {
         })
     }
 
+    /// This node's id (read each time: `huskies key rotate` changes it while we run).
+    pub fn node_id(&self) -> NodeId {
+        self.with_node(|n| n.node_id())
+    }
+
     pub fn register(&self, origin: Origin, address: Option<String>) -> (u64, watch::Receiver<bool>) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (kill, rx) = watch::channel(false);
@@ -127,15 +130,16 @@ impl Shared {
     /// peer, the one opened by the lower node id stays and the other is closed, the same
     /// decision on both sides. Returns false when `id` is the one to close.
     pub fn established(&self, id: u64, peer: NodeId) -> bool {
+        let me = self.node_id();
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let initiator = |origin: Origin| {
             if origin == Origin::Outbound {
-                self.node_id
+                me
             } else {
                 peer
             }
         };
-        let keeper_initiator = self.node_id.min(peer);
+        let keeper_initiator = me.min(peer);
         let Some(origin) = peers.get(&id).map(|p| p.origin) else {
             return false;
         };
