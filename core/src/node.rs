@@ -368,11 +368,30 @@ impl Node {
     fn commit(&mut self, w: Working<'_>) -> Result<Vec<Event>, Error> {
         let (state, events) = w.commit()?;
         self.state = state;
+        self.drop_dead_buffered();
         event::publish(&self.subscribers, &events);
         if self.state.rebuild_needed {
             self.rebuild()?;
         }
         Ok(events)
+    }
+
+    /// Forgets held out-of-order ops that can never count: two or more past their author's
+    /// cutoff. Admission refuses such ops when the cutoff is known on arrival; this drops
+    /// those that were buffered before their author's removal (or rotation) was learnt,
+    /// which would otherwise wait forever for a predecessor that is void.
+    fn drop_dead_buffered(&mut self) {
+        let members = &self.state.members;
+        let before = self.buffer.len();
+        self.buffer.retain(|(author, seq), _| {
+            members
+                .get(author)
+                .and_then(|m| m.cutoff)
+                .is_none_or(|cutoff| *seq <= cutoff.saturating_add(1))
+        });
+        if self.buffer.len() != before {
+            self.buffered_bytes = self.buffer.values().map(|o| o.bytes().len()).sum();
+        }
     }
 
     /// Applies one command: validated against the projection, signed, stored durably
