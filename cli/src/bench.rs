@@ -2,9 +2,10 @@
 //! ceiling that bounds it, in one run on one machine (see `docs/benchmarks.md` and the
 //! contract in `spec/bench.md`).
 //!
-//! Ceilings and figures are measured back to back so that their ratios hold on a noisy,
-//! shared machine: `append_vs_sign` compares local appends with raw Ed25519 signing,
-//! `ingest_vs_verify` compares the real merge path with raw batch verification.
+//! Each ceiling is measured in bursts interleaved with the figure it bounds, so that their
+//! ratio holds on a noisy, shared machine: `append_vs_sign` compares local appends with raw
+//! Ed25519 signing, `ingest_vs_verify` compares the real merge path with raw batch
+//! verification.
 
 use std::num::NonZeroU32;
 use std::path::Path;
