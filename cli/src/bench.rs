@@ -444,7 +444,12 @@ fn dir_size(dir: &Path) -> anyhow::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry?;
-        let meta = entry.metadata()?;
+        // sled deletes blob files in the background: one may vanish while we walk.
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
         if meta.is_dir() {
             total += dir_size(&entry.path())?;
         } else {
