@@ -202,11 +202,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
 
     // Figure 5: a fresh node catching up the appending home from a daemon over loopback.
     let bar = progress_bar(opts, "sync", total_ops as u64);
+    // The process's peak so far (the sync phase resets the counter to measure its own).
+    let peak_rss_mb = peak_rss_mb();
     let sync = crate::bench_sync::catch_up(&home_a, &tmp.path().join("d"), |held, _| bar.set_position(held))?;
     bar.finish_and_clear();
     let sync_ops_per_s = sync.ops as f64 / sync.elapsed.as_secs_f64();
 
-    let peak_rss_mb = peak_rss_mb();
     let out = json!({
         "ops": n,
         "raw_sign_per_s": round(raw_sign_per_s, 0),
@@ -222,6 +223,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
         "sync_vs_ingest": round(sync_ops_per_s / ingest_parallel_per_s, 3),
         "sync_ops_sent": sync.ops_sent,
         "sync_op_bytes_sent": sync.op_bytes_sent,
+        "sync_peak_rss_mb": sync.peak_rss_mb.map(|m| round(m, 1)),
         "reopen_ms": round(reopen.as_secs_f64() * 1000.0, 1),
         "disk_bytes_per_op": round(disk_bytes_per_op, 1),
         "op_bytes": round(op_bytes, 1),
@@ -460,7 +462,7 @@ fn dir_size(dir: &Path) -> anyhow::Result<u64> {
 }
 
 /// `VmHWM` of this process, in MB (None off Linux).
-fn peak_rss_mb() -> Option<f64> {
+pub(crate) fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

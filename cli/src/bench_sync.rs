@@ -20,6 +20,10 @@ pub struct SyncFigures {
     pub ops_sent: u64,
     /// Signed-op bytes the serving daemon sent.
     pub op_bytes_sent: u64,
+    /// Peak resident memory of the process (serving daemon and catching-up node) during the
+    /// catch-up, in MB: the peak is reset first (Linux `clear_refs`), so earlier phases of the
+    /// bench do not count.
+    pub peak_rss_mb: Option<f64>,
 }
 
 /// Serves `source` (a closed home) from a daemon on loopback and times a fresh node in
@@ -47,10 +51,13 @@ pub fn catch_up(source: &Path, scratch: &Path, progress: impl FnMut(u64, u64)) -
             now,
             NodeConfig::default(),
         )?;
+        // Forget the bench's earlier peak (Linux: writing 5 to clear_refs resets VmHWM).
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
         let t = Instant::now();
         huskies_daemon::join_cluster(&mut fresh, &ticket, "bench", Duration::from_secs(3600), progress)
             .await?;
         let elapsed = t.elapsed();
+        let peak_rss_mb = crate::bench::peak_rss_mb();
         let held = fresh.version_vector().total();
         // The fresh node holds everything plus its own presence op.
         ensure!(
@@ -70,6 +77,7 @@ pub fn catch_up(source: &Path, scratch: &Path, progress: impl FnMut(u64, u64)) -
             elapsed,
             ops_sent: health.ops_sent,
             op_bytes_sent: health.op_bytes_sent,
+            peak_rss_mb,
         })
     })
 }
