@@ -224,6 +224,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
         "sync_ops_sent": sync.ops_sent,
         "sync_op_bytes_sent": sync.op_bytes_sent,
         "sync_peak_rss_mb": sync.peak_rss_mb.map(|m| round(m, 1)),
+        "sync_rss_growth_mb": sync.peak_rss_mb.zip(sync.rss_before_mb).map(|(p, b)| round(p - b, 1)),
         "reopen_ms": round(reopen.as_secs_f64() * 1000.0, 1),
         "disk_bytes_per_op": round(disk_bytes_per_op, 1),
         "op_bytes": round(op_bytes, 1),
@@ -463,8 +464,13 @@ fn dir_size(dir: &Path) -> anyhow::Result<u64> {
 
 /// `VmHWM` of this process, in MB (None off Linux).
 pub(crate) fn peak_rss_mb() -> Option<f64> {
+    rss_mb("VmHWM:")
+}
+
+/// A memory line of /proc/self/status (e.g. `VmRSS:`), in MB (None off Linux).
+pub(crate) fn rss_mb(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }

@@ -22,8 +22,11 @@ pub struct SyncFigures {
     pub op_bytes_sent: u64,
     /// Peak resident memory of the process (serving daemon and catching-up node) during the
     /// catch-up, in MB: the peak is reset first (Linux `clear_refs`), so earlier phases of the
-    /// bench do not count.
+    /// bench do not count — but memory the allocator kept from them still does.
     pub peak_rss_mb: Option<f64>,
+    /// Resident memory just before the catch-up, in MB: `peak_rss_mb` minus this is what the
+    /// catch-up itself added.
+    pub rss_before_mb: Option<f64>,
 }
 
 /// Serves `source` (a closed home) from a daemon on loopback and times a fresh node in
@@ -53,6 +56,7 @@ pub fn catch_up(source: &Path, scratch: &Path, progress: impl FnMut(u64, u64)) -
         )?;
         // Forget the bench's earlier peak (Linux: writing 5 to clear_refs resets VmHWM).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let rss_before_mb = crate::bench::rss_mb("VmRSS:");
         let t = Instant::now();
         huskies_daemon::join_cluster(&mut fresh, &ticket, "bench", Duration::from_secs(3600), progress)
             .await?;
@@ -78,6 +82,7 @@ pub fn catch_up(source: &Path, scratch: &Path, progress: impl FnMut(u64, u64)) -
             ops_sent: health.ops_sent,
             op_bytes_sent: health.op_bytes_sent,
             peak_rss_mb,
+            rss_before_mb,
         })
     })
 }
