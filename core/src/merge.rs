@@ -855,6 +855,32 @@ pub(crate) fn read_op(db: &sled::Db, idx: u32, seq: u64) -> Result<Option<Signed
     Ok(Some(op))
 }
 
+/// Calls `f` with the signed bytes of each stored op of the author, from the segment that
+/// holds `from` on (callers skip the few before `from`); stops when `f` returns false.
+fn for_each_stored(
+    db: &sled::Db,
+    idx: u32,
+    from: u64,
+    mut f: impl FnMut(Vec<u8>) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    let start = match db
+        .range(key::segment(idx, 0)..=key::segment(idx, from.max(1)))
+        .next_back()
+    {
+        Some(kv) => key::segment_first_seq(&kv?.0),
+        None => 1,
+    };
+    for kv in db.range(key::segment(idx, start)..key::segment(idx.saturating_add(1), 0)) {
+        let (_, v) = kv?;
+        for bytes in store::decode_segment(&v)? {
+            if !f(bytes)? {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Like [`for_each_op`] but without decoding: the op's signed bytes with its seq and Lamport
 /// timestamp (the segment's checksum is still checked).
 pub(crate) fn for_each_op_bytes(
@@ -864,31 +890,19 @@ pub(crate) fn for_each_op_bytes(
     from: u64,
     mut f: impl FnMut(crate::op::OpBytes) -> Result<bool, Error>,
 ) -> Result<(), Error> {
-    let start = match db
-        .range(key::segment(idx, 0)..=key::segment(idx, from.max(1)))
-        .next_back()
-    {
-        Some(kv) => key::segment_first_seq(&kv?.0),
-        None => 1,
-    };
-    for kv in db.range(key::segment(idx, start)..key::segment(idx.saturating_add(1), 0)) {
-        let (_, v) = kv?;
-        for bytes in store::decode_segment(&v)? {
-            let (seq, lamport) = crate::op::peek_seq_lamport(&bytes)
-                .ok_or_else(|| Error::Corrupt("stored op has no readable seq".into()))?;
-            if seq >= from
-                && !f(crate::op::OpBytes {
-                    author,
-                    seq,
-                    lamport,
-                    bytes,
-                })?
-            {
-                return Ok(());
-            }
+    for_each_stored(db, idx, from, |bytes| {
+        let (seq, lamport) = crate::op::peek_seq_lamport(&bytes)
+            .ok_or_else(|| Error::Corrupt("stored op has no readable seq".into()))?;
+        if seq < from {
+            return Ok(true);
         }
-    }
-    Ok(())
+        f(crate::op::OpBytes {
+            author,
+            seq,
+            lamport,
+            bytes,
+        })
+    })
 }
 
 /// Calls `f` with each stored op of the author with `seq >= from`, in order.
@@ -898,22 +912,12 @@ pub(crate) fn for_each_op(
     from: u64,
     mut f: impl FnMut(SignedOp) -> Result<bool, Error>,
 ) -> Result<(), Error> {
-    let start = match db
-        .range(key::segment(idx, 0)..=key::segment(idx, from.max(1)))
-        .next_back()
-    {
-        Some(kv) => key::segment_first_seq(&kv?.0),
-        None => 1,
-    };
-    for kv in db.range(key::segment(idx, start)..key::segment(idx.saturating_add(1), 0)) {
-        let (_, v) = kv?;
-        for bytes in store::decode_segment(&v)? {
-            let op = SignedOp::from_trusted_bytes(&bytes)
-                .map_err(|e| Error::Corrupt(format!("stored op does not decode: {e}")))?;
-            if op.content().seq >= from && !f(op)? {
-                return Ok(());
-            }
+    for_each_stored(db, idx, from, |bytes| {
+        let op = SignedOp::from_trusted_bytes(&bytes)
+            .map_err(|e| Error::Corrupt(format!("stored op does not decode: {e}")))?;
+        if op.content().seq < from {
+            return Ok(true);
         }
-    }
-    Ok(())
+        f(op)
+    })
 }
