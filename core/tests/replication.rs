@@ -871,3 +871,95 @@ fn session_sync(a: &mut Node, b: &mut Node) {
     }
     panic!("sessions never went quiet");
 }
+
+/// Frames that arrive together are merged in one ingest, and acknowledged together.
+#[test]
+fn waiting_ops_frames_merge_into_one_ingest() {
+    use huskies_core::sync::{Message, Session, SessionConfig, SessionEvent, SessionOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = TestRng::new(7);
+    let mut a = new_cluster(&dir.path().join("a"), &mut rng, at(0));
+    let mut b = Node::init(
+        &dir.path().join("b"),
+        huskies_core::InitMode::Join {
+            cluster: a.cluster_id(),
+        },
+        &mut rng,
+        at(0),
+        config(),
+    )
+    .unwrap();
+    a.execute(
+        at(0),
+        Command::AddMember {
+            node: b.node_id(),
+            role: Role::Member,
+        },
+    )
+    .unwrap();
+    let cmds: Vec<Command> = (0..3000)
+        .map(|i| Command::AddStory {
+            id: sid(&format!("s{i}")),
+            name: "x".repeat(100),
+            body: None,
+            depends_on: vec![],
+        })
+        .collect();
+    for r in a.execute_group(at(1), cmds).unwrap() {
+        r.unwrap();
+    }
+    let config = SessionConfig {
+        target_frame_bytes: 64 * 1024,
+        ..SessionConfig::default()
+    };
+    let now = at(2);
+    let mut sa = Session::new(&a, now, [1; 32], SessionOptions::default(), config.clone());
+    let mut sb = Session::new(
+        &b,
+        now,
+        [2; 32],
+        SessionOptions {
+            expect_peer: Some(a.node_id()),
+            ..Default::default()
+        },
+        config,
+    );
+    // Handshake; the first Ops frame A produces is kept for the batch below.
+    let mut frames = Vec::new();
+    for _ in 0..3 {
+        while let Some(f) = sa.poll_transmit(&a, now).unwrap() {
+            if matches!(Message::decode(&f).unwrap(), Message::Ops { .. }) {
+                frames.push(f);
+                break;
+            }
+            sb.handle_frame(&mut b, now, &f).unwrap();
+        }
+        while let Some(f) = sb.poll_transmit(&b, now).unwrap() {
+            sa.handle_frame(&mut a, now, &f).unwrap();
+        }
+    }
+    assert!(sa.is_established() && sb.is_established());
+    // Everything A sends now, delivered at once.
+    while let Some(f) = sa.poll_transmit(&a, now).unwrap() {
+        frames.push(f);
+    }
+    let ops_frames = frames
+        .iter()
+        .filter(|f| matches!(Message::decode(f).unwrap(), Message::Ops { .. }))
+        .count();
+    assert!(ops_frames > 3, "the catch-up spans several frames ({ops_frames})");
+    sb.take_events();
+    sb.handle_frames(&mut b, now, &frames).unwrap();
+    let ingests = sb
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e, SessionEvent::Ingested { .. }))
+        .count();
+    assert_eq!(ingests, 1, "one merge for all waiting frames");
+    assert_eq!(b.version_vector(), a.version_vector());
+    // Its acknowledgement covers every frame: A has nothing left in flight.
+    while let Some(f) = sb.poll_transmit(&b, now).unwrap() {
+        sa.handle_frame(&mut a, now, &f).unwrap();
+    }
+    assert_eq!(sa.unacked_bytes(), 0);
+}

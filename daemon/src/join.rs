@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use huskies_core::sync::{Session, SessionConfig, SessionEvent, SessionOptions, Ticket};
 use huskies_core::{Command, Node, Timestamp};
 use rand_core::RngCore;
@@ -78,8 +78,18 @@ async fn join_inner(
             Some(Incoming::Error(_, e)) => return Err(DaemonError::Network(e)),
             None => return Err(DaemonError::Network("the issuer closed the connection".into())),
         };
+        // Frames already received are merged in one ingest (one flush) during catch-up.
+        let mut frames = vec![frame];
+        while frames.len() < 8 {
+            match stream.next().now_or_never() {
+                Some(Some(Incoming::Frame(f))) => frames.push(f),
+                Some(Some(Incoming::Error(_, e))) => return Err(DaemonError::Network(e)),
+                Some(None) => return Err(DaemonError::Network("the issuer closed the connection".into())),
+                None => break,
+            }
+        }
         session
-            .handle_frame(node, now(), &frame)
+            .handle_frames(node, now(), &frames)
             .map_err(|e| DaemonError::Network(e.to_string()))?;
         for ev in session.take_events() {
             if let SessionEvent::Established { .. } = ev {

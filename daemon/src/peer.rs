@@ -110,8 +110,20 @@ pub(crate) async fn drive(
                     Some(Incoming::Error(reason, e)) => break ended(peer, reason, e),
                     None => break ended(peer, "closed", "peer closed the connection".into()),
                 };
-                shared.metrics.frames_received.fetch_add(1, Ordering::Relaxed);
-                let r = shared.with_node(|n| session.handle_frame(n, Shared::now(), &frame));
+                // Frames already waiting are merged together: one ingest, one flush.
+                let mut frames = vec![frame];
+                let mut pending_error = None;
+                while let Ok(item) = rx.try_recv() {
+                    match item {
+                        Incoming::Frame(f) => frames.push(f),
+                        Incoming::Error(reason, e) => {
+                            pending_error = Some((reason, e));
+                            break;
+                        }
+                    }
+                }
+                shared.metrics.frames_received.fetch_add(frames.len() as u64, Ordering::Relaxed);
+                let r = shared.with_node(|n| session.handle_frames(n, Shared::now(), &frames));
                 let mut duplicate = false;
                 for ev in session.take_events() {
                     match ev {
@@ -148,6 +160,10 @@ pub(crate) async fn drive(
                 if let Err(e) = r {
                     let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
                     break ended(peer, e.reason(), e.to_string());
+                }
+                if let Some((reason, e)) = pending_error {
+                    let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
+                    break ended(peer, reason, e);
                 }
             }
             _ = changed.changed() => {}

@@ -360,9 +360,46 @@ impl Session {
 
     /// Handles one received frame.
     pub fn handle_frame(&mut self, node: &mut Node, now: Timestamp, frame: &[u8]) -> Result<(), SyncError> {
-        if self.state == State::Closed {
-            return Ok(());
+        self.handle_frames(node, now, std::slice::from_ref(&frame))
+    }
+
+    /// Handles several received frames in order. Consecutive `Ops` frames are merged in one
+    /// ingest — one atomic batch and one flush for all of them — so a driver that finds
+    /// several frames waiting (a catch-up) should pass them together.
+    pub fn handle_frames<F: AsRef<[u8]>>(
+        &mut self,
+        node: &mut Node,
+        now: Timestamp,
+        frames: &[F],
+    ) -> Result<(), SyncError> {
+        let mut run: Vec<Vec<u8>> = Vec::new();
+        let mut run_frames = 0u64;
+        for frame in frames {
+            if self.state == State::Closed {
+                return Ok(());
+            }
+            let msg = self.decode_frame(frame.as_ref())?;
+            self.last_recv = now;
+            match msg {
+                Message::Ops { ops } if self.state == State::Established => {
+                    run.extend(ops);
+                    run_frames += 1;
+                }
+                other => {
+                    if run_frames > 0 {
+                        self.on_ops(node, std::mem::take(&mut run), std::mem::take(&mut run_frames))?;
+                    }
+                    self.dispatch(node, now, other)?;
+                }
+            }
         }
+        if run_frames > 0 {
+            self.on_ops(node, run, run_frames)?;
+        }
+        Ok(())
+    }
+
+    fn decode_frame(&mut self, frame: &[u8]) -> Result<Message, SyncError> {
         if frame.len() > self.config.max_frame_bytes {
             let limit = self.config.max_frame_bytes;
             let _ = self.refuse(
@@ -374,14 +411,13 @@ impl Session {
                 limit,
             });
         }
-        let msg = match Message::decode(frame) {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = self.refuse(RefuseCode::Protocol, "malformed frame".into());
-                return Err(SyncError::Malformed(e));
-            }
-        };
-        self.last_recv = now;
+        Message::decode(frame).map_err(|e| {
+            let _ = self.refuse(RefuseCode::Protocol, "malformed frame".into());
+            SyncError::Malformed(e)
+        })
+    }
+
+    fn dispatch(&mut self, node: &mut Node, now: Timestamp, msg: Message) -> Result<(), SyncError> {
         match (self.state, msg) {
             (_, Message::Refuse { code, reason }) => {
                 self.state = State::Closed;
@@ -400,7 +436,7 @@ impl Session {
             (State::AwaitAuth, Message::Auth { proof, have, heads }) => {
                 self.on_auth(node, proof, have, heads)
             }
-            (State::Established, Message::Ops { ops }) => self.on_ops(node, ops),
+            (State::Established, Message::Ops { ops }) => self.on_ops(node, ops, 1),
             (State::Established, Message::Ack { have, frames }) => {
                 self.on_ack(now, have, frames);
                 Ok(())
@@ -511,8 +547,9 @@ impl Session {
         Ok(())
     }
 
-    fn on_ops(&mut self, node: &mut Node, frames: Vec<Vec<u8>>) -> Result<(), SyncError> {
-        self.frames_received += 1;
+    /// Merges the ops of `count` consecutive `Ops` frames at once.
+    fn on_ops(&mut self, node: &mut Node, frames: Vec<Vec<u8>>, count: u64) -> Result<(), SyncError> {
+        self.frames_received += count;
         let mut ops = Vec::with_capacity(frames.len());
         let mut malformed = Vec::new();
         for bytes in &frames {
