@@ -570,7 +570,6 @@ impl<'a> Working<'a> {
                 body,
                 depends_on,
             } => {
-                let was_visible = self.story(story)?.visible();
                 let rec = self.story_mut(story)?;
                 if rec.created.is_none_or(|(s, _)| stamp < s) {
                     rec.created = Some((stamp, op.id()));
@@ -578,9 +577,6 @@ impl<'a> Working<'a> {
                 Lww::merge(&mut rec.name, stamp, name.clone());
                 Lww::merge(&mut rec.body, stamp, body.clone());
                 Lww::merge(&mut rec.depends_on, stamp, depends_on.clone());
-                if !was_visible && rec.visible() && !rec.history.is_empty() {
-                    // Transitions arrived before the create; nothing to announce twice.
-                }
             }
             Payload::StoryUpdate { story, field } => {
                 let rec = self.story_mut(story)?;

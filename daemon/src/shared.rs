@@ -59,8 +59,8 @@ impl Shared {
         let sub = node.subscribe(move |e| {
             let _ = sender.send(e.clone());
         });
-        // The subscription lives as long as the node: leak-free because the node owns the
-        // registry and both go away together.
+        // Kept for the node's whole life: forgetting the handle skips its unsubscribe, and
+        // the callback is freed with the node's registry when the node is dropped.
         std::mem::forget(sub);
         let (changed, _) = watch::channel(0);
         let (connections, _) = watch::channel(0);
