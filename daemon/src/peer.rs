@@ -72,7 +72,7 @@ pub(crate) async fn drive(
     origin: Origin,
     address: Option<String>,
 ) -> Ended {
-    let (conn, mut kill) = shared.register(origin, address.clone());
+    let (conn, mut kill, last_recv) = shared.register(origin, address.clone());
     shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     let mut challenge = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut challenge);
@@ -123,6 +123,7 @@ pub(crate) async fn drive(
                     }
                 }
                 shared.metrics.frames_received.fetch_add(frames.len() as u64, Ordering::Relaxed);
+                last_recv.store(Shared::now().as_millis(), Ordering::Relaxed);
                 let r = shared.with_node(|n| session.handle_frames(n, Shared::now(), &frames));
                 let mut duplicate = false;
                 for ev in session.take_events() {

@@ -29,6 +29,8 @@ pub(crate) struct PeerEntry {
     /// What we believe the peer holds.
     pub peer_version: VersionVector,
     pub kill: watch::Sender<bool>,
+    /// Unix ms of the last frame received on this connection.
+    pub last_recv: Arc<std::sync::atomic::AtomicI64>,
 }
 
 pub(crate) struct Shared {
@@ -104,9 +106,14 @@ impl Shared {
         self.with_node(|n| n.node_id())
     }
 
-    pub fn register(&self, origin: Origin, address: Option<String>) -> (u64, watch::Receiver<bool>) {
+    pub fn register(
+        &self,
+        origin: Origin,
+        address: Option<String>,
+    ) -> (u64, watch::Receiver<bool>, Arc<std::sync::atomic::AtomicI64>) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (kill, rx) = watch::channel(false);
+        let last_recv = Arc::new(std::sync::atomic::AtomicI64::new(Self::now().as_millis()));
         self.peers.lock().unwrap_or_else(|e| e.into_inner()).insert(
             id,
             PeerEntry {
@@ -114,11 +121,12 @@ impl Shared {
                 origin,
                 address,
                 peer_version: VersionVector::default(),
+                last_recv: last_recv.clone(),
                 kill,
             },
         );
         self.connections.send_modify(|n| *n += 1);
-        (id, rx)
+        (id, rx, last_recv)
     }
 
     pub fn unregister(&self, id: u64) {
@@ -128,7 +136,9 @@ impl Shared {
 
     /// Records the authenticated peer of connection `id`. With two connections to one
     /// peer, the one opened by the lower node id stays and the other is closed, the same
-    /// decision on both sides. Returns false when `id` is the one to close.
+    /// decision on both sides; of two opened by the same side (a reconnect), the new one
+    /// replaces the old only once the old has missed two keepalives. Returns false when `id`
+    /// is the one to close.
     pub fn established(&self, id: u64, peer: NodeId) -> bool {
         let me = self.node_id();
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,7 +158,12 @@ impl Shared {
             if *other_id == id || other.node != Some(peer) {
                 continue;
             }
-            if initiator(origin) == keeper_initiator && initiator(other.origin) != keeper_initiator {
+            let (mine, theirs) = (initiator(origin), initiator(other.origin));
+            // The same side opened both: a reconnect. If the old connection has missed two
+            // keepalives it is presumed dead (e.g. half-open) and the new one replaces it.
+            let idle_ms = Self::now().as_millis() - other.last_recv.load(Ordering::Relaxed);
+            let old_is_dead = idle_ms > 2 * self.config.session.keepalive_ms;
+            if (mine == theirs && old_is_dead) || (mine == keeper_initiator && theirs != keeper_initiator) {
                 let _ = other.kill.send(true);
             } else {
                 keep = false;

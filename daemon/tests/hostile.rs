@@ -1142,3 +1142,37 @@ async fn a_member_that_never_reads_is_cut_and_costs_bounded_memory() {
     f.assert_logged(&["connection closed", "not_reading"]);
     f.finish().await;
 }
+
+/// A node whose old connection went half-open (silent, never closed) reconnects: once the
+/// old one has missed two keepalives, the new one replaces it instead of being refused as a
+/// duplicate until the old one times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_replaces_a_half_open_connection() {
+    let mut f = Fixture::new(0, |_| {}).await;
+    let mut node = f.take_member();
+    let member = node.node_id();
+    let before = f.disconnects();
+    let mut old = connect(&f.a.url()).await;
+    handshake(&mut node, &mut old).await.expect("first connection");
+    // From here on the old connection is silent in both directions.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut new = connect(&f.a.url()).await;
+    handshake(&mut node, &mut new)
+        .await
+        .expect("the reconnect is accepted, not refused as a duplicate");
+    eventually(5, "the half-open connection is closed as a duplicate", || {
+        grown(&before, &f.disconnects()) == counts(&[("duplicate", 1)])
+    })
+    .await;
+    let peers = f.a.health().peers;
+    assert_eq!(
+        peers
+            .iter()
+            .filter(|p| p.node_id == Some(member.to_hex()))
+            .count(),
+        1
+    );
+    drop((old, new));
+    f.member = Some(node);
+    f.finish().await;
+}
