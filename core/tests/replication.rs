@@ -963,3 +963,65 @@ fn waiting_ops_frames_merge_into_one_ingest() {
     }
     assert_eq!(sa.unacked_bytes(), 0);
 }
+
+/// A node restored from an old copy of its home learns from the first peer it meets that it
+/// is behind on its own chain, and gets its own ops back.
+#[test]
+fn a_node_behind_its_own_chain_is_told_and_catches_up() {
+    use huskies_core::sync::SessionEvent;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = TestRng::new(11);
+    let mut a = new_cluster(&dir.path().join("a"), &mut rng, at(0));
+    let mut b = join(&dir.path().join("b"), &mut a, Role::Member, &mut rng, at(0));
+    // Snapshot b's home, then b writes and syncs with a.
+    let b_home = b.home().to_path_buf();
+    drop(b);
+    copy_dir(&b_home, &dir.path().join("b_old"));
+    let mut b = Node::open(&b_home, config()).unwrap();
+    for i in 0..3 {
+        add_story(&mut b, at(1), &format!("b{i}"));
+    }
+    sync(&mut a, &mut b);
+    let ahead = b.version_vector().get(&b.node_id());
+    drop(b);
+    // b comes back from the old copy.
+    std::fs::remove_dir_all(&b_home).unwrap();
+    copy_dir(&dir.path().join("b_old"), &b_home);
+    let mut b = Node::open(&b_home, config()).unwrap();
+    assert!(b.version_vector().get(&b.node_id()) < ahead);
+    use huskies_core::sync::{Session, SessionConfig, SessionOptions};
+    let now = at(2);
+    let mut sa = Session::new(
+        &a,
+        now,
+        [1; 32],
+        SessionOptions::default(),
+        SessionConfig::default(),
+    );
+    let mut sb = Session::new(
+        &b,
+        now,
+        [2; 32],
+        SessionOptions::default(),
+        SessionConfig::default(),
+    );
+    let mut told = false;
+    for _ in 0..20 {
+        while let Some(f) = sa.poll_transmit(&a, now).unwrap() {
+            sb.handle_frame(&mut b, now, &f).unwrap();
+        }
+        told |= sb
+            .take_events()
+            .iter()
+            .any(|e| matches!(e, SessionEvent::BehindOwnChain { .. }));
+        while let Some(f) = sb.poll_transmit(&b, now).unwrap() {
+            sa.handle_frame(&mut a, now, &f).unwrap();
+        }
+    }
+    assert!(told, "b is told it is behind its own chain");
+    assert_eq!(
+        b.version_vector().get(&b.node_id()),
+        ahead,
+        "b got its own ops back"
+    );
+}

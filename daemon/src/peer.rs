@@ -147,6 +147,15 @@ pub(crate) async fn drive(
                                 tracing::warn!(author = %f.short(), "equivocation: author quarantined");
                             }
                         }
+                        SessionEvent::BehindOwnChain { held, peer_holds } => {
+                            tracing::error!(
+                                peer = ?peer.map(|p| p.short()),
+                                held,
+                                peer_holds,
+                                "this node's store lacks some of its own ops (restored or rolled back?); \
+                                 taking them back from the peer"
+                            );
+                        }
                         SessionEvent::Admitted { node } => {
                             tracing::info!(node = %node.short(), "join ticket redeemed: new member");
                         }

@@ -119,6 +119,15 @@ pub enum SessionEvent {
         /// The new member.
         node: NodeId,
     },
+    /// The peer holds more of this node's own ops than this node does: its store lost ops
+    /// (restored from an old copy, or rolled back by damage). The peer sends them back in
+    /// this session; ops written locally before that reused seqs and will be seen as forks.
+    BehindOwnChain {
+        /// Our own ops we hold.
+        held: u64,
+        /// Our own ops the peer holds.
+        peer_holds: u64,
+    },
 }
 
 /// Why a session ended.
@@ -540,6 +549,11 @@ impl Session {
                     self.pending_evidence.push((&ours).into());
                 }
             }
+        }
+        let (held, peer_holds) = (node.version_vector().get(&self.me), have.get(&self.me));
+        if peer_holds > held {
+            self.events
+                .push(SessionEvent::BehindOwnChain { held, peer_holds });
         }
         self.sent = have;
         self.state = State::Established;

@@ -972,6 +972,13 @@ impl Sim {
                 SessionEvent::Admitted { node } => {
                     panic!("{}: nobody holds a ticket, yet {node} was admitted", self.ctx())
                 }
+                SessionEvent::BehindOwnChain { held, peer_holds } => {
+                    // Restarts reopen real stores: a node never loses its own ops.
+                    panic!(
+                        "{}: node {i} holds {held} of its own ops, a peer {peer_holds}",
+                        self.ctx()
+                    )
+                }
             }
         }
     }
