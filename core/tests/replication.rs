@@ -972,7 +972,7 @@ fn a_node_behind_its_own_chain_is_told_and_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = TestRng::new(11);
     let mut a = new_cluster(&dir.path().join("a"), &mut rng, at(0));
-    let mut b = join(&dir.path().join("b"), &mut a, Role::Member, &mut rng, at(0));
+    let b = join(&dir.path().join("b"), &mut a, Role::Member, &mut rng, at(0));
     // Snapshot b's home, then b writes and syncs with a.
     let b_home = b.home().to_path_buf();
     drop(b);
