@@ -172,6 +172,8 @@ pub fn request(
         let line = serde_json::to_string(req).map_err(std::io::Error::other)?;
         stream.write_all(line.as_bytes())?;
         stream.write_all(b"\n")?;
+        // A daemon that does not answer within a minute is stuck: say so rather than hang.
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
         let mut reader = BufReader::new(stream.try_clone()?);
         let mut first = String::new();
         reader.read_line(&mut first)?;
@@ -180,6 +182,8 @@ pub fn request(
         }
         let resp: ControlResponse = serde_json::from_str(&first).map_err(std::io::Error::other)?;
         if resp.follow {
+            // A follower waits for new ops as long as they take.
+            stream.set_read_timeout(None)?;
             on_follow(&resp.stdout);
             for line in reader.lines() {
                 let v: serde_json::Value = serde_json::from_str(&line?).map_err(std::io::Error::other)?;
