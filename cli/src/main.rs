@@ -86,7 +86,7 @@ enum ColorChoice {
 
 #[derive(Subcommand, Debug)]
 enum Commands {
-    /// Create a home and a node key; start a new cluster.
+    /// Create a home and a node key; start a new cluster, or join one with a ticket.
     #[command(after_help = "Example:\n  huskies init --cluster-name acme --label build-1")]
     Init {
         /// Name of the new cluster.
