@@ -224,6 +224,8 @@ pub(crate) struct Working<'a> {
     local: NodeId,
     stories: HashMap<StoryId, StoryEntry>,
     presence: BTreeMap<NodeId, PresenceRecord>,
+    /// Presence records changed in this batch (the others were only read).
+    dirty_presence: BTreeSet<NodeId>,
     lock: Option<LeaseSet>,
     lock_dirty: bool,
     dirty_members: BTreeSet<NodeId>,
@@ -244,6 +246,7 @@ impl<'a> Working<'a> {
             local,
             stories: HashMap::new(),
             presence: BTreeMap::new(),
+            dirty_presence: BTreeSet::new(),
             lock: None,
             lock_dirty: false,
             dirty_members: BTreeSet::new(),
@@ -664,6 +667,7 @@ impl<'a> Working<'a> {
             Payload::Presence { label, address } => {
                 let newer = self.presence(&c.author)?.is_none_or(|p| p.stamp < stamp);
                 if newer {
+                    self.dirty_presence.insert(c.author);
                     self.presence.insert(
                         c.author,
                         PresenceRecord {
@@ -759,8 +763,8 @@ impl<'a> Working<'a> {
                 }
             }
         }
-        for (node, p) in &self.presence {
-            batch.insert(&key::presence(node)[..], store::encode(p));
+        for node in &self.dirty_presence {
+            batch.insert(&key::presence(node)[..], store::encode(&self.presence[node]));
         }
         if self.lock_dirty {
             batch.insert(

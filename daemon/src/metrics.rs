@@ -74,6 +74,10 @@ pub struct HealthReport {
     pub ops: u64,
     /// Remote ops merged since start.
     pub ops_applied: u64,
+    /// Connections opened since start (both directions).
+    pub connections_total: u64,
+    /// Frames received from peers since start.
+    pub frames_received: u64,
     /// Ops sent to peers since start (counted when a connection closes).
     pub ops_sent: u64,
     /// Signed-op bytes sent to peers since start (counted when a connection closes).
@@ -115,6 +119,8 @@ pub(crate) fn health(shared: &Shared) -> HealthReport {
         peers,
         ops: vv.total(),
         ops_applied: m.ops_applied.load(Ordering::Relaxed),
+        connections_total: m.connections_total.load(Ordering::Relaxed),
+        frames_received: m.frames_received.load(Ordering::Relaxed),
         ops_sent: m.ops_sent.load(Ordering::Relaxed),
         op_bytes_sent: m.bytes_sent.load(Ordering::Relaxed),
         ops_per_s: m.rate(),

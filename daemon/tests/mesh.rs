@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use huskies_core::{Command, Event, PipelineEvent, StoryId};
+use huskies_core::{Command, Event, StoryId};
 
 fn story(id: &str) -> Command {
     Command::AddStory {
@@ -129,7 +129,6 @@ async fn concurrent_claims_end_with_one_holder_and_the_loser_told() {
     .expect("the loser is told");
     assert_eq!(told.0, id);
     assert_eq!(told.1, Some(holder));
-    let _ = PipelineEvent::DepsMet;
     for d in [a, b, c] {
         d.shutdown().await.unwrap();
     }

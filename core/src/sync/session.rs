@@ -244,7 +244,6 @@ pub struct Session {
     in_flight_bytes: usize,
     frames_received: u64,
     frames_acked: u64,
-    frames_sent: u64,
     started: Timestamp,
     last_recv: Timestamp,
     last_send: Timestamp,
@@ -287,7 +286,6 @@ impl Session {
             in_flight_bytes: 0,
             frames_received: 0,
             frames_acked: 0,
-            frames_sent: 0,
             started: now,
             last_recv: now,
             last_send: now,
@@ -539,9 +537,10 @@ impl Session {
         }
         // Where we hold a different op for the peer's head of an author, that author
         // equivocated: send ours, and the peer's merge records the fork (it does the same).
-        for (author, id) in heads.into_iter().take(crate::sync::session::MAX_HEADS) {
+        let ours_vv = node.version_vector();
+        for (author, id) in heads.into_iter().take(MAX_HEADS) {
             let seq = have.get(&author);
-            if seq == 0 || seq > node.version_vector().get(&author) {
+            if seq == 0 || seq > ours_vv.get(&author) {
                 continue;
             }
             if let Some(ours) = node.op_at(&author, seq)? {
@@ -666,7 +665,6 @@ impl Session {
                 .encode();
                 self.in_flight.push_back(InFlight { bytes, sent_at: now });
                 self.in_flight_bytes += bytes;
-                self.frames_sent += 1;
                 self.bytes_sent += bytes as u64;
                 self.ops_sent += count as u64;
                 self.last_send = now;
