@@ -25,6 +25,7 @@ mod error;
 mod event;
 mod execution;
 mod id;
+mod journal;
 mod key;
 mod merge;
 mod node;

@@ -7,6 +7,7 @@ use crate::clock::{ClockJump, LamportClock};
 use crate::error::Error;
 use crate::event::{Event, TransitionEvent};
 use crate::id::{ClusterId, NodeId, OpId, StoryId};
+use crate::journal::{encode_story, Journal};
 use crate::op::{check_rotation_proof, derive_cluster_id, DecodeError, SignedOp, VerifyError};
 use crate::payload::{Payload, Role, StoryField};
 use crate::pipeline::{transition, StageKind};
@@ -210,8 +211,6 @@ impl State {
 
 struct StoryEntry {
     rec: StoryRecord,
-    /// The stage index key this story had when loaded.
-    indexed: Option<StageKind>,
     dirty: bool,
 }
 
@@ -219,6 +218,7 @@ struct StoryEntry {
 /// the store until [`Working::commit`], which writes everything in one sled batch.
 pub(crate) struct Working<'a> {
     db: &'a sled::Db,
+    journal: &'a Journal,
     pub state: State,
     /// The local node, to notice claims it lost.
     local: NodeId,
@@ -239,9 +239,10 @@ pub(crate) struct Working<'a> {
 }
 
 impl<'a> Working<'a> {
-    pub fn new(db: &'a sled::Db, state: State, local: NodeId) -> Self {
+    pub fn new(db: &'a sled::Db, journal: &'a Journal, state: State, local: NodeId) -> Self {
         Working {
             db,
+            journal,
             state,
             local,
             stories: HashMap::new(),
@@ -260,8 +261,8 @@ impl<'a> Working<'a> {
     }
 
     /// A working set that ignores stored projection records (for a rebuild).
-    pub fn fresh(db: &'a sled::Db, state: State, local: NodeId) -> Self {
-        let mut w = Working::new(db, state, local);
+    pub fn fresh(db: &'a sled::Db, journal: &'a Journal, state: State, local: NodeId) -> Self {
+        let mut w = Working::new(db, journal, state, local);
         w.fresh = true;
         w
     }
@@ -275,17 +276,9 @@ impl<'a> Working<'a> {
             let rec: StoryRecord = if self.fresh {
                 StoryRecord::default()
             } else {
-                store::get(self.db, &key::story(id), "story record")?.unwrap_or_default()
+                self.journal.read(id)?.unwrap_or_default()
             };
-            let indexed = if self.fresh { None } else { rec.visible_kind() };
-            self.stories.insert(
-                id.clone(),
-                StoryEntry {
-                    rec,
-                    indexed,
-                    dirty: false,
-                },
-            );
+            self.stories.insert(id.clone(), StoryEntry { rec, dirty: false });
         }
         Ok(self.stories.get_mut(id).expect("just inserted"))
     }
@@ -748,21 +741,29 @@ impl<'a> Working<'a> {
             let rec = self.state.authors.get_mut(&author).expect("author of staged ops");
             write_segments(self.db, &mut batch, rec, &ops)?;
         }
-        for (id, e) in &self.stories {
-            if !e.dirty {
-                continue;
-            }
-            batch.insert(key::story(id), store::encode(&e.rec));
-            let now = e.rec.visible_kind();
-            if now != e.indexed {
-                if let Some(old) = e.indexed {
-                    batch.remove(key::stage_index(old, id));
+        let stories: Vec<(StoryId, Vec<u8>)> = std::mem::take(&mut self.stories)
+            .into_iter()
+            .filter(|(_, e)| e.dirty)
+            .map(|(id, e)| {
+                let value = encode_story(&e.rec);
+                (id, value)
+            })
+            .collect();
+        let staged = if self.fresh {
+            // A rebuild (the journal is drained and the old keys are removed in `batch`):
+            // straight into the story keys and the stage index.
+            for (id, value) in stories {
+                if let Some(kind) = value.first().and_then(|c| StageKind::from_code(*c)) {
+                    batch.insert(key::stage_index(kind, &id), &[][..]);
                 }
-                if let Some(new) = now {
-                    batch.insert(key::stage_index(new, id), &[][..]);
-                }
+                batch.insert(key::story(&id), value);
             }
-        }
+            None
+        } else if stories.is_empty() {
+            None
+        } else {
+            Some(self.journal.stage(&mut batch, stories))
+        };
         for node in &self.dirty_presence {
             batch.insert(&key::presence(node)[..], store::encode(&self.presence[node]));
         }
@@ -787,8 +788,20 @@ impl<'a> Working<'a> {
         batch.insert(key::meta("clock"), store::encode(&self.state.clock.value()));
         batch.insert(key::meta("next_idx"), store::encode(&self.state.next_idx));
         batch.insert(key::meta("rebuild"), store::encode(&self.state.rebuild_needed));
-        self.db.apply_batch(batch)?;
-        self.db.flush()?;
+        let written = self
+            .db
+            .apply_batch(batch)
+            .and_then(|()| self.db.flush().map(drop));
+        match (written, staged) {
+            (Ok(()), Some(staged)) => self.journal.committed(staged)?,
+            (Ok(()), None) => {}
+            (Err(e), staged) => {
+                if let Some(staged) = staged {
+                    self.journal.abandoned(staged);
+                }
+                return Err(e.into());
+            }
+        }
         Ok((self.state, self.events))
     }
 }

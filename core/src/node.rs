@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::event::{self, Event, Subscribers, Subscription, TransitionEvent};
 use crate::execution::{apply_execution_event, ExecutionEvent, ExecutionState};
 use crate::id::{ClusterId, NodeId, OpId, StoryId};
+use crate::journal::{decode_story, Journal};
 use crate::key::{verifying_key, NodeKey};
 use crate::merge::{for_each_op, Admission, RejectReason, State, Working};
 use crate::op::{
@@ -195,6 +196,9 @@ pub struct IngestReport {
 
 /// One node: its home (locked while this value lives), key, store and projection.
 pub struct Node {
+    /// Declared first so that it is dropped first: it folds what is left while the home
+    /// is still locked.
+    journal: Arc<Journal>,
     home: Home,
     db: sled::Db,
     key: NodeKey,
@@ -251,10 +255,10 @@ impl Node {
         db.apply_batch(batch)?;
         db.flush()?;
         key.save_new(&home.key_path())?;
-        let mut node = Node::assemble(home, db, key, state, config);
+        let mut node = Node::assemble(home, db, key, state, config)?;
         if let Some(payload) = genesis {
-            let db = node.db.clone();
-            let mut w = Working::new(&db, node.state.clone(), me);
+            let (db, journal) = (node.db.clone(), node.journal.clone());
+            let mut w = Working::new(&db, &journal, node.state.clone(), me);
             let op = node.build_op(&w, payload, now)?;
             w.admit_local(op)?;
             node.commit(w)?;
@@ -285,15 +289,22 @@ impl Node {
         let stored_self: NodeId = store::get(&db, &key::meta("self"), "own id")?
             .ok_or_else(|| Error::Corrupt("store does not record its node id".into()))?;
         let key = finish_rotation(&home, &state, stored_self)?;
-        let mut node = Node::assemble(home, db, key, state, config);
+        let mut node = Node::assemble(home, db, key, state, config)?;
         if node.state.rebuild_needed {
             node.rebuild()?;
         }
         Ok(node)
     }
 
-    fn assemble(home: Home, db: sled::Db, key: NodeKey, state: State, config: NodeConfig) -> Node {
-        Node {
+    fn assemble(
+        home: Home,
+        db: sled::Db,
+        key: NodeKey,
+        state: State,
+        config: NodeConfig,
+    ) -> Result<Node, Error> {
+        Ok(Node {
+            journal: Arc::new(Journal::open(&db)?),
             home,
             db,
             key,
@@ -303,7 +314,7 @@ impl Node {
             buffer: BTreeMap::new(),
             buffered_bytes: 0,
             subscribers: Arc::default(),
-        }
+        })
     }
 
     /// This node's id.
@@ -410,8 +421,8 @@ impl Node {
         now: Timestamp,
         cmds: Vec<Command>,
     ) -> Result<Vec<Result<Receipt, Error>>, Error> {
-        let db = self.db.clone();
-        let mut w = Working::new(&db, self.state.clone(), self.node_id());
+        let (db, journal) = (self.db.clone(), self.journal.clone());
+        let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id());
         let mut results = Vec::with_capacity(cmds.len());
         for cmd in cmds {
             let r = self.payload_for(&mut w, now, cmd).and_then(|payload| {
@@ -653,8 +664,8 @@ impl Node {
             std::fs::remove_file(&next).map_err(|e| Error::io("removing a stale next key", e))?;
         }
         new_key.save_new(&next)?;
-        let db = self.db.clone();
-        let mut w = Working::new(&db, self.state.clone(), self.node_id());
+        let (db, journal) = (self.db.clone(), self.journal.clone());
+        let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id());
         if self.my_role(&w).is_none() {
             return Err(Error::Unauthorized("this node is not a member".into()));
         }
@@ -788,8 +799,8 @@ impl Node {
     }
 
     fn ingest_verified(&mut self, ops: Vec<SignedOp>, report: &mut IngestReport) -> Result<(), Error> {
-        let db = self.db.clone();
-        let mut w = Working::new(&db, self.state.clone(), self.node_id());
+        let (db, journal) = (self.db.clone(), self.journal.clone());
+        let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id());
         let quarantined_before: Vec<NodeId> = quarantined(&self.state);
         for op in ops {
             let mut next = Some(op);
@@ -880,14 +891,17 @@ impl Node {
                 fresh.members.entry(*node).or_default().cutoff = Some(c);
             }
         }
+        // Everything staged is folded into the story keys first, so that removing those
+        // keys below leaves no journal entry behind to bring an old record back.
+        self.journal.drain()?;
         let mut batch = sled::Batch::default();
         for prefix in [&b"O"[..], b"S", b"K", b"N", b"L", b"U", b"A"] {
             for kv in self.db.scan_prefix(prefix) {
                 batch.remove(kv?.0);
             }
         }
-        let db = self.db.clone();
-        let mut w = Working::fresh(&db, fresh, self.node_id());
+        let (db, journal) = (self.db.clone(), self.journal.clone());
+        let mut w = Working::fresh(&db, &journal, fresh, self.node_id());
         for op in ops {
             // Ops that no longer pass (e.g. added by a voided admin op) are dropped.
             let _ = w.admit(op)?;
@@ -910,9 +924,10 @@ impl Node {
     /// (`replay: true`), so a subscriber that starts late can reconcile.
     pub fn replay_state(&self) -> Result<usize, Error> {
         let mut events = Vec::new();
+        self.journal.drain()?;
         for kv in self.db.scan_prefix(b"S") {
             let (k, v) = kv?;
-            let rec: StoryRecord = store::decode(&v, "story record")?;
+            let rec = decode_story(&v)?;
             if !rec.visible() {
                 continue;
             }
@@ -933,8 +948,9 @@ impl Node {
     }
 
     fn record(&self, id: &StoryId) -> Result<StoryRecord, Error> {
-        let rec: Option<StoryRecord> = store::get(&self.db, &key::story(id), "story record")?;
-        rec.filter(|r| r.created.is_some())
+        self.journal
+            .read(id)?
+            .filter(|r| r.created.is_some())
             .ok_or_else(|| Error::NotFound(format!("story {id} not found")))
     }
 
@@ -961,6 +977,7 @@ impl Node {
     /// Live (not deleted) stories, sorted by id, optionally only those in one stage.
     pub fn stories(&self, stage: Option<StageKind>, now: Timestamp) -> Result<Vec<Story>, Error> {
         let mut out = Vec::new();
+        self.journal.drain()?;
         match stage {
             Some(kind) => {
                 let prefix = key::stage_index_prefix(kind);
@@ -974,7 +991,7 @@ impl Node {
             None => {
                 for kv in self.db.scan_prefix(b"S") {
                     let (k, v) = kv?;
-                    let rec: StoryRecord = store::decode(&v, "story record")?;
+                    let rec = decode_story(&v)?;
                     if rec.visible() {
                         let claim = self.live_claim(&rec, now)?;
                         out.push(view::story_view(&story_id_from_key(&k)?, &rec, claim));
@@ -988,6 +1005,7 @@ impl Node {
     /// Number of live stories per stage.
     pub fn stage_counts(&self) -> Result<BTreeMap<StageKind, usize>, Error> {
         let mut counts = BTreeMap::new();
+        self.journal.drain()?;
         for kind in StageKind::ALL {
             counts.insert(kind, self.db.scan_prefix(key::stage_index_prefix(kind)).count());
         }
@@ -1230,9 +1248,10 @@ impl Node {
                 ));
             }
         }
+        self.journal.drain()?;
         for kv in self.db.scan_prefix(b"S") {
             let (k, v) = kv?;
-            if let Err(e) = store::decode::<StoryRecord>(&v, "story record") {
+            if let Err(e) = decode_story(&v) {
                 report
                     .problems
                     .push(format!("story {}: {e}", String::from_utf8_lossy(&k[1..])));

@@ -102,6 +102,11 @@ impl StageKind {
         StageKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
+    /// The kind whose [`StageKind::code`] is `code`.
+    pub(crate) fn from_code(code: u8) -> Option<StageKind> {
+        StageKind::ALL.into_iter().find(|k| k.code() == code)
+    }
+
     /// One byte for index keys; stable across versions.
     pub(crate) fn code(self) -> u8 {
         match self {

@@ -11,7 +11,8 @@
 //! | `U` | node id | membership record |
 //! | `O` | author index u32 BE, first seq u64 BE | segment: a run of the author's signed ops |
 //! | `F` | node id, seq u64 BE, op id | fork evidence: a second signed op for a seq |
-//! | `S` | story id | story record |
+//! | `S` | story id | stage-index byte, story record |
+//! | `J` | entry u64 BE | journal entry: story records changed by one commit, not yet folded into `S`/`K` |
 //! | `K` | stage kind byte, story id | (empty) stories by stage |
 //! | `N` | node id | presence record |
 //! | `L` | | merge lock lease set |
@@ -26,7 +27,7 @@ use crate::id::{NodeId, OpId, StoryId};
 use crate::pipeline::StageKind;
 
 /// The store format this build writes and reads.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+pub const STORE_FORMAT_VERSION: u32 = 2;
 /// Most ops in one stored segment; bounds the work to read one op back.
 pub const SEGMENT_MAX_OPS: usize = 1024;
 /// A segment smaller than this is extended in place by the next write of the same author,
@@ -212,6 +213,22 @@ pub(crate) mod key {
 
     pub fn segment_first_seq(key: &[u8]) -> u64 {
         u64::from_be_bytes(key[5..13].try_into().expect("segment key"))
+    }
+
+    pub const JOURNAL: &[u8] = b"J";
+
+    pub fn journal(entry: u64) -> [u8; 9] {
+        let mut k = [0u8; 9];
+        k[0] = b'J';
+        k[1..].copy_from_slice(&entry.to_be_bytes());
+        k
+    }
+
+    pub fn journal_seq(key: &[u8]) -> Result<u64, Error> {
+        key.get(1..9)
+            .filter(|_| key.len() == 9)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+            .ok_or_else(|| Error::Corrupt("bad journal key".into()))
     }
 
     pub fn fork(n: &NodeId, seq: u64, id: &OpId) -> Vec<u8> {
