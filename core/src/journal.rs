@@ -41,9 +41,9 @@ const NOT_INDEXED: u8 = 0xff;
 /// A story's stored value (under `S`, and inside journal entries): its stage-index byte,
 /// then the postcard record. The byte lets folding move the index without decoding.
 pub(crate) fn encode_story(rec: &StoryRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
+    let mut out = Vec::with_capacity(1024);
     out.push(rec.visible_kind().map_or(NOT_INDEXED, StageKind::code));
-    postcard::to_io(rec, &mut out).expect("records always encode");
+    store::encode_into(rec, &mut out);
     out
 }
 
@@ -66,6 +66,21 @@ fn story_kind(bytes: &[u8]) -> Result<Option<StageKind>, Error> {
 
 /// Stories and their stored values, as in one entry.
 type Records = Vec<(StoryId, Arc<[u8]>)>;
+
+/// Upgrades a format-1 store (story values without their stage byte) to format 2, in one
+/// atomic batch.
+pub(crate) fn migrate_v1(db: &sled::Db) -> Result<(), Error> {
+    let mut batch = sled::Batch::default();
+    for kv in db.scan_prefix(b"S") {
+        let (k, v) = kv?;
+        let rec: StoryRecord = store::decode(&v, "story record")?;
+        batch.insert(k, encode_story(&rec));
+    }
+    batch.insert(key::meta("format"), store::encode(&store::STORE_FORMAT_VERSION));
+    db.apply_batch(batch)?;
+    db.flush()?;
+    Ok(())
+}
 
 /// A story record waiting to be folded.
 #[derive(Clone)]
@@ -518,6 +533,22 @@ mod tests {
         // Entries after a reopen continue past the old ones.
         commit(&db, &j, vec![(sid("z"), record(true, false))]);
         assert_eq!(j.read(&sid("z")).unwrap(), Some(record(true, false)));
+    }
+
+    #[test]
+    fn a_format_1_store_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path());
+        let (live, gone) = (record(true, false), record(true, true));
+        db.insert(key::story(&sid("a")), store::encode(&live)).unwrap();
+        db.insert(key::story(&sid("b")), store::encode(&gone)).unwrap();
+        db.insert(key::meta("format"), store::encode(&1u32)).unwrap();
+        migrate_v1(&db).unwrap();
+        let j = Journal::open(&db).unwrap();
+        assert_eq!(j.read(&sid("a")).unwrap(), Some(live));
+        assert_eq!(j.read(&sid("b")).unwrap(), Some(gone));
+        let format: u32 = store::get(&db, &key::meta("format"), "format").unwrap().unwrap();
+        assert_eq!(format, store::STORE_FORMAT_VERSION);
     }
 
     #[test]

@@ -209,6 +209,12 @@ impl State {
     }
 }
 
+/// Decoded story records as last committed, kept between commits so that a story a
+/// burst of commands keeps touching is not read back and decoded for every commit.
+pub(crate) type StoryCache = HashMap<StoryId, StoryRecord>;
+/// Most records a [`StoryCache`] keeps.
+const STORY_CACHE_MAX: usize = 4096;
+
 struct StoryEntry {
     rec: StoryRecord,
     dirty: bool,
@@ -223,6 +229,8 @@ pub(crate) struct Working<'a> {
     /// The local node, to notice claims it lost.
     local: NodeId,
     stories: HashMap<StoryId, StoryEntry>,
+    /// Committed records not loaded into `stories` yet.
+    cache: StoryCache,
     presence: BTreeMap<NodeId, PresenceRecord>,
     /// Presence records changed in this batch (the others were only read).
     dirty_presence: BTreeSet<NodeId>,
@@ -246,6 +254,7 @@ impl<'a> Working<'a> {
             state,
             local,
             stories: HashMap::new(),
+            cache: StoryCache::new(),
             presence: BTreeMap::new(),
             dirty_presence: BTreeSet::new(),
             lock: None,
@@ -267,6 +276,12 @@ impl<'a> Working<'a> {
         w
     }
 
+    /// Starts from these committed records (see [`StoryCache`]).
+    pub fn with_cache(mut self, cache: StoryCache) -> Self {
+        self.cache = cache;
+        self
+    }
+
     pub fn has_changes(&self) -> bool {
         !self.new_ops.is_empty() || !self.forks.is_empty() || self.state.rebuild_needed
     }
@@ -275,6 +290,8 @@ impl<'a> Working<'a> {
         if !self.stories.contains_key(id) {
             let rec: StoryRecord = if self.fresh {
                 StoryRecord::default()
+            } else if let Some(rec) = self.cache.remove(id) {
+                rec
             } else {
                 self.journal.read(id)?.unwrap_or_default()
             };
@@ -731,23 +748,21 @@ impl<'a> Working<'a> {
 
     /// Writes everything this batch staged in one atomic sled batch, then flushes.
     /// Returns the new state and the events to publish.
-    pub fn commit(self) -> Result<(State, Vec<Event>), Error> {
+    pub fn commit(self) -> Result<Committed, Error> {
         self.commit_with(sled::Batch::default())
     }
 
     /// [`Working::commit`] on top of `batch` (a rebuild's removals); later writes win.
-    pub fn commit_with(mut self, mut batch: sled::Batch) -> Result<(State, Vec<Event>), Error> {
+    pub fn commit_with(mut self, mut batch: sled::Batch) -> Result<Committed, Error> {
         for (author, ops) in std::mem::take(&mut self.new_ops) {
             let rec = self.state.authors.get_mut(&author).expect("author of staged ops");
             write_segments(self.db, &mut batch, rec, &ops)?;
         }
-        let stories: Vec<(StoryId, Vec<u8>)> = std::mem::take(&mut self.stories)
-            .into_iter()
+        let stories: Vec<(StoryId, Vec<u8>)> = self
+            .stories
+            .iter()
             .filter(|(_, e)| e.dirty)
-            .map(|(id, e)| {
-                let value = encode_story(&e.rec);
-                (id, value)
-            })
+            .map(|(id, e)| (id.clone(), encode_story(&e.rec)))
             .collect();
         let staged = if self.fresh {
             // A rebuild (the journal is drained and the old keys are removed in `batch`):
@@ -802,8 +817,27 @@ impl<'a> Working<'a> {
                 return Err(e.into());
             }
         }
-        Ok((self.state, self.events))
+        let mut cache = self.cache;
+        if cache.len() + self.stories.len() > STORY_CACHE_MAX {
+            cache.clear();
+        }
+        if self.stories.len() <= STORY_CACHE_MAX {
+            cache.extend(self.stories.into_iter().map(|(id, e)| (id, e.rec)));
+        }
+        Ok(Committed {
+            state: self.state,
+            events: self.events,
+            cache,
+        })
     }
+}
+
+/// What a commit leaves: the new state, the events to publish and the records to start
+/// the next batch from.
+pub(crate) struct Committed {
+    pub state: State,
+    pub events: Vec<Event>,
+    pub cache: StoryCache,
 }
 
 /// Adds `ops` (consecutive, after the author's head) to the batch, extending the author's

@@ -14,7 +14,7 @@ use crate::execution::{apply_execution_event, ExecutionEvent, ExecutionState};
 use crate::id::{ClusterId, NodeId, OpId, StoryId};
 use crate::journal::{decode_story, Journal};
 use crate::key::{verifying_key, NodeKey};
-use crate::merge::{for_each_op, Admission, RejectReason, State, Working};
+use crate::merge::{for_each_op, Admission, Committed, RejectReason, State, StoryCache, Working};
 use crate::op::{
     derive_cluster_id, rotation_proof, verify_ops, OpBytes, OpContent, SignedOp, UnverifiedOp,
     OP_FORMAT_VERSION,
@@ -207,6 +207,8 @@ pub struct Node {
     keys: HashMap<NodeId, VerifyingKey>,
     buffer: BTreeMap<(NodeId, u64), SignedOp>,
     buffered_bytes: usize,
+    /// Story records as last committed (taken by each batch, given back by its commit).
+    stories: StoryCache,
     subscribers: Arc<Mutex<Subscribers>>,
 }
 
@@ -280,7 +282,9 @@ impl Node {
         let db = store::open_db(&store_path)?;
         let format: u32 = store::get(&db, &key::meta("format"), "format version")?
             .ok_or_else(|| Error::Corrupt("store has no format version".into()))?;
-        if format != STORE_FORMAT_VERSION {
+        if format == 1 {
+            crate::journal::migrate_v1(&db)?;
+        } else if format != STORE_FORMAT_VERSION {
             return Err(Error::Corrupt(format!(
                 "store format {format} is not supported (this build reads {STORE_FORMAT_VERSION})"
             )));
@@ -313,6 +317,7 @@ impl Node {
             keys: HashMap::new(),
             buffer: BTreeMap::new(),
             buffered_bytes: 0,
+            stories: StoryCache::new(),
             subscribers: Arc::default(),
         })
     }
@@ -377,8 +382,9 @@ impl Node {
     }
 
     fn commit(&mut self, w: Working<'_>) -> Result<Vec<Event>, Error> {
-        let (state, events) = w.commit()?;
+        let Committed { state, events, cache } = w.commit()?;
         self.state = state;
+        self.stories = cache;
         self.drop_dead_buffered();
         event::publish(&self.subscribers, &events);
         if self.state.rebuild_needed {
@@ -422,7 +428,8 @@ impl Node {
         cmds: Vec<Command>,
     ) -> Result<Vec<Result<Receipt, Error>>, Error> {
         let (db, journal) = (self.db.clone(), self.journal.clone());
-        let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id());
+        let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id())
+            .with_cache(std::mem::take(&mut self.stories));
         let mut results = Vec::with_capacity(cmds.len());
         for cmd in cmds {
             let r = self.payload_for(&mut w, now, cmd).and_then(|payload| {
@@ -665,7 +672,8 @@ impl Node {
         }
         new_key.save_new(&next)?;
         let (db, journal) = (self.db.clone(), self.journal.clone());
-        let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id());
+        let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id())
+            .with_cache(std::mem::take(&mut self.stories));
         if self.my_role(&w).is_none() {
             return Err(Error::Unauthorized("this node is not a member".into()));
         }
@@ -800,7 +808,8 @@ impl Node {
 
     fn ingest_verified(&mut self, ops: Vec<SignedOp>, report: &mut IngestReport) -> Result<(), Error> {
         let (db, journal) = (self.db.clone(), self.journal.clone());
-        let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id());
+        let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id())
+            .with_cache(std::mem::take(&mut self.stories));
         let quarantined_before: Vec<NodeId> = quarantined(&self.state);
         for op in ops {
             let mut next = Some(op);
@@ -862,6 +871,7 @@ impl Node {
     /// voided ops that were already merged. Rare; not on any hot path. Runs as one atomic
     /// batch, and is resumed at open if a crash interrupts it.
     fn rebuild(&mut self) -> Result<(), Error> {
+        self.stories.clear();
         let old = self.state.clone();
         let mut ops = Vec::new();
         for (node, rec) in &old.authors {
@@ -908,8 +918,9 @@ impl Node {
         }
         w.state.rebuild_needed = false;
         w.events.clear();
-        let (state, _) = w.commit_with(batch)?;
-        self.state = state;
+        let committed = w.commit_with(batch)?;
+        self.state = committed.state;
+        self.stories = committed.cache;
         Ok(())
     }
 

@@ -117,7 +117,10 @@ fn check_content(content: &OpContent) -> Result<(), DecodeError> {
 }
 
 fn op_id_of(content_bytes: &[u8]) -> OpId {
-    let mut h = blake3::Hasher::new_derive_key(OP_ID_CONTEXT);
+    // Deriving the context key is a hash of its own; do it once.
+    static HASHER: std::sync::LazyLock<blake3::Hasher> =
+        std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key(OP_ID_CONTEXT));
+    let mut h = HASHER.clone();
     h.update(content_bytes);
     OpId::from_bytes(*h.finalize().as_bytes())
 }
@@ -226,17 +229,18 @@ impl SignedOp {
             return Err(DecodeError::Invalid("author is not the signing key".into()));
         }
         check_content(&content)?;
-        let content_bytes =
-            postcard::to_allocvec(&content).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        let total = LEN_PREFIX + content_bytes.len() + SIG_LEN;
+        // Length prefix, content and signature, built in place in one buffer.
+        let mut bytes = Vec::with_capacity(256);
+        bytes.extend_from_slice(&[0; LEN_PREFIX]);
+        crate::store::encode_into(&content, &mut bytes);
+        let content_len = bytes.len() - LEN_PREFIX;
+        let total = bytes.len() + SIG_LEN;
         if total > MAX_OP_BYTES {
             return Err(DecodeError::TooLarge(total));
         }
-        let id = op_id_of(&content_bytes);
+        bytes[..LEN_PREFIX].copy_from_slice(&(content_len as u32).to_le_bytes());
+        let id = op_id_of(&bytes[LEN_PREFIX..]);
         let signature = key.sign(&signing_message(&id));
-        let mut bytes = Vec::with_capacity(total);
-        bytes.extend_from_slice(&(content_bytes.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&content_bytes);
         bytes.extend_from_slice(&signature.to_bytes());
         Ok(Self(Box::new(OpParts {
             content,

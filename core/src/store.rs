@@ -246,6 +246,35 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("records always encode")
 }
 
+/// Appends `v`'s postcard encoding to `out` (no intermediate buffer, no regrowth from
+/// empty: for records on the hot path, written into a buffer sized beforehand).
+pub(crate) fn encode_into<T: Serialize>(v: &T, out: &mut Vec<u8>) {
+    postcard::serialize_with_flavor(v, AppendTo(out)).expect("records always encode")
+}
+
+/// A postcard output that appends to a caller's `Vec`.
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// Decodes a stored record, reporting what failed.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
     postcard::from_bytes(bytes).map_err(|e| Error::Corrupt(format!("{what} does not decode: {e}")))
