@@ -33,6 +33,9 @@ use crate::store::{self, key};
 pub(crate) const MAX_PENDING_ENTRIES: u64 = 256;
 /// Most bytes of unfolded story records before a commit folds on its own thread.
 pub(crate) const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+/// The folder thread waits for this many committed entries: a story that a burst keeps
+/// changing is then written to its key once for many commits.
+pub(crate) const FOLD_AFTER_ENTRIES: u64 = 32;
 /// Stories per folding batch: bounds how long a fold holds sled's batch lock.
 const FOLD_CHUNK: usize = 256;
 /// The stage-index byte of a story that is not visible (never created, or deleted).
@@ -283,7 +286,7 @@ fn fold_loop(shared: &Shared) {
     loop {
         {
             let mut p = lock(&shared.pending);
-            while !p.stop && (p.latest.is_empty() || p.folder_failed) {
+            while !p.stop && (p.committed_below - p.folded_below < FOLD_AFTER_ENTRIES || p.folder_failed) {
                 p = shared.wake.wait(p).unwrap_or_else(PoisonError::into_inner);
             }
             if p.stop {
@@ -567,7 +570,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = db(dir.path());
         let j = Journal::open(&db).unwrap();
-        commit(&db, &j, vec![(sid("a"), record(true, false))]);
+        for _ in 0..FOLD_AFTER_ENTRIES {
+            commit(&db, &j, vec![(sid("a"), record(true, false))]);
+        }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while j.pending() != (0, 0) {
             assert!(
