@@ -1278,8 +1278,10 @@ impl Node {
         Ok(self.db.size_on_disk()?)
     }
 
-    /// Flushes the store (every commit already does; for callers about to exit).
+    /// Folds the story journal into the story keys and flushes the store (every commit is
+    /// durable already; for callers about to exit that want to hear of a failure).
     pub fn flush(&self) -> Result<(), Error> {
+        self.journal.drain()?;
         self.db.flush()?;
         Ok(())
     }
