@@ -244,6 +244,8 @@ pub(crate) struct Working<'a> {
     pub events: Vec<Event>,
     /// Set during a rebuild: records start empty instead of being read from the store.
     fresh: bool,
+    /// Room to reserve for the first author's ops in this batch (see [`Working::expecting`]).
+    pending_ops_hint: usize,
 }
 
 impl<'a> Working<'a> {
@@ -266,6 +268,7 @@ impl<'a> Working<'a> {
             cluster_dirty: false,
             events: Vec::new(),
             fresh: false,
+            pending_ops_hint: 0,
         }
     }
 
@@ -279,6 +282,14 @@ impl<'a> Working<'a> {
     /// Starts from these committed records (see [`StoryCache`]).
     pub fn with_cache(mut self, cache: StoryCache) -> Self {
         self.cache = cache;
+        self
+    }
+
+    /// Reserves room for about `ops` ops and their events, so that a large batch does not
+    /// grow (and copy) its vectors step by step.
+    pub fn expecting(mut self, ops: usize) -> Self {
+        self.events.reserve(ops);
+        self.pending_ops_hint = ops;
         self
     }
 
@@ -469,7 +480,13 @@ impl<'a> Working<'a> {
         rec.head_lamport = c.lamport;
         self.state.clock.observe(c.lamport);
         self.dirty_authors.insert(author);
-        self.new_ops.entry(author).or_default().push(op);
+        // Only the first author's list gets the reserved room: a batch is usually one
+        // author's (local appends, or a peer's catch-up), and many authors would multiply it.
+        let hint = &mut self.pending_ops_hint;
+        self.new_ops
+            .entry(author)
+            .or_insert_with(|| Vec::with_capacity(std::mem::take(hint)))
+            .push(op);
     }
 
     /// Is this op kept as fork evidence already (in this batch or in the store)?

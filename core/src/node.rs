@@ -429,7 +429,8 @@ impl Node {
     ) -> Result<Vec<Result<Receipt, Error>>, Error> {
         let (db, journal) = (self.db.clone(), self.journal.clone());
         let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id())
-            .with_cache(std::mem::take(&mut self.stories));
+            .with_cache(std::mem::take(&mut self.stories))
+            .expecting(cmds.len());
         let mut results = Vec::with_capacity(cmds.len());
         for cmd in cmds {
             let r = self.payload_for(&mut w, now, cmd).and_then(|payload| {
@@ -809,7 +810,8 @@ impl Node {
     fn ingest_verified(&mut self, ops: Vec<SignedOp>, report: &mut IngestReport) -> Result<(), Error> {
         let (db, journal) = (self.db.clone(), self.journal.clone());
         let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id())
-            .with_cache(std::mem::take(&mut self.stories));
+            .with_cache(std::mem::take(&mut self.stories))
+            .expecting(ops.len());
         let quarantined_before: Vec<NodeId> = quarantined(&self.state);
         for op in ops {
             let mut next = Some(op);
