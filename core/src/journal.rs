@@ -27,6 +27,7 @@ use crate::error::Error;
 use crate::id::StoryId;
 use crate::pipeline::StageKind;
 use crate::projection::StoryRecord;
+use crate::record;
 use crate::store::{self, key};
 
 /// Most committed entries left unfolded before a commit folds on its own thread.
@@ -42,18 +43,51 @@ const FOLD_CHUNK: usize = 256;
 const NOT_INDEXED: u8 = 0xff;
 
 /// A story's stored value (under `S`, and inside journal entries): its stage-index byte,
-/// then the postcard record. The byte lets folding move the index without decoding.
+/// then the packed record ([`record`]). The byte lets folding move the index without
+/// decoding.
 pub(crate) fn encode_story(rec: &StoryRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1024);
-    out.push(rec.visible_kind().map_or(NOT_INDEXED, StageKind::code));
+    let mut out = Vec::with_capacity(1 + record::size_hint(rec));
+    out.push(stage_byte(rec));
+    record::encode_into(rec, &mut out);
+    out
+}
+
+/// Decodes a stored story value. Its stage byte must be the one its record implies.
+pub(crate) fn decode_story(bytes: &[u8]) -> Result<StoryRecord, Error> {
+    story_kind(bytes)?;
+    let rec = record::decode(&bytes[1..])?;
+    if bytes[0] != stage_byte(&rec) {
+        return Err(Error::Corrupt(format!(
+            "story record has stage code {} but is {}",
+            bytes[0],
+            rec.visible_kind().map_or("not indexed", StageKind::as_str)
+        )));
+    }
+    Ok(rec)
+}
+
+/// Decodes a format-2 story value (stage byte, then the record as postcard encodes it with
+/// its serde derives). Read only to migrate.
+pub(crate) fn decode_story_v2(bytes: &[u8]) -> Result<StoryRecord, Error> {
+    story_kind(bytes)?;
+    store::decode(&bytes[1..], "format-2 story record")
+}
+
+/// Decodes a format-1 story value (the postcard record alone). Read only to migrate.
+fn decode_story_v1(bytes: &[u8]) -> Result<StoryRecord, Error> {
+    store::decode(bytes, "format-1 story record")
+}
+
+/// A story value as format 2 wrote it, for migration tests.
+#[cfg(test)]
+pub(crate) fn encode_story_v2(rec: &StoryRecord) -> Vec<u8> {
+    let mut out = vec![stage_byte(rec)];
     store::encode_into(rec, &mut out);
     out
 }
 
-/// Decodes a stored story value.
-pub(crate) fn decode_story(bytes: &[u8]) -> Result<StoryRecord, Error> {
-    story_kind(bytes)?;
-    store::decode(&bytes[1..], "story record")
+fn stage_byte(rec: &StoryRecord) -> u8 {
+    rec.visible_kind().map_or(NOT_INDEXED, StageKind::code)
 }
 
 /// The stage-index byte of a stored story value.
@@ -70,14 +104,41 @@ fn story_kind(bytes: &[u8]) -> Result<Option<StageKind>, Error> {
 /// Stories and their stored values, as in one entry.
 type Records = Vec<(StoryId, Arc<[u8]>)>;
 
-/// Upgrades a format-1 store (story values without their stage byte) to format 2, in one
-/// atomic batch.
-pub(crate) fn migrate_v1(db: &sled::Db) -> Result<(), Error> {
+/// Upgrades a store of format 1 or 2 to [`store::STORE_FORMAT_VERSION`] (3): every story
+/// value, under `S` and inside every journal entry, is decoded in its old layout and
+/// re-encoded packed. One atomic batch holds all of it and the new format number, so a
+/// crash leaves either the old store, which the next open migrates again, or the new one.
+///
+/// Format 1 (story values without their stage byte) goes straight to 3; it had no journal,
+/// so a format-1 store with journal entries is refused as corrupt.
+pub(crate) fn migrate(db: &sled::Db, format: u32) -> Result<(), Error> {
+    let decode_old: fn(&[u8]) -> Result<StoryRecord, Error> = match format {
+        1 => decode_story_v1,
+        2 => decode_story_v2,
+        _ => {
+            return Err(Error::Corrupt(format!(
+                "store format {format} cannot be migrated"
+            )))
+        }
+    };
     let mut batch = sled::Batch::default();
     for kv in db.scan_prefix(b"S") {
         let (k, v) = kv?;
-        let rec: StoryRecord = store::decode(&v, "story record")?;
-        batch.insert(k, encode_story(&rec));
+        batch.insert(k, encode_story(&decode_old(&v)?));
+    }
+    for kv in db.scan_prefix(key::JOURNAL) {
+        let (k, v) = kv?;
+        key::journal_seq(&k)?;
+        if format == 1 {
+            return Err(Error::Corrupt(
+                "a format-1 store holds story journal entries".into(),
+            ));
+        }
+        let records = decode_entry(&v)?
+            .into_iter()
+            .map(|(id, value)| Ok((id, encode_story(&decode_story_v2(&value)?))))
+            .collect::<Result<Vec<_>, Error>>()?;
+        batch.insert(k, encode_entry(&records));
     }
     batch.insert(key::meta("format"), store::encode(&store::STORE_FORMAT_VERSION));
     db.apply_batch(batch)?;
@@ -202,20 +263,7 @@ impl Journal {
             p.next += 1;
             e
         };
-        let mut value = Vec::with_capacity(
-            4 + records
-                .iter()
-                .map(|(id, v)| 5 + id.as_str().len() + v.len())
-                .sum::<usize>(),
-        );
-        value.extend_from_slice(&(records.len() as u32).to_le_bytes());
-        for (id, v) in &records {
-            value.push(id.as_str().len() as u8);
-            value.extend_from_slice(id.as_str().as_bytes());
-            value.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            value.extend_from_slice(v);
-        }
-        batch.insert(&key::journal(entry)[..], value);
+        batch.insert(&key::journal(entry)[..], encode_entry(&records));
         Staged {
             entry,
             records: records.into_iter().map(|(id, v)| (id, Arc::from(v))).collect(),
@@ -352,6 +400,26 @@ fn fold(shared: &Shared) -> Result<(), Error> {
     }
     p.folder_failed = false;
     Ok(())
+}
+
+/// A journal entry holding `records`: count u32 LE, then per story its id length u8, id,
+/// value length u32 LE and value.
+pub(crate) fn encode_entry<V: AsRef<[u8]>>(records: &[(StoryId, V)]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(
+        4 + records
+            .iter()
+            .map(|(id, v)| 5 + id.as_str().len() + v.as_ref().len())
+            .sum::<usize>(),
+    );
+    value.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for (id, v) in records {
+        let v = v.as_ref();
+        value.push(id.as_str().len() as u8);
+        value.extend_from_slice(id.as_str().as_bytes());
+        value.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        value.extend_from_slice(v);
+    }
+    value
 }
 
 /// Splits a journal entry into its stories and their values.
@@ -539,20 +607,112 @@ mod tests {
         assert_eq!(j.read(&sid("z")).unwrap(), Some(record(true, false)));
     }
 
+    fn format(db: &sled::Db) -> u32 {
+        store::get(db, &key::meta("format"), "format").unwrap().unwrap()
+    }
+
     #[test]
     fn a_format_1_store_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
         let db = db(dir.path());
         let (live, gone) = (record(true, false), record(true, true));
+        let rich = crate::record::tests::realistic_record();
         db.insert(key::story(&sid("a")), store::encode(&live)).unwrap();
         db.insert(key::story(&sid("b")), store::encode(&gone)).unwrap();
+        db.insert(key::story(&sid("c")), store::encode(&rich)).unwrap();
         db.insert(key::meta("format"), store::encode(&1u32)).unwrap();
-        migrate_v1(&db).unwrap();
+        migrate(&db, 1).unwrap();
+        assert_eq!(format(&db), store::STORE_FORMAT_VERSION);
+        let v = db.get(key::story(&sid("c"))).unwrap().unwrap();
+        assert_eq!(
+            &v[..],
+            &encode_story(&rich)[..],
+            "stored packed, with its stage byte"
+        );
         let j = Journal::open(&db).unwrap();
         assert_eq!(j.read(&sid("a")).unwrap(), Some(live));
         assert_eq!(j.read(&sid("b")).unwrap(), Some(gone));
-        let format: u32 = store::get(&db, &key::meta("format"), "format").unwrap().unwrap();
-        assert_eq!(format, store::STORE_FORMAT_VERSION);
+        assert_eq!(j.read(&sid("c")).unwrap(), Some(rich));
+    }
+
+    #[test]
+    fn a_format_1_store_with_journal_entries_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path());
+        db.insert(key::story(&sid("a")), store::encode(&record(true, false)))
+            .unwrap();
+        db.insert(key::journal(0), encode_entry::<Vec<u8>>(&[])).unwrap();
+        db.insert(key::meta("format"), store::encode(&1u32)).unwrap();
+        assert_eq!(migrate(&db, 1).unwrap_err().kind(), crate::ErrorKind::Corrupt);
+        assert_eq!(format(&db), 1, "nothing was written");
+        let a = db.get(key::story(&sid("a"))).unwrap().unwrap();
+        assert_eq!(decode_story_v1(&a).unwrap(), record(true, false));
+    }
+
+    #[test]
+    fn a_format_2_store_is_migrated_with_its_unfolded_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path());
+        let (live, gone) = (record(true, false), record(true, true));
+        let rich = crate::record::tests::realistic_record();
+        // Folded records, and entries a run left unfolded: `a` was deleted since it was
+        // folded, `c` exists only in the entries and changed twice.
+        db.insert(key::story(&sid("a")), encode_story_v2(&live)).unwrap();
+        db.insert(key::story(&sid("b")), encode_story_v2(&rich)).unwrap();
+        db.insert(
+            key::journal(7),
+            encode_entry(&[
+                (sid("a"), encode_story_v2(&gone)),
+                (sid("c"), encode_story_v2(&live)),
+            ]),
+        )
+        .unwrap();
+        db.insert(
+            key::journal(8),
+            encode_entry(&[(sid("c"), encode_story_v2(&rich))]),
+        )
+        .unwrap();
+        db.insert(key::meta("format"), store::encode(&2u32)).unwrap();
+        let v2_bytes = db.get(key::story(&sid("b"))).unwrap().unwrap().len();
+
+        migrate(&db, 2).unwrap();
+        assert_eq!(format(&db), store::STORE_FORMAT_VERSION);
+        let v3_bytes = db.get(key::story(&sid("b"))).unwrap().unwrap().len();
+        assert!(v3_bytes < v2_bytes, "{v3_bytes} < {v2_bytes}");
+        // Every value, folded or not, is in the new layout.
+        let entries: Vec<Records> = db
+            .scan_prefix(key::JOURNAL)
+            .map(|kv| decode_entry(&kv.unwrap().1).unwrap())
+            .collect();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0][0].0, sid("a"));
+        assert_eq!(decode_story(&entries[0][0].1).unwrap(), gone);
+        assert_eq!(decode_story(&entries[0][1].1).unwrap(), live);
+        assert_eq!(decode_story(&entries[1][0].1).unwrap(), rich);
+
+        let j = Journal::open(&db).unwrap();
+        assert_eq!(j.read(&sid("a")).unwrap(), Some(gone.clone()));
+        assert_eq!(j.read(&sid("b")).unwrap(), Some(rich.clone()));
+        assert_eq!(j.read(&sid("c")).unwrap(), Some(rich.clone()));
+        j.drain().unwrap();
+        assert_eq!(j.read(&sid("a")).unwrap(), Some(gone));
+        assert_eq!(j.read(&sid("c")).unwrap(), Some(rich));
+        assert_eq!(db.scan_prefix(key::JOURNAL).count(), 0);
+    }
+
+    #[test]
+    fn a_damaged_format_2_value_stops_the_migration_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path());
+        db.insert(key::story(&sid("a")), encode_story_v2(&record(true, false)))
+            .unwrap();
+        db.insert(key::journal(1), encode_entry(&[(sid("b"), vec![0, 0xff])]))
+            .unwrap();
+        db.insert(key::meta("format"), store::encode(&2u32)).unwrap();
+        assert_eq!(migrate(&db, 2).unwrap_err().kind(), crate::ErrorKind::Corrupt);
+        assert_eq!(format(&db), 2);
+        let a = db.get(key::story(&sid("a"))).unwrap().unwrap();
+        assert_eq!(decode_story_v2(&a).unwrap(), record(true, false));
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod op;
 mod payload;
 mod pipeline;
 mod projection;
+mod record;
 mod store;
 pub mod sync;
 mod time;

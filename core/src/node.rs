@@ -282,12 +282,15 @@ impl Node {
         let db = store::open_db(&store_path)?;
         let format: u32 = store::get(&db, &key::meta("format"), "format version")?
             .ok_or_else(|| Error::Corrupt("store has no format version".into()))?;
-        if format == 1 {
-            crate::journal::migrate_v1(&db)?;
-        } else if format != STORE_FORMAT_VERSION {
-            return Err(Error::Corrupt(format!(
-                "store format {format} is not supported (this build reads {STORE_FORMAT_VERSION})"
-            )));
+        match format {
+            STORE_FORMAT_VERSION => {}
+            1 | 2 => crate::journal::migrate(&db, format)?,
+            _ => {
+                return Err(Error::Corrupt(format!(
+                    "store format {format} is not supported (this build reads formats 1 to \
+                     {STORE_FORMAT_VERSION} and writes {STORE_FORMAT_VERSION})"
+                )))
+            }
         }
         let state = State::load(&db)?;
         let stored_self: NodeId = store::get(&db, &key::meta("self"), "own id")?
@@ -1514,5 +1517,194 @@ impl Node {
         self.db.remove(&k)?;
         self.db.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_chacha::rand_core::SeedableRng;
+
+    use super::*;
+    use crate::journal::{encode_entry, encode_story_v2};
+
+    fn now() -> Timestamp {
+        Timestamp::from_millis(1_763_700_000_000)
+    }
+
+    fn config() -> NodeConfig {
+        NodeConfig {
+            verify_threads: 1,
+            ..NodeConfig::default()
+        }
+    }
+
+    /// Every story key and its record, after folding the journal.
+    fn stored(node: &Node) -> Vec<(Vec<u8>, StoryRecord)> {
+        node.flush().unwrap();
+        node.db
+            .scan_prefix(b"S")
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                (k.to_vec(), decode_story(&v).unwrap())
+            })
+            .collect()
+    }
+
+    /// What a user sees of every story.
+    fn seen(node: &Node) -> Vec<(Story, Vec<Transition>)> {
+        node.stories(None, now())
+            .unwrap()
+            .into_iter()
+            .map(|s| {
+                let history = node.history(&s.id).unwrap();
+                (s, history)
+            })
+            .collect()
+    }
+
+    /// Rewrites a closed home's story values as format 1 or 2 wrote them; for format 2 the
+    /// records also go into an unfolded journal entry, as a crash before folding leaves them.
+    fn downgrade(root: &Path, format: u32) {
+        let db = store::open_db(&root.join(store::STORE_DIR)).unwrap();
+        let mut batch = sled::Batch::default();
+        let mut entry = Vec::new();
+        for kv in db.scan_prefix(b"S") {
+            let (k, v) = kv.unwrap();
+            let rec = decode_story(&v).unwrap();
+            let old = if format == 1 {
+                store::encode(&rec)
+            } else {
+                encode_story_v2(&rec)
+            };
+            if format == 2 {
+                let id = StoryId::new(std::str::from_utf8(&k[1..]).unwrap()).unwrap();
+                entry.push((id, old.clone()));
+            }
+            batch.insert(k, old);
+        }
+        if format == 2 {
+            batch.insert(&key::journal(0)[..], encode_entry(&entry));
+        }
+        batch.insert(key::meta("format"), store::encode(&format));
+        db.apply_batch(batch).unwrap();
+        db.flush().unwrap();
+    }
+
+    fn opens_after_migration_from(format: u32) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("home");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(u64::from(format));
+        let mut node = Node::init(
+            &root,
+            InitMode::NewCluster { name: "t".into() },
+            &mut rng,
+            now(),
+            config(),
+        )
+        .unwrap();
+        let id = |s: &str| StoryId::new(s).unwrap();
+        let add = |id: StoryId| Command::AddStory {
+            id,
+            name: "Fix the login redirect loop when a session has expired".into(),
+            body: Some("Users bounce between /login and /home.".into()),
+            depends_on: vec![],
+        };
+        let done = id("1_done");
+        node.execute(now(), add(done.clone())).unwrap();
+        for event in [
+            PipelineEvent::DepsMet,
+            PipelineEvent::GatesStarted,
+            PipelineEvent::GatesPassed {
+                branch: "feature/1".into(),
+                commits: std::num::NonZeroU32::new(2).unwrap(),
+            },
+            PipelineEvent::MergeSucceeded {
+                commit: "abc123".into(),
+            },
+            PipelineEvent::Accepted,
+        ] {
+            node.execute(
+                now(),
+                Command::Event {
+                    id: done.clone(),
+                    event,
+                },
+            )
+            .unwrap();
+        }
+        let claimed = id("2_claimed");
+        node.execute(now(), add(claimed.clone())).unwrap();
+        node.execute(
+            now(),
+            Command::Claim {
+                id: claimed.clone(),
+                ttl_secs: 600,
+            },
+        )
+        .unwrap();
+        node.execute(
+            now(),
+            Command::Execution {
+                id: claimed,
+                event: ExecutionEvent::SpawnRequested {
+                    agent: "coder".into(),
+                },
+            },
+        )
+        .unwrap();
+        let gone = id("3_gone");
+        node.execute(now(), add(gone.clone())).unwrap();
+        node.execute(now(), Command::DeleteStory { id: gone }).unwrap();
+        let (records, views) = (stored(&node), seen(&node));
+        assert_eq!(records.len(), 3);
+        drop(node);
+
+        downgrade(&root, format);
+        let node = Node::open(&root, config()).unwrap();
+        let format: u32 = store::get(&node.db, &key::meta("format"), "format")
+            .unwrap()
+            .unwrap();
+        assert_eq!(format, STORE_FORMAT_VERSION);
+        assert_eq!(seen(&node), views);
+        assert_eq!(stored(&node), records);
+        let report = node.verify(|_| {}).unwrap();
+        assert!(report.ok, "{:?}", report.problems);
+    }
+
+    #[test]
+    fn a_format_2_home_opens_after_migration() {
+        opens_after_migration_from(2);
+    }
+
+    #[test]
+    fn a_format_1_home_opens_after_migration() {
+        opens_after_migration_from(1);
+    }
+
+    #[test]
+    fn a_newer_store_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("home");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        drop(
+            Node::init(
+                &root,
+                InitMode::Join {
+                    cluster: ClusterId::from_bytes([1; 32]),
+                },
+                &mut rng,
+                now(),
+                config(),
+            )
+            .unwrap(),
+        );
+        let db = store::open_db(&root.join(store::STORE_DIR)).unwrap();
+        db.insert(key::meta("format"), store::encode(&(STORE_FORMAT_VERSION + 1)))
+            .unwrap();
+        db.flush().unwrap();
+        drop(db);
+        let err = Node::open(&root, config()).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
+        assert!(err.to_string().contains("not supported"), "{err}");
     }
 }

@@ -332,6 +332,10 @@ pub struct InvalidTransition {
 }
 
 /// The transition table. `at` is the wall time recorded in `Done` and `Archived`.
+///
+/// Stored story records leave a transition's target out and recompute it here (store
+/// format 3, `record.rs`): changing the result of a pair the table accepts changes what
+/// stored records mean, so it takes a new store format.
 pub fn transition(from: &Stage, event: &PipelineEvent, at: Timestamp) -> Result<Stage, InvalidTransition> {
     use PipelineEvent as E;
     use Stage as S;

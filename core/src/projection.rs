@@ -61,9 +61,10 @@ pub struct Lease {
 /// entry by stamp. Commutative by construction.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LeaseSet {
-    entries: BTreeMap<NodeId, Lww<Option<Lease>>>,
+    /// Per node, its latest take (`Some`) or release (`None`); keyed by the stamp's author.
+    pub entries: BTreeMap<NodeId, Lww<Option<Lease>>>,
     /// Per node: entries with `lamport <= cleared` no longer count (stale-lock clearing).
-    cleared: BTreeMap<NodeId, u64>,
+    pub cleared: BTreeMap<NodeId, u64>,
 }
 
 impl LeaseSet {
@@ -136,7 +137,8 @@ impl StoryRecord {
     }
 
     pub fn visible_kind(&self) -> Option<StageKind> {
-        self.visible().then(|| self.stage().kind())
+        self.visible()
+            .then(|| self.history.last().map_or(StageKind::Backlog, |h| h.to.kind()))
     }
 
     /// Inserts a transition in merge order; false if it was there already.

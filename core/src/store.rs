@@ -11,7 +11,7 @@
 //! | `U` | node id | membership record |
 //! | `O` | author index u32 BE, first seq u64 BE | segment: a run of the author's signed ops |
 //! | `F` | node id, seq u64 BE, op id | fork evidence: a second signed op for a seq |
-//! | `S` | story id | stage-index byte, story record |
+//! | `S` | story id | stage-index byte, packed story record (`record.rs`) |
 //! | `J` | entry u64 BE | journal entry: story records changed by one commit, not yet folded into `S`/`K` |
 //! | `K` | stage kind byte, story id | (empty) stories by stage |
 //! | `N` | node id | presence record |
@@ -27,7 +27,7 @@ use crate::id::{NodeId, OpId, StoryId};
 use crate::pipeline::StageKind;
 
 /// The store format this build writes and reads.
-pub const STORE_FORMAT_VERSION: u32 = 2;
+pub const STORE_FORMAT_VERSION: u32 = 3;
 /// Most ops in one stored segment; bounds the work to read one op back.
 pub const SEGMENT_MAX_OPS: usize = 1024;
 /// A segment smaller than this is extended in place by the next write of the same author,
