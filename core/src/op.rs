@@ -162,8 +162,7 @@ impl OpParts {
             postcard::from_bytes(content_bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         // postcard accepts a few non-minimal encodings (e.g. overlong varints); re-encoding
         // and comparing pins one byte string per op, hence one id.
-        let canonical = postcard::to_allocvec(&content).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if canonical != content_bytes {
+        if !crate::store::encodes_to(&content, content_bytes) {
             return Err(DecodeError::NonCanonical);
         }
         check_content(&content)?;

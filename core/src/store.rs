@@ -275,6 +275,41 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
     }
 }
 
+/// Whether `v`'s postcard encoding is exactly `bytes`, checked while encoding: nothing is
+/// allocated or copied, and a mismatch stops at its first byte.
+pub(crate) fn encodes_to<T: Serialize>(v: &T, bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    postcard::serialize_with_flavor(v, Matches(&mut rest)).is_ok() && rest.is_empty()
+}
+
+/// A postcard output that compares what is written with expected bytes, failing at the
+/// first difference (or when the expected bytes run out).
+struct Matches<'a, 'b>(&'a mut &'b [u8]);
+
+impl postcard::ser_flavors::Flavor for Matches<'_, '_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        match self.0.split_at_checked(data.len()) {
+            Some((head, tail)) if head == data => {
+                *self.0 = tail;
+                Ok(())
+            }
+            _ => Err(postcard::Error::SerializeBufferFull),
+        }
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// Decodes a stored record, reporting what failed.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
     postcard::from_bytes(bytes).map_err(|e| Error::Corrupt(format!("{what} does not decode: {e}")))
@@ -283,6 +318,31 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T,
 /// Reads and decodes one record.
 pub(crate) fn get<T: DeserializeOwned>(db: &sled::Db, k: &[u8], what: &str) -> Result<Option<T>, Error> {
     db.get(k)?.map(|v| decode(&v, what)).transpose()
+}
+
+#[cfg(test)]
+mod encodes_to_tests {
+    use super::*;
+
+    #[test]
+    fn matches_only_the_exact_encoding() {
+        let v: (u32, String, Option<u64>) = (300, "story".into(), Some(7));
+        let bytes = encode(&v);
+        assert!(encodes_to(&v, &bytes));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(!encodes_to(&v, &longer), "trailing bytes");
+        assert!(!encodes_to(&v, &bytes[..bytes.len() - 1]), "short");
+        let mut flipped = bytes.clone();
+        flipped[2] ^= 1;
+        assert!(!encodes_to(&v, &flipped), "a changed byte");
+        // An overlong varint for 300 (postcard decodes it, but it is not canonical).
+        let mut overlong = vec![0xac, 0x82, 0x00];
+        overlong.extend_from_slice(&bytes[2..]);
+        let back: (u32, String, Option<u64>) = postcard::from_bytes(&overlong).unwrap();
+        assert_eq!(back, v);
+        assert!(!encodes_to(&back, &overlong));
+    }
 }
 
 fn segment_checksum(body: &[u8]) -> [u8; 32] {
