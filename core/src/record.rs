@@ -215,11 +215,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<StoryRecord, Error> {
     let count = r.count("claims", 4)?;
     let mut last = None;
     for _ in 0..count {
-        let (idx, node) = nodes.node(&mut r)?;
-        if last >= Some(idx) {
-            return Err(corrupt("claims are not in node order"));
-        }
-        last = Some(idx);
+        let node = nodes.key_after(&mut r, &mut last, "claims")?;
         let stamp = nodes.stamp(&mut r)?;
         let value = match r.byte("claim")? {
             0 => None,
@@ -235,11 +231,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<StoryRecord, Error> {
     let count = r.count("cleared claims", 2)?;
     let mut last = None;
     for _ in 0..count {
-        let (idx, node) = nodes.node(&mut r)?;
-        if last >= Some(idx) {
-            return Err(corrupt("cleared claims are not in node order"));
-        }
-        last = Some(idx);
+        let node = nodes.key_after(&mut r, &mut last, "cleared claims")?;
         rec.claims.cleared.insert(node, r.varint("cleared claim")?);
     }
 
@@ -247,11 +239,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<StoryRecord, Error> {
     let mut last = None;
     let mut execution = BTreeMap::new();
     for _ in 0..count {
-        let (idx, node) = nodes.node(&mut r)?;
-        if last >= Some(idx) {
-            return Err(corrupt("execution states are not in node order"));
-        }
-        last = Some(idx);
+        let node = nodes.key_after(&mut r, &mut last, "execution states")?;
         let stamp = nodes.stamp(&mut r)?;
         let value: ExecutionState = r.value("execution state")?;
         execution.insert(node, Lww { stamp, value });
@@ -429,6 +417,21 @@ impl Nodes {
             })?;
         self.used[i] = true;
         Ok((i, self.table[i]))
+    }
+
+    /// A map key: a node index above `last` (keys are written in node order, once each).
+    fn key_after(
+        &mut self,
+        r: &mut Reader<'_>,
+        last: &mut Option<usize>,
+        what: &str,
+    ) -> Result<NodeId, Error> {
+        let (idx, node) = self.node(r)?;
+        if *last >= Some(idx) {
+            return Err(corrupt(format!("{what} are not in node order")));
+        }
+        *last = Some(idx);
+        Ok(node)
     }
 
     fn stamp(&mut self, r: &mut Reader<'_>) -> Result<Stamp, Error> {
