@@ -26,6 +26,13 @@ use huskies_core::{
 };
 use serde_json::{json, Value};
 
+/// mimalloc, with transparent huge pages off. Appends and ingests allocate and free many
+/// small buffers (ops, records, sled's pages) on several threads; glibc's allocator spent
+/// about a third of the non-signing time of an append there, and mimalloc with huge pages
+/// spent it zeroing 2 MiB pages instead (`docs/benchmarks.md`, session 3).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit codes of the contract.
 const EXIT_REFUSED: u8 = 1;
 const EXIT_USAGE: u8 = 2;

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -84,13 +85,19 @@ pub const MAX_STORY_ID_LEN: usize = 128;
 
 /// A story id such as `42_fix_login`: 1 to [`MAX_STORY_ID_LEN`] bytes of ASCII letters,
 /// digits, `_`, `-` and `.`, so it is safe in file names, URLs and shell scripts.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct StoryId(String);
+///
+/// Shared text: records, events and payloads each hold the id, and a clone only counts a
+/// reference.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StoryId(Arc<str>);
 
 impl StoryId {
     /// Validates and wraps a story id.
     pub fn new(id: impl Into<String>) -> Result<Self, Error> {
-        let id = id.into();
+        Self::from_text(&id.into())
+    }
+
+    fn from_text(id: &str) -> Result<Self, Error> {
         if id.is_empty() || id.len() > MAX_STORY_ID_LEN {
             return Err(Error::InvalidArgument(format!(
                 "story id must be 1 to {MAX_STORY_ID_LEN} bytes long, got {} bytes",
@@ -105,7 +112,7 @@ impl StoryId {
                 "story id {id:?} contains {bad:?}; use letters, digits, '_', '-' and '.'"
             )));
         }
-        Ok(Self(id))
+        Ok(Self(id.into()))
     }
 
     /// The id as text.
@@ -114,10 +121,26 @@ impl StoryId {
     }
 }
 
+impl Serialize for StoryId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for StoryId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        StoryId::new(s).map_err(serde::de::Error::custom)
+        /// Takes the text as the input lends it where it can (no `String` in between).
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = StoryId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a story id")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<StoryId, E> {
+                StoryId::from_text(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 
