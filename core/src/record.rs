@@ -278,15 +278,15 @@ fn history_entry(
     let op_id = OpId::from_bytes(r.array("op id")?);
     let wall: Timestamp = r.value("wall time")?;
     let event = r.value("event")?;
-    let expected_from = previous.map_or(Stage::Backlog, |p| p.to.clone());
+    let expected_from = previous.map(|p| &p.to);
     let from = if flags & FROM_STORED != 0 {
         let from: Stage = r.value("source stage")?;
-        if from == expected_from {
+        if from == *expected_from.unwrap_or(&Stage::Backlog) {
             return Err(corrupt("spells out the source stage it could leave out"));
         }
         from
     } else {
-        expected_from
+        expected_from.cloned().unwrap_or(Stage::Backlog)
     };
     let derived = transition(&from, &event, wall);
     let to = if flags & TO_STORED != 0 {
@@ -337,13 +337,10 @@ fn message(e: &Error) -> String {
     }
 }
 
-/// Postcard's unsigned varint (LEB128).
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+/// An unsigned varint, as postcard writes a `u64` (minimal LEB128, which [`Reader::varint`]
+/// insists on).
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    store::encode_into(&v, out);
 }
 
 /// The distinct node ids of a record, ascending; written once, referred to by position.

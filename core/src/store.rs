@@ -320,31 +320,6 @@ pub(crate) fn get<T: DeserializeOwned>(db: &sled::Db, k: &[u8], what: &str) -> R
     db.get(k)?.map(|v| decode(&v, what)).transpose()
 }
 
-#[cfg(test)]
-mod encodes_to_tests {
-    use super::*;
-
-    #[test]
-    fn matches_only_the_exact_encoding() {
-        let v: (u32, String, Option<u64>) = (300, "story".into(), Some(7));
-        let bytes = encode(&v);
-        assert!(encodes_to(&v, &bytes));
-        let mut longer = bytes.clone();
-        longer.push(0);
-        assert!(!encodes_to(&v, &longer), "trailing bytes");
-        assert!(!encodes_to(&v, &bytes[..bytes.len() - 1]), "short");
-        let mut flipped = bytes.clone();
-        flipped[2] ^= 1;
-        assert!(!encodes_to(&v, &flipped), "a changed byte");
-        // An overlong varint for 300 (postcard decodes it, but it is not canonical).
-        let mut overlong = vec![0xac, 0x82, 0x00];
-        overlong.extend_from_slice(&bytes[2..]);
-        let back: (u32, String, Option<u64>) = postcard::from_bytes(&overlong).unwrap();
-        assert_eq!(back, v);
-        assert!(!encodes_to(&back, &overlong));
-    }
-}
-
 fn segment_checksum(body: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(SEGMENT_HASH_CONTEXT);
     h.update(body);
@@ -458,6 +433,26 @@ pub(crate) fn decode_segment(bytes: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matches_only_the_exact_encoding() {
+        let v: (u32, String, Option<u64>) = (300, "story".into(), Some(7));
+        let bytes = encode(&v);
+        assert!(encodes_to(&v, &bytes));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(!encodes_to(&v, &longer), "trailing bytes");
+        assert!(!encodes_to(&v, &bytes[..bytes.len() - 1]), "short");
+        let mut flipped = bytes.clone();
+        flipped[2] ^= 1;
+        assert!(!encodes_to(&v, &flipped), "a changed byte");
+        // An overlong varint for 300 (postcard decodes it, but it is not canonical).
+        let mut overlong = vec![0xac, 0x82, 0x00];
+        overlong.extend_from_slice(&bytes[2..]);
+        let back: (u32, String, Option<u64>) = postcard::from_bytes(&overlong).unwrap();
+        assert_eq!(back, v);
+        assert!(!encodes_to(&back, &overlong));
+    }
 
     #[test]
     fn a_second_opener_gets_home_locked() {

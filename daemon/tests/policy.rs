@@ -23,6 +23,27 @@ fn ev(n: &mut Node, at: u64, id: &str, e: PipelineEvent) {
     .unwrap();
 }
 
+/// A new cluster's only node, with a heartbeat at t(0) (the leader).
+fn alive_founder(home: &std::path::Path) -> Node {
+    let mut n = Node::init(
+        home,
+        InitMode::NewCluster { name: "p".into() },
+        &mut rand_core::OsRng,
+        t(0),
+        NodeConfig::default(),
+    )
+    .unwrap();
+    n.execute(
+        t(0),
+        Command::Heartbeat {
+            label: "a".into(),
+            address: None,
+        },
+    )
+    .unwrap();
+    n
+}
+
 fn merge_story(n: &mut Node, id: &str) {
     n.execute(
         t(0),
@@ -49,22 +70,7 @@ fn merge_story(n: &mut Node, id: &str) {
 #[test]
 fn done_stories_are_archived_after_the_retention_period() {
     let dir = tempfile::tempdir().unwrap();
-    let mut n = Node::init(
-        dir.path(),
-        InitMode::NewCluster { name: "p".into() },
-        &mut rand_core::OsRng,
-        t(0),
-        NodeConfig::default(),
-    )
-    .unwrap();
-    n.execute(
-        t(0),
-        Command::Heartbeat {
-            label: "a".into(),
-            address: None,
-        },
-    )
-    .unwrap();
+    let mut n = alive_founder(dir.path());
     merge_story(&mut n, "1_done");
     ev(
         &mut n,
@@ -108,22 +114,7 @@ fn done_stories_are_archived_after_the_retention_period() {
 #[test]
 fn repeated_merge_failures_block_the_story() {
     let dir = tempfile::tempdir().unwrap();
-    let mut n = Node::init(
-        dir.path(),
-        InitMode::NewCluster { name: "p".into() },
-        &mut rand_core::OsRng,
-        t(0),
-        NodeConfig::default(),
-    )
-    .unwrap();
-    n.execute(
-        t(0),
-        Command::Heartbeat {
-            label: "a".into(),
-            address: None,
-        },
-    )
-    .unwrap();
+    let mut n = alive_founder(dir.path());
     merge_story(&mut n, "2_flaky");
     let config = DaemonConfig {
         block_after_merge_failures: 3,
