@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use huskies_core::floor::StorageFloor;
 use huskies_core::{
-    encode_bundle, Command, ExecutionEvent, InitMode, Node, NodeConfig, PipelineEvent, StoryId, Timestamp,
-    VersionVector, SIGNING_DOMAIN,
+    decode_bundle, encode_bundle, Command, ExecutionEvent, InitMode, Node, NodeConfig, Payload,
+    PipelineEvent, StoryId, Timestamp, VersionVector, SIGNING_DOMAIN,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
@@ -147,6 +148,10 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
 
     let cluster = a.cluster_id();
 
+    // Figure 1b: the storage floor: the same payloads in the same groups, only built,
+    // signed and stored durably (no projection, no checks, no indexes), beside raw signing.
+    let (store_floor_per_s, floor_sign) = store_floor(&tmp.path().join("floor"), &bundles, n, opts, &signer)?;
+
     // Ceiling 2: raw batch verification, op-sized messages, batches of 256.
     let verifier = RawVerifier::new(VERIFY_BATCH, VERIFY_BURST_BATCHES);
     let mut verify = verifier.burst()?;
@@ -213,6 +218,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
         "raw_sign_per_s": round(raw_sign_per_s, 0),
         "append_per_s": round(append_per_s, 0),
         "append_vs_sign": round(append_per_s / raw_sign_per_s, 3),
+        "store_floor_per_s": round(store_floor_per_s, 0),
+        "store_floor_vs_sign": round(store_floor_per_s / floor_sign, 3),
+        "append_vs_store_floor": round(
+            (append_per_s / raw_sign_per_s) / (store_floor_per_s / floor_sign),
+            3
+        ),
         "raw_verify_batch_per_s": round(raw_verify_batch_per_s, 0),
         "ingest_per_s": round(ingest_per_s, 0),
         "ingest_vs_verify": round(ingest_per_s / raw_verify_batch_per_s, 3),
@@ -241,7 +252,8 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
         "cpu": cpu_model(),
         "notes": "ops counts workload commands; the appending home also holds its genesis op. \
                   sync: a fresh node joins with a ticket and catches up every op from a daemon \
-                  serving the appending home over loopback WebSocket.",
+                  serving the appending home over loopback WebSocket. store_floor: the same payloads \
+                  in the same groups, only built, signed and stored durably (no projection).",
     });
     Ok(out)
 }
@@ -374,6 +386,64 @@ impl RawVerifier {
             time: t.elapsed(),
         })
     }
+}
+
+/// The storage floor (see [`huskies_core::floor`]): signs and stores the workload's payloads
+/// (the genesis op left out) in groups of [`GROUP`], each group one batch and one flush,
+/// with raw signing bursts interleaved as in the append phase. Returns ops/s and the raw
+/// signing rate measured beside it. Decoding the payloads is not timed.
+fn store_floor(
+    dir: &Path,
+    bundles: &[Vec<u8>],
+    n: usize,
+    opts: &BenchOptions,
+    signer: &RawSigner,
+) -> anyhow::Result<(f64, f64)> {
+    let mut floor = StorageFloor::create(dir, &mut rand_core::OsRng)?;
+    let bar = progress_bar(opts, "floor", n as u64);
+    let mut sign = signer.burst(SIGN_BURST);
+    let mut time = Duration::ZERO;
+    let mut group = Vec::with_capacity(GROUP);
+    let mut groups = 0usize;
+    let mut store = |group: Vec<Payload>, sign: &mut Rate| -> anyhow::Result<()> {
+        let len = group.len() as u64;
+        let now = Timestamp::from_millis(START_MILLIS + (groups as i64 + 1) * GROUP_MILLIS);
+        let t = Instant::now();
+        floor.append(now, group)?;
+        time += t.elapsed();
+        bar.inc(len);
+        groups += 1;
+        if groups.is_multiple_of(SIGN_BURST_EVERY) {
+            sign.add(signer.burst(SIGN_BURST));
+        }
+        Ok(())
+    };
+    for bundle in bundles {
+        for op in decode_bundle(bundle)? {
+            let op = op.context("the appending home sent an op that does not decode")?;
+            if matches!(op.content().payload, Payload::Genesis { .. }) {
+                continue;
+            }
+            group.push(op.content().payload.clone());
+            if group.len() == GROUP {
+                store(
+                    std::mem::replace(&mut group, Vec::with_capacity(GROUP)),
+                    &mut sign,
+                )?;
+            }
+        }
+    }
+    if !group.is_empty() {
+        store(group, &mut sign)?;
+    }
+    bar.finish_and_clear();
+    sign.add(signer.burst(SIGN_BURST));
+    ensure!(
+        floor.len() == n as u64,
+        "the floor stored {} ops, expected {n}",
+        floor.len()
+    );
+    Ok((n as f64 / time.as_secs_f64(), sign.per_s()))
 }
 
 /// Ingests `bundles` in order into a fresh home that joins `cluster`, calling `between`
@@ -662,6 +732,9 @@ mod tests {
             "raw_sign_per_s",
             "append_per_s",
             "append_vs_sign",
+            "store_floor_per_s",
+            "store_floor_vs_sign",
+            "append_vs_store_floor",
             "raw_verify_batch_per_s",
             "ingest_per_s",
             "ingest_vs_verify",
@@ -679,5 +752,6 @@ mod tests {
         assert_eq!(out["ops"], 600);
         assert!(out["sync_ops_per_s"].as_f64().unwrap() > 0.0);
         assert!(out["append_per_s"].as_f64().unwrap() > 0.0);
+        assert!(out["store_floor_per_s"].as_f64().unwrap() > 0.0);
     }
 }

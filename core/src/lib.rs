@@ -24,6 +24,7 @@ mod clock;
 mod error;
 mod event;
 mod execution;
+pub mod floor;
 mod id;
 mod journal;
 mod key;
