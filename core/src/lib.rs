@@ -28,6 +28,7 @@ pub mod floor;
 mod id;
 mod journal;
 mod key;
+mod mark;
 mod merge;
 mod node;
 mod op;

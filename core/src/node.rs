@@ -14,6 +14,7 @@ use crate::execution::{apply_execution_event, ExecutionEvent, ExecutionState};
 use crate::id::{ClusterId, NodeId, OpId, StoryId};
 use crate::journal::{decode_story, Journal};
 use crate::key::{verifying_key, NodeKey};
+use crate::mark::{Mark, MarkValue};
 use crate::merge::{for_each_op, Admission, Committed, RejectReason, State, StoryCache, Working};
 use crate::op::{
     derive_cluster_id, rotation_proof, verify_ops, OpBytes, OpContent, SignedOp, UnverifiedOp,
@@ -210,6 +211,19 @@ pub struct Node {
     /// Story records as last committed (taken by each batch, given back by its commit).
     stories: StoryCache,
     subscribers: Arc<Mutex<Subscribers>>,
+    /// How far this node's own chain and clock had got at the last acknowledged commit.
+    mark: Mark,
+    /// Set when the store holds fewer of the marked chain's ops than were acknowledged:
+    /// no local op is written until ingest brings them back.
+    behind: Option<Behind>,
+}
+
+/// A store that lost ops of its own chain which it had acknowledged (see [`crate::mark`]).
+#[derive(Clone, Copy, Debug)]
+struct Behind {
+    node: NodeId,
+    held: u64,
+    acknowledged: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -303,13 +317,36 @@ impl Node {
         Ok(node)
     }
 
+    /// Puts a node together. Reads the store mark (creating it when missing): the clock
+    /// resumes above every timestamp the mark records, and a store that holds fewer ops of
+    /// the marked chain than were acknowledged is opened behind (it will not write).
     fn assemble(
         home: Home,
         db: sled::Db,
         key: NodeKey,
-        state: State,
+        mut state: State,
         config: NodeConfig,
     ) -> Result<Node, Error> {
+        let me = key.node_id();
+        let held_by = |state: &State, node: &NodeId| state.authors.get(node).map_or(0, |a| a.head_seq);
+        let current = MarkValue {
+            node: me,
+            seq: held_by(&state, &me),
+            lamport: state.clock.value(),
+        };
+        let (mark, read) = Mark::open(&home.mark_path(), current)?;
+        let mut behind = None;
+        if let Some(v) = read {
+            state.clock.observe(v.lamport);
+            let held = held_by(&state, &v.node);
+            if held < v.seq {
+                behind = Some(Behind {
+                    node: v.node,
+                    held,
+                    acknowledged: v.seq,
+                });
+            }
+        }
         Ok(Node {
             journal: Arc::new(Journal::open(&db)?),
             home,
@@ -322,7 +359,49 @@ impl Node {
             buffered_bytes: 0,
             stories: StoryCache::new(),
             subscribers: Arc::default(),
+            mark,
+            behind,
         })
+    }
+
+    /// When this node's store holds fewer of its own ops than it had acknowledged (sled
+    /// recovered a damaged log by dropping its tail, or `store/` was replaced by an older
+    /// copy): `(held, acknowledged)`. The node writes nothing until a peer has sent the
+    /// missing ops back. (A whole home restored from a backup brings its old mark along;
+    /// the sync handshake catches that case instead.)
+    pub fn own_ops_missing(&self) -> Option<(u64, u64)> {
+        self.behind.map(|b| (b.held, b.acknowledged))
+    }
+
+    /// Brings the mark up to the committed state, and lifts `behind` once the chain is
+    /// whole again. Runs after every commit.
+    fn record_mark(&mut self) -> Result<(), Error> {
+        let held_by = |node: &NodeId| self.state.authors.get(node).map_or(0, |a| a.head_seq);
+        if let Some(b) = &mut self.behind {
+            b.held = held_by(&b.node);
+            if b.held >= b.acknowledged {
+                self.behind = None;
+            }
+        }
+        let prev = self.mark.value();
+        let lamport = prev.lamport.max(self.state.clock.value());
+        let next = match self.behind {
+            // Keep the acknowledged position until the chain is whole again.
+            Some(_) => MarkValue { lamport, ..prev },
+            None => {
+                let me = self.node_id();
+                let seq = held_by(&me);
+                MarkValue {
+                    node: me,
+                    seq: if prev.node == me { seq.max(prev.seq) } else { seq },
+                    lamport,
+                }
+            }
+        };
+        if next != prev {
+            self.mark.write(next)?;
+        }
+        Ok(())
     }
 
     /// This node's id.
@@ -361,6 +440,16 @@ impl Node {
     }
 
     fn build_op(&self, w: &Working<'_>, payload: Payload, now: Timestamp) -> Result<SignedOp, Error> {
+        if let Some(b) = self.behind {
+            return Err(Error::Corrupt(format!(
+                "this node's store holds {} of the {} ops of its own chain that it had \
+                 acknowledged (the store was damaged, or replaced by an older copy). It will not \
+                 write until a peer has sent the missing ops back (run `huskies daemon` with a \
+                 connection to the cluster): writing now would reuse sequence numbers and fork \
+                 its chain",
+                b.held, b.acknowledged
+            )));
+        }
         let me = self.node_id();
         let (head_seq, head_id) = w
             .state
@@ -388,6 +477,7 @@ impl Node {
         let Committed { state, events, cache } = w.commit()?;
         self.state = state;
         self.stories = cache;
+        self.record_mark()?;
         self.drop_dead_buffered();
         event::publish(&self.subscribers, &events);
         if self.state.rebuild_needed {

@@ -43,6 +43,7 @@ const SEGMENT_HASH_CONTEXT: &str = "huskies 2026-11 segment checksum v1";
 pub(crate) const KEY_FILE: &str = "node.key";
 pub(crate) const NEXT_KEY_FILE: &str = "node.key.next";
 pub(crate) const STORE_DIR: &str = "store";
+pub(crate) const MARK_FILE: &str = "store.mark";
 const LOCK_FILE: &str = "LOCK";
 
 /// A node's home directory, locked for the lifetime of this value.
@@ -103,6 +104,10 @@ impl Home {
 
     pub(crate) fn next_key_path(&self) -> PathBuf {
         self.root.join(NEXT_KEY_FILE)
+    }
+
+    pub(crate) fn mark_path(&self) -> PathBuf {
+        self.root.join(MARK_FILE)
     }
 
     pub(crate) fn store_path(&self) -> PathBuf {

@@ -618,6 +618,14 @@ fn open_damaged(home: &std::path::Path, original: &Stored) -> Outcome {
                 original_vv.dominates(&vv),
                 "a clean store must be a prefix of the original"
             );
+            // Every op of this home is its own: a prefix short of the original lost
+            // acknowledged ops of its own chain, which the store mark reveals.
+            if vv != original_vv {
+                let own = original_vv.get(&n.node_id());
+                assert_eq!(n.own_ops_missing(), Some((vv.get(&n.node_id()), own)));
+            } else {
+                assert_eq!(n.own_ops_missing(), None);
+            }
             let snap = snapshot(&n, at(1000));
             if vv == original_vv {
                 assert_eq!(snap, snapshot_of(original));
@@ -685,6 +693,72 @@ fn damaged_sled_files_are_refused_or_roll_back_to_a_consistent_prefix() {
     assert!(outcomes
         .iter()
         .any(|o| matches!(o, Outcome::RolledBack { ops } if *ops > 0 && *ops < total)));
+}
+
+/// A store that lost ops its node had acknowledged (its `store/` replaced by an older copy
+/// here; sled recovering a damaged log by dropping its tail looks the same) opens and
+/// serves reads, refuses every write with a clear error, keeps its clock above every
+/// timestamp it issued, and writes again once a peer has sent the ops back: its chain goes
+/// on with the next sequence number and no replica sees a fork.
+#[test]
+fn a_store_that_lost_its_own_acknowledged_ops_writes_nothing_until_a_peer_returns_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b) = setup(dir.path(), 41);
+    let b_home = b.home().to_path_buf();
+    drop(b);
+    let old_store = dir.path().join("b_store_old");
+    copy_dir(&b_home.join("store"), &old_store);
+    let mut b = Node::open(&b_home, config()).unwrap();
+    let held_then = b.version_vector().get(&b.node_id());
+    for i in 0..3 {
+        add_story(&mut b, at(2), &format!("b_{i}"));
+    }
+    let acknowledged = b.version_vector().get(&b.node_id());
+    let lamport = b.lamport();
+    sync(&mut a, &mut b);
+    drop(b);
+    std::fs::remove_dir_all(b_home.join("store")).unwrap();
+    copy_dir(&old_store, &b_home.join("store"));
+
+    let mut b = Node::open(&b_home, config()).unwrap();
+    assert_eq!(b.own_ops_missing(), Some((held_then, acknowledged)));
+    assert!(b.lamport() >= lamport, "the clock resumes above what it issued");
+    assert!(b.story(&sid("1_s"), at(3)).is_ok(), "reads are served");
+    let before = stored(&b);
+    let err = b
+        .execute(
+            at(3),
+            Command::AddStory {
+                id: sid("b_new"),
+                name: "new".into(),
+                body: None,
+                depends_on: vec![],
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("will not write") && msg.contains(&acknowledged.to_string()),
+        "{msg}"
+    );
+    assert_eq!(stored(&b), before, "a refused write writes nothing");
+    // Reopening (and ingesting nothing new) does not forget what was acknowledged.
+    drop(b);
+    let mut b = Node::open(&b_home, config()).unwrap();
+    assert_eq!(b.own_ops_missing(), Some((held_then, acknowledged)));
+
+    // A peer sends the ops back; the chain goes on from the acknowledged head.
+    push(&a, &mut b);
+    assert_eq!(b.own_ops_missing(), None);
+    add_story(&mut b, at(4), "b_after");
+    assert_eq!(b.version_vector().get(&b.node_id()), acknowledged + 1);
+    sync(&mut a, &mut b);
+    assert!(a.quarantined_authors().is_empty(), "no fork");
+    assert!(a.forks().unwrap().is_empty());
+    assert_eq!(snapshot(&a, at(5)), snapshot(&b, at(5)));
+    drop(b);
+    assert_eq!(Node::open(&b_home, config()).unwrap().own_ops_missing(), None);
 }
 
 /// Records damaged below sled (valid sled, bad huskies bytes): opening reads the persisted

@@ -118,6 +118,14 @@ impl Daemon {
         control: Arc<dyn ControlHandler>,
     ) -> Result<Daemon, DaemonError> {
         let home: PathBuf = node.home().to_path_buf();
+        if let Some((held, acknowledged)) = node.own_ops_missing() {
+            tracing::error!(
+                held,
+                acknowledged,
+                "this node's store lost ops of its own chain that it had acknowledged (damaged, \
+                 or replaced by an older copy); it writes nothing until a peer sends them back"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| DaemonError::Bind {
