@@ -1191,6 +1191,13 @@ fn status(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Out, CliError> {
             f.at_seq
         );
     }
+    let missing = node.own_ops_missing();
+    if let Some((held, acknowledged)) = missing {
+        text += &format!(
+            "WARNING  this store holds {held} of the {acknowledged} ops of this node's own chain it \
+             had acknowledged; it writes nothing until a peer sends them back (run the daemon)\n"
+        );
+    }
     Ok(Out {
         raw: None,
         text,
@@ -1210,6 +1217,7 @@ fn status(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Out, CliError> {
                 "last_heartbeat": output::time(n.last_heartbeat), "alive": n.alive,
             })).collect::<Vec<_>>(),
             "forks": forks.iter().map(|f| json!({"author": f.author.to_hex(), "at_seq": f.at_seq})).collect::<Vec<_>>(),
+            "own_ops_missing": missing.map(|(held, acknowledged)| json!({"held": held, "acknowledged": acknowledged})),
         }),
     })
 }
