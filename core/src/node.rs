@@ -477,12 +477,15 @@ impl Node {
         let Committed { state, events, cache } = w.commit()?;
         self.state = state;
         self.stories = cache;
-        self.record_mark()?;
         self.drop_dead_buffered();
         event::publish(&self.subscribers, &events);
+        // The batch is stored: subscribers hear of it even if the mark cannot be written
+        // (that error says the batch is stored).
+        let marked = self.record_mark();
         if self.state.rebuild_needed {
             self.rebuild()?;
         }
+        marked?;
         Ok(events)
     }
 
@@ -1016,6 +1019,21 @@ impl Node {
         let committed = w.commit_with(batch)?;
         self.state = committed.state;
         self.stories = committed.cache;
+        // A rebuild may shorten this node's own chain on purpose (ops past a cutoff are
+        // void): the mark follows it down, so that the next open does not take the shorter
+        // chain for a store that lost ops.
+        if self.behind.is_none() {
+            let me = self.node_id();
+            let prev = self.mark.value();
+            let next = MarkValue {
+                node: me,
+                seq: self.state.authors.get(&me).map_or(0, |a| a.head_seq),
+                lamport: prev.lamport.max(self.state.clock.value()),
+            };
+            if next != prev {
+                self.mark.write(next)?;
+            }
+        }
         Ok(())
     }
 
