@@ -173,6 +173,11 @@ impl State {
         }
     }
 
+    /// The seq of `node`'s newest stored op (0 for none).
+    pub fn head_seq(&self, node: &NodeId) -> u64 {
+        self.authors.get(node).map_or(0, |a| a.head_seq)
+    }
+
     pub fn version_vector(&self) -> VersionVector {
         let mut vv = VersionVector::default();
         for (node, a) in &self.authors {
@@ -752,7 +757,7 @@ impl<'a> Working<'a> {
         let m = self.state.members.entry(node).or_default();
         m.cutoff = Some(m.cutoff.map_or(cutoff, |c| c.min(cutoff)));
         self.dirty_members.insert(node);
-        let head = self.state.authors.get(&node).map_or(0, |a| a.head_seq);
+        let head = self.state.head_seq(&node);
         let staged = self
             .new_ops
             .get(&node)

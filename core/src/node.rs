@@ -328,17 +328,16 @@ impl Node {
         config: NodeConfig,
     ) -> Result<Node, Error> {
         let me = key.node_id();
-        let held_by = |state: &State, node: &NodeId| state.authors.get(node).map_or(0, |a| a.head_seq);
         let current = MarkValue {
             node: me,
-            seq: held_by(&state, &me),
+            seq: state.head_seq(&me),
             lamport: state.clock.value(),
         };
         let (mark, read) = Mark::open(&home.mark_path(), current)?;
         let mut behind = None;
         if let Some(v) = read {
             state.clock.observe(v.lamport);
-            let held = held_by(&state, &v.node);
+            let held = state.head_seq(&v.node);
             if held < v.seq {
                 behind = Some(Behind {
                     node: v.node,
@@ -374,11 +373,11 @@ impl Node {
     }
 
     /// Brings the mark up to the committed state, and lifts `behind` once the chain is
-    /// whole again. Runs after every commit.
-    fn record_mark(&mut self) -> Result<(), Error> {
-        let held_by = |node: &NodeId| self.state.authors.get(node).map_or(0, |a| a.head_seq);
+    /// whole again. Runs after every commit. The marked seq only goes down when `shortened`:
+    /// a rebuild that voided this node's own ops past a cutoff, on purpose.
+    fn record_mark(&mut self, shortened: bool) -> Result<(), Error> {
         if let Some(b) = &mut self.behind {
-            b.held = held_by(&b.node);
+            b.held = self.state.head_seq(&b.node);
             if b.held >= b.acknowledged {
                 self.behind = None;
             }
@@ -390,10 +389,14 @@ impl Node {
             Some(_) => MarkValue { lamport, ..prev },
             None => {
                 let me = self.node_id();
-                let seq = held_by(&me);
+                let seq = self.state.head_seq(&me);
                 MarkValue {
                     node: me,
-                    seq: if prev.node == me { seq.max(prev.seq) } else { seq },
+                    seq: if prev.node == me && !shortened {
+                        seq.max(prev.seq)
+                    } else {
+                        seq
+                    },
                     lamport,
                 }
             }
@@ -481,7 +484,7 @@ impl Node {
         event::publish(&self.subscribers, &events);
         // The batch is stored: subscribers hear of it even if the mark cannot be written
         // (that error says the batch is stored).
-        let marked = self.record_mark();
+        let marked = self.record_mark(false);
         if self.state.rebuild_needed {
             self.rebuild()?;
         }
@@ -751,7 +754,7 @@ impl Node {
                         return Err(Error::InvalidArgument("cannot remove the last admin".into()));
                     }
                 }
-                let cutoff_seq = w.state.authors.get(&node).map_or(0, |a| a.head_seq);
+                let cutoff_seq = w.state.head_seq(&node);
                 Payload::MemberRemove { node, cutoff_seq }
             }
         };
@@ -1022,19 +1025,7 @@ impl Node {
         // A rebuild may shorten this node's own chain on purpose (ops past a cutoff are
         // void): the mark follows it down, so that the next open does not take the shorter
         // chain for a store that lost ops.
-        if self.behind.is_none() {
-            let me = self.node_id();
-            let prev = self.mark.value();
-            let next = MarkValue {
-                node: me,
-                seq: self.state.authors.get(&me).map_or(0, |a| a.head_seq),
-                lamport: prev.lamport.max(self.state.clock.value()),
-            };
-            if next != prev {
-                self.mark.write(next)?;
-            }
-        }
-        Ok(())
+        self.record_mark(true)
     }
 
     /// Adds a subscriber: `f` runs after every commit, once per committed transition
