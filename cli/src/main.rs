@@ -15,7 +15,6 @@ mod route;
 mod standalone;
 
 use std::io::Write;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -935,56 +934,27 @@ fn parse_event(
     reason: &Option<String>,
     by: &Option<String>,
 ) -> Result<PipelineEvent, CliError> {
-    let need = |v: &Option<String>, flag: &str| {
-        v.clone()
-            .ok_or_else(|| CliError::usage(format!("event {name} needs --{flag}")))
+    let event: huskies_core::EventKind = name
+        .parse()
+        .map_err(|e: huskies_core::UnknownEvent| CliError::usage(e.to_string()))?;
+    let args = huskies_core::EventArgs {
+        branch: branch.clone(),
+        commits,
+        commit: commit.clone(),
+        kind: kind.clone(),
+        reason: reason.clone(),
+        by: by.as_deref().map(story_id).transpose()?,
     };
-    let commits_nz = || {
-        let n = commits.ok_or_else(|| CliError::usage(format!("event {name} needs --commits N")))?;
-        NonZeroU32::new(n)
-            .ok_or_else(|| CliError::usage("--commits must be at least 1: a merge needs a commit"))
-    };
-    Ok(match name {
-        "deps-met" => PipelineEvent::DepsMet,
-        "gates-started" => PipelineEvent::GatesStarted,
-        "gates-passed" => PipelineEvent::GatesPassed {
-            branch: need(branch, "branch")?,
-            commits: commits_nz()?,
-        },
-        "qa-skipped" => PipelineEvent::QaSkipped {
-            branch: need(branch, "branch")?,
-            commits: commits_nz()?,
-        },
-        "gates-failed" => PipelineEvent::GatesFailed {
-            reason: reason.clone().unwrap_or_default(),
-        },
-        "merge-succeeded" => PipelineEvent::MergeSucceeded {
-            commit: need(commit, "commit")?,
-        },
-        "merge-conflict" => PipelineEvent::MergeConflict {
-            kind: kind.clone().unwrap_or_else(|| "conflict".into()),
-            reason: reason.clone().unwrap_or_default(),
-        },
-        "merge-failed-final" => PipelineEvent::MergeFailedFinal {
-            reason: reason.clone().unwrap_or_default(),
-        },
-        "accepted" => PipelineEvent::Accepted,
-        "block" => PipelineEvent::Block {
-            reason: reason.clone().unwrap_or_default(),
-        },
-        "unblock" => PipelineEvent::Unblock,
-        "abandon" => PipelineEvent::Abandon,
-        "supersede" => PipelineEvent::Supersede {
-            by: story_id(&need(by, "by")?)?,
-        },
-        "review-hold" => PipelineEvent::ReviewHold {
-            reason: reason.clone().unwrap_or_default(),
-        },
-        other => {
-            return Err(CliError::usage(format!(
-                "unknown event {other:?}; events are: {}",
-                PipelineEvent::NAMES.join(", ")
-            )))
+    event.with_args(args).map_err(|e| match e {
+        huskies_core::EventArgError::Missing {
+            event,
+            arg: "commits",
+        } => CliError::usage(format!("event {event} needs --commits N")),
+        huskies_core::EventArgError::Missing { event, arg } => {
+            CliError::usage(format!("event {event} needs --{arg}"))
+        }
+        huskies_core::EventArgError::ZeroCommits => {
+            CliError::usage("--commits must be at least 1: a merge needs a commit")
         }
     })
 }

@@ -56,7 +56,10 @@ pub use op::{
     MAX_OP_BYTES, OP_FORMAT_VERSION, SIGNING_DOMAIN,
 };
 pub use payload::{Payload, Role, StoryField, MAX_BODY_BYTES, MAX_DEPENDS_ON, MAX_TEXT_BYTES, MAX_TTL_SECS};
-pub use pipeline::{transition, ArchiveReason, InvalidTransition, PipelineEvent, Stage, StageKind};
+pub use pipeline::{
+    transition, ArchiveReason, EventArgError, EventArgs, EventKind, InvalidTransition, PipelineEvent, Stage,
+    StageKind, UnknownEvent,
+};
 pub use projection::{Lease, Stamp};
 pub use store::{SEGMENT_MAX_OPS, STORE_FORMAT_VERSION};
 pub use time::Timestamp;

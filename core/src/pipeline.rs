@@ -279,24 +279,29 @@ impl PipelineEvent {
         "review-hold",
     ];
 
+    /// The event's kind.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            PipelineEvent::DepsMet => EventKind::DepsMet,
+            PipelineEvent::GatesStarted => EventKind::GatesStarted,
+            PipelineEvent::QaSkipped { .. } => EventKind::QaSkipped,
+            PipelineEvent::GatesPassed { .. } => EventKind::GatesPassed,
+            PipelineEvent::GatesFailed { .. } => EventKind::GatesFailed,
+            PipelineEvent::MergeSucceeded { .. } => EventKind::MergeSucceeded,
+            PipelineEvent::MergeConflict { .. } => EventKind::MergeConflict,
+            PipelineEvent::MergeFailedFinal { .. } => EventKind::MergeFailedFinal,
+            PipelineEvent::Accepted => EventKind::Accepted,
+            PipelineEvent::Block { .. } => EventKind::Block,
+            PipelineEvent::Unblock => EventKind::Unblock,
+            PipelineEvent::Abandon => EventKind::Abandon,
+            PipelineEvent::Supersede { .. } => EventKind::Supersede,
+            PipelineEvent::ReviewHold { .. } => EventKind::ReviewHold,
+        }
+    }
+
     /// The contract's name, e.g. `gates-passed`.
     pub fn name(&self) -> &'static str {
-        match self {
-            PipelineEvent::DepsMet => "deps-met",
-            PipelineEvent::GatesStarted => "gates-started",
-            PipelineEvent::QaSkipped { .. } => "qa-skipped",
-            PipelineEvent::GatesPassed { .. } => "gates-passed",
-            PipelineEvent::GatesFailed { .. } => "gates-failed",
-            PipelineEvent::MergeSucceeded { .. } => "merge-succeeded",
-            PipelineEvent::MergeConflict { .. } => "merge-conflict",
-            PipelineEvent::MergeFailedFinal { .. } => "merge-failed-final",
-            PipelineEvent::Accepted => "accepted",
-            PipelineEvent::Block { .. } => "block",
-            PipelineEvent::Unblock => "unblock",
-            PipelineEvent::Abandon => "abandon",
-            PipelineEvent::Supersede { .. } => "supersede",
-            PipelineEvent::ReviewHold { .. } => "review-hold",
-        }
+        self.kind().as_str()
     }
 
     /// Strings carried by the event, for size validation.
@@ -319,6 +324,184 @@ impl PipelineEvent {
             | PipelineEvent::Supersede { .. } => vec![],
         }
     }
+}
+
+/// The kind of a [`PipelineEvent`], without its fields: the one parser of event names.
+///
+/// Every host (CLI, daemon, bindings) turns a user's event name into a `PipelineEvent`
+/// through [`EventKind::from_str`](std::str::FromStr) and [`EventKind::with_args`], so the
+/// names and the arguments each event needs are defined here and nowhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventKind {
+    /// `deps-met`
+    DepsMet,
+    /// `gates-started`
+    GatesStarted,
+    /// `gates-passed` (needs `branch`, `commits`)
+    GatesPassed,
+    /// `gates-failed` (`reason`)
+    GatesFailed,
+    /// `qa-skipped` (needs `branch`, `commits`)
+    QaSkipped,
+    /// `merge-succeeded` (needs `commit`)
+    MergeSucceeded,
+    /// `merge-conflict` (`kind`, `reason`)
+    MergeConflict,
+    /// `merge-failed-final` (`reason`)
+    MergeFailedFinal,
+    /// `accepted`
+    Accepted,
+    /// `block` (`reason`)
+    Block,
+    /// `unblock`
+    Unblock,
+    /// `abandon`
+    Abandon,
+    /// `supersede` (needs `by`)
+    Supersede,
+    /// `review-hold` (`reason`)
+    ReviewHold,
+}
+
+impl EventKind {
+    /// Every kind, in the contract's order.
+    pub const ALL: [EventKind; 14] = [
+        EventKind::DepsMet,
+        EventKind::GatesStarted,
+        EventKind::GatesPassed,
+        EventKind::GatesFailed,
+        EventKind::QaSkipped,
+        EventKind::MergeSucceeded,
+        EventKind::MergeConflict,
+        EventKind::MergeFailedFinal,
+        EventKind::Accepted,
+        EventKind::Block,
+        EventKind::Unblock,
+        EventKind::Abandon,
+        EventKind::Supersede,
+        EventKind::ReviewHold,
+    ];
+
+    /// The contract's name, e.g. `gates-passed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::DepsMet => "deps-met",
+            EventKind::GatesStarted => "gates-started",
+            EventKind::GatesPassed => "gates-passed",
+            EventKind::GatesFailed => "gates-failed",
+            EventKind::QaSkipped => "qa-skipped",
+            EventKind::MergeSucceeded => "merge-succeeded",
+            EventKind::MergeConflict => "merge-conflict",
+            EventKind::MergeFailedFinal => "merge-failed-final",
+            EventKind::Accepted => "accepted",
+            EventKind::Block => "block",
+            EventKind::Unblock => "unblock",
+            EventKind::Abandon => "abandon",
+            EventKind::Supersede => "supersede",
+            EventKind::ReviewHold => "review-hold",
+        }
+    }
+
+    /// Builds the event from the arguments a user gave. Arguments the event does not use
+    /// are ignored; a missing `reason` is empty and a missing merge-conflict `kind` is
+    /// `conflict`.
+    pub fn with_args(self, args: EventArgs) -> Result<PipelineEvent, EventArgError> {
+        let event = self.as_str();
+        let need = |v: Option<String>, arg: &'static str| v.ok_or(EventArgError::Missing { event, arg });
+        let commits = |n: Option<u32>| {
+            let n = n.ok_or(EventArgError::Missing {
+                event,
+                arg: "commits",
+            })?;
+            NonZeroU32::new(n).ok_or(EventArgError::ZeroCommits)
+        };
+        let reason = args.reason.unwrap_or_default();
+        Ok(match self {
+            EventKind::DepsMet => PipelineEvent::DepsMet,
+            EventKind::GatesStarted => PipelineEvent::GatesStarted,
+            EventKind::GatesPassed => PipelineEvent::GatesPassed {
+                branch: need(args.branch, "branch")?,
+                commits: commits(args.commits)?,
+            },
+            EventKind::QaSkipped => PipelineEvent::QaSkipped {
+                branch: need(args.branch, "branch")?,
+                commits: commits(args.commits)?,
+            },
+            EventKind::GatesFailed => PipelineEvent::GatesFailed { reason },
+            EventKind::MergeSucceeded => PipelineEvent::MergeSucceeded {
+                commit: need(args.commit, "commit")?,
+            },
+            EventKind::MergeConflict => PipelineEvent::MergeConflict {
+                kind: args.kind.unwrap_or_else(|| "conflict".into()),
+                reason,
+            },
+            EventKind::MergeFailedFinal => PipelineEvent::MergeFailedFinal { reason },
+            EventKind::Accepted => PipelineEvent::Accepted,
+            EventKind::Block => PipelineEvent::Block { reason },
+            EventKind::Unblock => PipelineEvent::Unblock,
+            EventKind::Abandon => PipelineEvent::Abandon,
+            EventKind::Supersede => PipelineEvent::Supersede {
+                by: args.by.ok_or(EventArgError::Missing { event, arg: "by" })?,
+            },
+            EventKind::ReviewHold => PipelineEvent::ReviewHold { reason },
+        })
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EventKind {
+    type Err = UnknownEvent;
+
+    fn from_str(s: &str) -> Result<EventKind, UnknownEvent> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownEvent(s.to_string()))
+    }
+}
+
+/// A name that is not an event of the contract.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event {0:?}; events are: {names}", names = PipelineEvent::NAMES.join(", "))]
+pub struct UnknownEvent(pub String);
+
+/// The arguments an event may carry, as a user gives them (all optional; which are needed
+/// depends on the [`EventKind`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventArgs {
+    /// Feature branch (`gates-passed`, `qa-skipped`).
+    pub branch: Option<String>,
+    /// Commits ahead (`gates-passed`, `qa-skipped`); zero is refused.
+    pub commits: Option<u32>,
+    /// Merge commit (`merge-succeeded`).
+    pub commit: Option<String>,
+    /// Failure kind (`merge-conflict`).
+    pub kind: Option<String>,
+    /// Why (`gates-failed`, `merge-conflict`, `merge-failed-final`, `block`, `review-hold`).
+    pub reason: Option<String>,
+    /// The replacing story (`supersede`).
+    pub by: Option<StoryId>,
+}
+
+/// Arguments that do not make the event.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EventArgError {
+    /// The event needs an argument that was not given.
+    #[error("event {event} needs {arg}")]
+    Missing {
+        /// The event's name.
+        event: &'static str,
+        /// The argument's name (`branch`, `commits`, `commit`, `by`).
+        arg: &'static str,
+    },
+    /// `commits` was zero: a merge needs at least one commit.
+    #[error("commits must be at least 1: a merge needs a commit")]
+    ZeroCommits,
 }
 
 /// An event that the table does not allow from the given stage.
@@ -422,6 +605,56 @@ mod tests {
 
     fn nz(n: u32) -> NonZeroU32 {
         NonZeroU32::new(n).unwrap()
+    }
+
+    #[test]
+    fn event_kinds_parse_their_names_and_build_their_events() {
+        assert_eq!(EventKind::ALL.map(EventKind::as_str), PipelineEvent::NAMES);
+        let full = EventArgs {
+            branch: Some("b".into()),
+            commits: Some(2),
+            commit: Some("c".into()),
+            kind: Some("k".into()),
+            reason: Some("r".into()),
+            by: Some(StoryId::new("9_other").unwrap()),
+        };
+        for kind in EventKind::ALL {
+            assert_eq!(kind.as_str().parse::<EventKind>(), Ok(kind));
+            let event = kind.with_args(full.clone()).unwrap();
+            assert_eq!(event.kind(), kind);
+            assert_eq!(event.name(), kind.as_str());
+        }
+        assert!("gates_passed"
+            .parse::<EventKind>()
+            .unwrap_err()
+            .to_string()
+            .contains("events are: deps-met"));
+        assert_eq!(
+            EventKind::GatesPassed.with_args(EventArgs {
+                commits: Some(1),
+                ..EventArgs::default()
+            }),
+            Err(EventArgError::Missing {
+                event: "gates-passed",
+                arg: "branch"
+            })
+        );
+        let zero = EventArgs {
+            branch: Some("b".into()),
+            commits: Some(0),
+            ..EventArgs::default()
+        };
+        assert_eq!(
+            EventKind::QaSkipped.with_args(zero),
+            Err(EventArgError::ZeroCommits)
+        );
+        assert_eq!(
+            EventKind::Supersede.with_args(EventArgs::default()),
+            Err(EventArgError::Missing {
+                event: "supersede",
+                arg: "by"
+            })
+        );
     }
 
     fn all_events() -> Vec<PipelineEvent> {
