@@ -101,9 +101,18 @@ impl Message {
         postcard::to_allocvec(self).expect("messages always encode")
     }
 
-    /// Decodes a frame.
+    /// Decodes a frame: exactly one message, nothing after it (a frame is one message; bytes
+    /// past its end would be silently dropped otherwise).
     pub fn decode(bytes: &[u8]) -> Result<Message, String> {
-        postcard::from_bytes(bytes).map_err(|e| e.to_string())
+        let (msg, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
+        if !rest.is_empty() {
+            return Err(format!(
+                "{} trailing bytes after the {} message",
+                rest.len(),
+                Message::name(&msg)
+            ));
+        }
+        Ok(msg)
     }
 
     /// Name for logs.
@@ -115,5 +124,25 @@ impl Message {
             Message::Ack { .. } => "ack",
             Message::Refuse { .. } => "refuse",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_exactly_one_message() {
+        let frame = Message::Refuse {
+            code: RefuseCode::Version,
+            reason: String::new(),
+        }
+        .encode();
+        assert!(Message::decode(&frame).is_ok());
+        // Found by the frame_decode fuzz target (fuzz/regressions/frame_decode/).
+        let mut longer = frame.clone();
+        longer.push(0);
+        let err = Message::decode(&longer).unwrap_err();
+        assert!(err.contains("1 trailing bytes"), "{err}");
     }
 }

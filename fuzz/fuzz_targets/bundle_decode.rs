@@ -1,0 +1,4 @@
+//! libFuzzer entry point; the logic is `huskies_fuzz::logic::bundle_decode` (replayed by `cargo test`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| huskies_fuzz::logic::bundle_decode::run_bytes(data));

@@ -1,0 +1,117 @@
+//! `ingest`: batches of structured ops signed by the fixed member and non-member keys, with
+//! arbitrary seqs, prevs, Lamport values, payloads and repeats, ingested into a real store
+//! in a temporary directory. After every batch:
+//!
+//! - `ingest` returned a report (bad ops are rejections, never an error of the call), and
+//!   every rejection names its op (all of these ops decode);
+//! - every author chain in the store is unbroken, and `verify` is clean;
+//! - the projection equals that of a fresh node that ingests the stored ops in one go
+//!   (the projection is a function of the set of valid ops, not of arrival order);
+//! - the out-of-order buffer stays within its bound.
+//!
+//! At the end the node is closed and reopened: the reopened projection is the same.
+
+use arbitrary::Arbitrary;
+use huskies_core::{InitMode, Node, VersionVector};
+
+use super::ops::{cluster, preamble, Builder, Item};
+use super::{assert_chains_unbroken, assert_verify_clean, at_ms, config, snapshot, structured, FixedRng};
+
+/// The input.
+#[derive(Arbitrary, Debug)]
+pub struct Input {
+    /// Start with the genesis and two admissions (keys 1 and 2) in the first batch.
+    pub preamble: bool,
+    /// The batches, each one `ingest` call (at most 8 of 32 ops are used).
+    pub batches: Vec<Vec<Item>>,
+}
+
+/// Runs the target on one input.
+pub fn run_bytes(data: &[u8]) {
+    if let Some(input) = structured::<Input>(data) {
+        run(&input);
+    }
+}
+
+/// A node of the fuzz cluster with an empty store (it holds no key of the cluster).
+pub fn joining_node(path: &std::path::Path, seed: u64) -> Node {
+    Node::init(
+        path,
+        InitMode::Join { cluster: cluster() },
+        &mut FixedRng::new(seed),
+        at_ms(0),
+        config(),
+    )
+    .expect("init a joining node")
+}
+
+/// Runs the target on a decoded input.
+pub fn run(input: &Input) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let now = at_ms(30 * 60 * 1000);
+    let mut node = joining_node(&dir.path().join("node"), 1);
+    let mut b = Builder::default();
+    let mut first = if input.preamble {
+        preamble(&mut b)
+    } else {
+        Vec::new()
+    };
+    for (i, batch) in input.batches.iter().take(8).enumerate() {
+        let mut ops = std::mem::take(&mut first);
+        ops.extend(batch.iter().take(32).filter_map(|item| b.item(item)));
+        let sent = ops.len();
+        let report = node
+            .ingest(ops.into_iter().map(|o| o.into_unverified()).collect())
+            .unwrap_or_else(|e| panic!("batch {i}: ingest failed as a call: {e}"));
+        assert!(
+            report.rejected.len() <= sent,
+            "batch {i}: more rejections than ops"
+        );
+        for r in &report.rejected {
+            assert!(
+                r.op_id.is_some() && r.author.is_some() && r.seq.is_some(),
+                "batch {i}: a rejection of a decodable op does not name it: {r:?}"
+            );
+            assert!(!r.reason.to_string().is_empty());
+        }
+        assert!(
+            node.buffered_ops() <= config().max_buffered_ops,
+            "buffer over its bound"
+        );
+        check(&node, now, dir.path(), i);
+    }
+    let before = snapshot(&node, now);
+    let home = node.home().to_path_buf();
+    drop(node);
+    let reopened = Node::open(&home, config()).expect("reopen");
+    assert_eq!(
+        snapshot(&reopened, now),
+        before,
+        "reopening changed the projection"
+    );
+}
+
+/// The per-batch invariants of [`run`].
+fn check(node: &Node, now: huskies_core::Timestamp, dir: &std::path::Path, batch: usize) {
+    assert_chains_unbroken(node);
+    assert_verify_clean(node);
+    // A fresh node fed every stored op (and the fork evidence) in one batch: same projection.
+    let stored = node.ops_since(&VersionVector::default()).expect("ops_since");
+    let fresh_path = dir.join(format!("fresh{batch}"));
+    let mut fresh = joining_node(&fresh_path, 2);
+    let report = fresh
+        .ingest(stored.into_iter().map(|o| o.into_unverified()).collect())
+        .expect("fresh ingest");
+    assert!(
+        report.rejected.is_empty(),
+        "batch {batch}: stored ops were refused by a fresh node: {:?}",
+        report.rejected
+    );
+    assert_eq!(
+        snapshot(&fresh, now),
+        snapshot(node, now),
+        "batch {batch}: projection differs from a fresh node's that ingested the stored ops"
+    );
+    drop(fresh);
+    let _ = std::fs::remove_dir_all(&fresh_path);
+}
