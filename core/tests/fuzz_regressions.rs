@@ -1,6 +1,6 @@
 //! Replays the fuzz targets of `fuzz/` on every committed input: the crashers under
 //! `fuzz/regressions/<target>/` (each one a bug that was found and fixed, which must never
-//! come back) and the seed corpus under `fuzz/corpus/<target>/`. The target logic is the
+//! come back) and the committed seed corpus under `fuzz/seeds/<target>/`. The target logic is the
 //! fuzz crate's own (`fuzz/src/logic/`, included by path), so a file fails here exactly
 //! when it fails under libFuzzer. See `docs/testing.md`.
 
@@ -13,7 +13,7 @@ fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
 }
 
-/// Runs `target` on every file of its regression and corpus folders; returns how many.
+/// Runs `target` on every file of its regression and seed folders; returns how many.
 fn replay(target: &str) -> usize {
     let run = logic::TARGETS
         .iter()
@@ -21,7 +21,7 @@ fn replay(target: &str) -> usize {
         .map(|(_, run)| *run)
         .expect("known target");
     let mut n = 0;
-    for folder in ["regressions", "corpus"] {
+    for folder in ["regressions", "seeds"] {
         for file in logic::files_in(&fuzz_dir().join(folder).join(target)) {
             let bytes = std::fs::read(&file).expect("read input");
             eprintln!("replaying {}", file.display());
@@ -74,14 +74,14 @@ fn generated_seed_ops_verify() {
     }
 }
 
-/// Writes the generated seeds into `fuzz/corpus/<target>/` (run by hand, see
+/// Writes the generated seeds into `fuzz/seeds/<target>/` (run by hand, see
 /// `docs/testing.md`): `cargo test -p huskies-core --test fuzz_regressions -- --ignored
 /// write_seed_corpus`.
 #[test]
-#[ignore = "writes fuzz/corpus; run by hand"]
+#[ignore = "writes fuzz/seeds; run by hand"]
 fn write_seed_corpus() {
     for (target, name, bytes) in logic::seeds::corpus() {
-        let dir = fuzz_dir().join("corpus").join(target);
+        let dir = fuzz_dir().join("seeds").join(target);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(name), bytes).unwrap();
     }

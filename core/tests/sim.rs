@@ -291,3 +291,117 @@ fn buffered_ops_past_a_learnt_cutoff_are_dropped() {
         "ops past the cutoff still wait for a void predecessor"
     );
 }
+
+/// This process's resident memory in KiB (Linux), for the scale summary.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .map(|s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name} must be a number"))
+        })
+        .unwrap_or(default)
+}
+
+/// The simulator at scale: `HUSKIES_SIM_NODES` nodes (default 50) on a sparse mesh run
+/// `HUSKIES_SIM_OPS` commands (default 100,000) through a lossy, reordering network with
+/// partitions, restarts and stalls (churn), two late joiners and a removal; then the network
+/// heals and every replica must converge. Prints the simulated time, frames and bytes it
+/// took to converge after the workload, and memory per node. Minutes of CPU: run by hand
+/// (`docs/testing.md`), e.g.
+/// `HUSKIES_SIM_NODES=50 HUSKIES_SIM_OPS=100000 cargo test --release -p huskies-core --test sim -- --ignored --nocapture sim_at_scale`.
+#[test]
+#[ignore = "minutes of CPU: run by hand, see docs/testing.md"]
+fn sim_at_scale() {
+    let nodes = env_usize("HUSKIES_SIM_NODES", 50);
+    let commands = env_usize("HUSKIES_SIM_OPS", 100_000);
+    let seed = seeds(&[50])[0];
+    eprintln!("sim seed = {seed}");
+    let scenario = Scenario {
+        nodes,
+        commands,
+        // About 200 commands per simulated second across the cluster.
+        workload_ms: (commands as u64 * 5).max(60_000),
+        faults: Faults {
+            min_delay_ms: 1,
+            max_delay_ms: 200,
+            loss: 5,
+            dup: 5,
+            reorder: 30,
+            reset: 1,
+        },
+        partitions: 10,
+        restarts: nodes / 5,
+        freezes: 4,
+        late_joiners: 2,
+        removals: 1,
+        // A spanning tree plus a few extra links: each node has ~3 peers.
+        extra_links_pct: (200 / nodes.max(1)) as u32,
+        clock_skew_ms: 3_000,
+        session: Some(SessionConfig::default()),
+    };
+    eprintln!("{scenario:?}");
+    let rss_before = rss_kib();
+    let started = std::time::Instant::now();
+    let mut sim = Sim::new(seed, &scenario);
+    sim.run_until(scenario.workload_ms);
+    let workload_real = started.elapsed();
+    let (t, bytes, frames, ops_frames) = (
+        sim.t,
+        sim.stats.frame_bytes,
+        sim.stats.frames_sent,
+        sim.stats.ops_frames,
+    );
+    eprintln!(
+        "workload done: {} commands ok, {} ops carried, {} frame bytes; {:.1}s real",
+        sim.stats.commands_ok,
+        sim.stats.ops_carried,
+        bytes,
+        workload_real.as_secs_f64()
+    );
+    sim.settle();
+    let settle_ms = sim.t - t;
+    let settle_bytes = sim.stats.frame_bytes - bytes;
+    let settle_frames = sim.stats.frames_sent - frames;
+    let settle_ops_frames = sim.stats.ops_frames - ops_frames;
+    sim.assert_converged();
+    let rss = rss_kib();
+    let live: Vec<usize> = (0..sim.nodes.len())
+        .filter(|&i| sim.nodes[i].node.is_some())
+        .collect();
+    let store_bytes: u64 = live.iter().map(|&i| sim.node(i).store_size().unwrap_or(0)).sum();
+    let held = sim.node(0).version_vector().total();
+    eprintln!(
+        "sim at scale: seed {seed}, {nodes} nodes, {} links, {} commands ok, {held} ops held per replica; \
+         converged {settle_ms} simulated ms after the workload ({settle_frames} frames, {settle_ops_frames} ops frames, \
+         {settle_bytes} bytes); whole run {} frames, {} bytes, {} ops carried; memory {} KiB RSS ({} KiB per node), \
+         store {} KiB per node; {:.1}s real\n  {:?}",
+        sim.links.len(),
+        sim.stats.commands_ok,
+        sim.stats.frames_sent,
+        sim.stats.frame_bytes,
+        sim.stats.ops_carried,
+        rss,
+        rss.saturating_sub(rss_before) / nodes.max(1) as u64,
+        store_bytes / 1024 / live.len().max(1) as u64,
+        started.elapsed().as_secs_f64(),
+        sim.stats
+    );
+    assert!(
+        held as usize >= commands / 2,
+        "the workload did little: {held} ops"
+    );
+}

@@ -253,6 +253,8 @@ pub struct Stats {
     pub freezes: u64,
     /// Members removed.
     pub removals: u64,
+    /// Bytes of every frame handed to the wire.
+    pub frame_bytes: u64,
 }
 
 /// One `Ops` frame put on the wire (recorded when [`Sim::record_ops`] is set).
@@ -1086,6 +1088,7 @@ impl Sim {
 
     fn send(&mut self, l: usize, conn: u64, from: usize, bytes: Vec<u8>) {
         self.stats.frames_sent += 1;
+        self.stats.frame_bytes += bytes.len() as u64;
         let msg = Message::decode(&bytes).expect("sessions send well-formed frames");
         if let Message::Ops { ops } = &msg {
             self.stats.ops_frames += 1;

@@ -28,7 +28,7 @@ use arbitrary::{Arbitrary, Unstructured};
 pub use common::{snapshot, TestRng as FixedRng, T0_MS};
 use huskies_core::{Node, NodeConfig, NodeId, NodeKey, StoryId, Timestamp};
 
-/// A target: the name of its folder under `fuzz/corpus/` and `fuzz/regressions/`, and its
+/// A target: the name of its folders under `fuzz/seeds/` and `fuzz/regressions/`, and its
 /// entry point.
 pub type Target = (&'static str, fn(&[u8]));
 
@@ -122,7 +122,7 @@ pub fn story_id(b: u8) -> StoryId {
     StoryId::new(format!("s{}", b % 4)).expect("valid story id")
 }
 
-/// Every file in `dir` (sorted by name), for corpus and regression replays.
+/// Every file in `dir` (sorted by name), for seed and regression replays.
 pub fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
