@@ -384,7 +384,16 @@ impl<'a> Working<'a> {
             return match self.stored_id(&author, c.seq)? {
                 Some(id) if id == op.id() => Ok(Admission::Duplicate),
                 Some(_) => {
-                    self.record_fork(&op, c.seq)?;
+                    // Where the chains split must not depend on arrival order: had this op
+                    // come when our head was `seq - 1`, the `prev` check below would have put
+                    // the fork there whenever its `prev` is not the op we hold at `seq - 1`.
+                    // Found by the `ingest` fuzz target (fuzz/regressions/ingest/).
+                    let at = if c.seq > 1 && c.prev != self.stored_id(&author, c.seq - 1)? {
+                        c.seq - 1
+                    } else {
+                        c.seq
+                    };
+                    self.record_fork(&op, at)?;
                     Ok(Admission::Fork)
                 }
                 None => Ok(Admission::Duplicate),

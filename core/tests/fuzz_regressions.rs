@@ -86,3 +86,80 @@ fn write_seed_corpus() {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
+
+/// Replays a whole folder (e.g. a fuzzing run's `fuzz/corpus/<target>/`) in a debug build:
+/// `HUSKIES_FUZZ_REPLAY=<target>:<folder> cargo test -p huskies-core --test fuzz_regressions
+/// -- --ignored --nocapture replay_folder` (add `HUSKIES_FUZZ_VERBOSE=1` for one line per input).
+#[test]
+#[ignore = "needs HUSKIES_FUZZ_REPLAY=<target>:<folder>"]
+fn replay_folder() {
+    let spec = std::env::var("HUSKIES_FUZZ_REPLAY").expect("HUSKIES_FUZZ_REPLAY=<target>:<folder>");
+    let (target, folder) = spec.split_once(':').expect("<target>:<folder>");
+    let run = logic::TARGETS
+        .iter()
+        .find(|(name, _)| *name == target)
+        .map(|(_, run)| *run)
+        .expect("known target");
+    let files = logic::files_in(Path::new(folder));
+    for file in &files {
+        run(&std::fs::read(file).expect("read input"));
+    }
+    eprintln!("replayed {} inputs of {target}", files.len());
+}
+
+/// Found by the `ingest` target: an author's second op for seq 3 whose `prev` is not the
+/// op held at seq 2 proves the chain split at seq 2. A replica that held seq 3 already put
+/// the fork at 3, one that got the second op first put it at 2 (its `prev` check): the two
+/// voided different ops and diverged. Both must now put it at 2.
+#[test]
+fn fork_point_does_not_depend_on_arrival_order() {
+    use huskies_core::{OpId, Payload, Role, UnverifiedOp};
+    use logic::common::RawAuthor;
+    let wall = logic::at_ms(0);
+    let mut admin = RawAuthor::new(logic::KEY_SEEDS[0], logic::ops::cluster());
+    let genesis = admin.next(
+        1,
+        wall,
+        Payload::Genesis {
+            name: logic::ops::CLUSTER_NAME.into(),
+            nonce: [0; 16],
+        },
+    );
+    let add = |k: u8| Payload::MemberAdd {
+        node: logic::key_id(k),
+        role: Role::Member,
+    };
+    let second = admin.next(2, wall, add(1));
+    let third = admin.next(3, wall, add(2));
+    let other = logic::common::craft(
+        &admin.key,
+        admin.cluster,
+        3,
+        3,
+        Some(OpId::from_bytes([9; 32])),
+        wall,
+        Payload::LockRelease,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let orders = [
+        [&genesis, &second, &third, &other],
+        [&genesis, &second, &other, &third],
+    ];
+    let mut snapshots = Vec::new();
+    for (i, order) in orders.iter().enumerate() {
+        let mut node = logic::ingest::joining_node(&dir.path().join(format!("n{i}")), i as u64);
+        for op in order {
+            let op: UnverifiedOp = (*op).clone().into_unverified();
+            node.ingest(vec![op]).unwrap();
+        }
+        let forks = node.forks().unwrap();
+        assert_eq!(forks.len(), 1, "order {i}: {forks:?}");
+        // Seq 2 is void: key 1 was never admitted.
+        assert!(
+            node.members().iter().all(|m| m.node != logic::key_id(1)),
+            "order {i}"
+        );
+        snapshots.push(logic::snapshot(&node, wall));
+    }
+    assert_eq!(snapshots[0], snapshots[1]);
+}

@@ -60,6 +60,20 @@ pub fn run(input: &Input) {
         let mut ops = std::mem::take(&mut first);
         ops.extend(batch.iter().take(32).filter_map(|item| b.item(item)));
         let sent = ops.len();
+        if super::verbose() {
+            for o in &ops {
+                let c = o.content();
+                eprintln!(
+                    "  batch {i}: {} author {} seq {} lamport {} prev {:?} {:?}",
+                    o.id(),
+                    c.author,
+                    c.seq,
+                    c.lamport,
+                    c.prev,
+                    c.payload
+                );
+            }
+        }
         let report = node
             .ingest(ops.into_iter().map(|o| o.into_unverified()).collect())
             .unwrap_or_else(|e| panic!("batch {i}: ingest failed as a call: {e}"));
@@ -81,6 +95,16 @@ pub fn run(input: &Input) {
         check(&node, now, dir.path(), i);
     }
     let before = snapshot(&node, now);
+    if super::verbose() {
+        eprintln!(
+            "ingest: {} ops signed, store holds {}, {} stories, {} members, {} forks",
+            b.signed.len(),
+            before.vv.total(),
+            before.stories.len(),
+            before.members.len(),
+            before.forks.len()
+        );
+    }
     let home = node.home().to_path_buf();
     drop(node);
     let reopened = Node::open(&home, config()).expect("reopen");

@@ -52,6 +52,15 @@ pub enum Cmd {
         /// Event.
         event: EventSpec,
     },
+    /// The `pick`-th event (cyclically) that the replica's transition table accepts from
+    /// the story's current stage there: moves stories along the pipeline far more often than
+    /// a blind event would.
+    Progress {
+        /// Story.
+        story: u8,
+        /// Which acceptable event.
+        pick: u8,
+    },
     /// Tombstone.
     Delete {
         /// Story.
@@ -135,6 +144,9 @@ pub struct Input {
     pub replicas: u8,
     /// Replica 1 is an admin too.
     pub second_admin: bool,
+    /// Replica 0 creates the four stories first and every replica receives them, so the
+    /// script can move them along at once.
+    pub prelude: bool,
     /// The script (at most 64 steps are used).
     pub steps: Vec<Step>,
 }
@@ -148,9 +160,42 @@ pub fn run_bytes(data: &[u8]) {
 
 const TTLS: [u32; 4] = [1, 30, 120, 3600];
 
-fn command(cmd: &Cmd) -> Command {
+/// Every event kind once, with fixed arguments.
+const EVENTS: [EventSpec; 14] = [
+    EventSpec::DepsMet,
+    EventSpec::GatesStarted,
+    EventSpec::QaSkipped(1),
+    EventSpec::GatesPassed(2),
+    EventSpec::GatesFailed(0),
+    EventSpec::MergeSucceeded(2),
+    EventSpec::MergeConflict(1),
+    EventSpec::MergeFailedFinal(0),
+    EventSpec::Accepted,
+    EventSpec::Block(0),
+    EventSpec::Unblock,
+    EventSpec::Abandon,
+    EventSpec::Supersede(1),
+    EventSpec::ReviewHold(3),
+];
+
+/// The command for `cmd` on `node` (`None`: nothing to do, e.g. no acceptable event).
+fn command(cmd: &Cmd, node: &Node, now: Timestamp) -> Option<Command> {
     let id = |s: &u8| story_id(*s);
-    match cmd {
+    Some(match cmd {
+        Cmd::Progress { story, pick } => {
+            let stage = node.story(&id(story), now).ok()?.stage;
+            let ok: Vec<EventSpec> = EVENTS
+                .into_iter()
+                .filter(|e| super::model::table(&stage, &e.event(), now).is_some())
+                .collect();
+            if ok.is_empty() {
+                return None;
+            }
+            Command::Event {
+                id: id(story),
+                event: ok[usize::from(*pick) % ok.len()].event(),
+            }
+        }
         Cmd::Add { story, name } => Command::AddStory {
             id: id(story),
             name: text(*name),
@@ -188,7 +233,7 @@ fn command(cmd: &Cmd) -> Command {
         },
         Cmd::Unlock => Command::ReleaseMergeLock,
         Cmd::ClearLock => Command::ClearStaleMergeLock,
-    }
+    })
 }
 
 /// Runs a local command and returns its op, if the replica accepted it.
@@ -266,6 +311,17 @@ pub fn run(input: &Input) {
         acked.extend(run_local(&mut nodes[0], now, cmd));
         nodes.push(node);
     }
+    if input.prelude {
+        for s in 0..4 {
+            let cmd = Command::AddStory {
+                id: story_id(s),
+                name: text(s),
+                body: None,
+                depends_on: vec![],
+            };
+            acked.extend(run_local(&mut nodes[0], now, cmd));
+        }
+    }
     for i in 1..n {
         deliver(&mut nodes, 0, i, |ops| ops);
     }
@@ -274,7 +330,9 @@ pub fn run(input: &Input) {
         match step {
             Step::Run { replica, cmd } => {
                 let r = usize::from(*replica) % n;
-                acked.extend(run_local(&mut nodes[r], now, command(cmd)));
+                if let Some(cmd) = command(cmd, &nodes[r], now) {
+                    acked.extend(run_local(&mut nodes[r], now, cmd));
+                }
             }
             Step::Deliver {
                 from,
@@ -346,6 +404,17 @@ fn check(nodes: &[Node], acked: &[SignedOp], now: Timestamp) {
         assert_eq!(node.buffered_ops(), 0, "replica {i} still buffers ops");
     }
     let model = Model::new(acked);
+    if super::verbose() {
+        let transitions: usize = model.stories.values().map(|s| s.history.len()).sum();
+        let conflicts: usize = model.stories.values().map(|s| s.conflicts().len()).sum();
+        eprintln!(
+            "merge_convergence: {} replicas, {} acknowledged ops, {} stories, {transitions} transitions, {conflicts} conflicts, lock {:?}",
+            nodes.len(),
+            acked.len(),
+            model.stories.len(),
+            first.merge_lock.is_some()
+        );
+    }
     let stale_ms = i64::try_from(config().stale_after_secs * 1000).expect("small");
     let node = &nodes[0];
     let mut live: Vec<&StoryId> = Vec::new();

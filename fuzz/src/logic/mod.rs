@@ -122,6 +122,12 @@ pub fn story_id(b: u8) -> StoryId {
     StoryId::new(format!("s{}", b % 4)).expect("valid story id")
 }
 
+/// Whether `HUSKIES_FUZZ_VERBOSE` is set: targets then print one summary line per input
+/// (what it did), to judge how deep the inputs go.
+pub fn verbose() -> bool {
+    std::env::var_os("HUSKIES_FUZZ_VERBOSE").is_some()
+}
+
 /// Every file in `dir` (sorted by name), for seed and regression replays.
 pub fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else {

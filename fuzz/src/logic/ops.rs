@@ -287,6 +287,10 @@ pub enum PayloadSpec {
 pub struct OpSpec {
     /// Fixed key index (mod 4).
     pub author: u8,
+    /// Unless this is a multiple of 4, the op is honest: the next seq, the right prev, a
+    /// fresh Lamport time, our cluster (the choices below are ignored). Most ops must be
+    /// valid for the merge to get anywhere.
+    pub honesty: u8,
     /// Seq choice.
     pub seq: SeqSpec,
     /// Prev choice.
@@ -335,11 +339,24 @@ impl Builder {
     /// (seq 0, Lamport 0, oversized): the decoder's refusals are `op_decode`'s business.
     pub fn build(&mut self, spec: &OpSpec) -> Option<SignedOp> {
         let a = spec.author % KEY_SEEDS.len() as u8;
+        let honest_spec;
+        let spec = if !spec.honesty.is_multiple_of(4) {
+            honest_spec = OpSpec {
+                seq: SeqSpec::Next,
+                prev: PrevSpec::Chain,
+                lamport: LamportSpec::Next(spec.wall_secs as u8),
+                wrong_cluster: false,
+                ..spec.clone()
+            };
+            &honest_spec
+        } else {
+            spec
+        };
         let chain = self.chains.get(&a).copied().unwrap_or_default();
         let seq = match spec.seq {
-            SeqSpec::Next => chain.seq + 1,
+            SeqSpec::Next => chain.seq.saturating_add(1),
             SeqSpec::Repeat => chain.seq.max(1),
-            SeqSpec::Skip(k) => chain.seq + 2 + u64::from(k % 8),
+            SeqSpec::Skip(k) => chain.seq.saturating_add(2 + u64::from(k % 8)),
             SeqSpec::Raw(s) => s,
         };
         let prev = match (&spec.prev, seq) {
@@ -353,7 +370,10 @@ impl Builder {
             (PrevSpec::Other(b), _) => Some(OpId::from_bytes(*b)),
         };
         let lamport = match spec.lamport {
-            LamportSpec::Next(d) => self.max_lamport.max(chain.lamport) + 1 + u64::from(d % 4),
+            LamportSpec::Next(d) => self
+                .max_lamport
+                .max(chain.lamport)
+                .saturating_add(1 + u64::from(d % 4)),
             LamportSpec::Same => chain.lamport,
             LamportSpec::Raw(l) => l,
         };
@@ -375,7 +395,7 @@ impl Builder {
             payload,
         };
         let op = SignedOp::sign(content, &key(a)).ok()?;
-        if seq == chain.seq + 1 {
+        if seq == chain.seq.saturating_add(1) {
             self.chains.insert(a, Chain { seq, lamport });
         }
         self.ids.insert((a, seq), op.id());
@@ -527,6 +547,7 @@ pub fn split(sig: &[u8; 64]) -> [[u8; 32]; 2] {
 pub fn preamble(b: &mut Builder) -> Vec<SignedOp> {
     let honest = |payload| OpSpec {
         author: 0,
+        honesty: 1,
         seq: SeqSpec::Next,
         prev: PrevSpec::Chain,
         lamport: LamportSpec::Next(0),

@@ -74,6 +74,7 @@ pub fn sample_ops() -> Vec<SignedOp> {
             } else {
                 1
             },
+            honesty: 1,
             seq: SeqSpec::Next,
             prev: PrevSpec::Chain,
             lamport: LamportSpec::Next(0),
