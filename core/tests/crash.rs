@@ -18,7 +18,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
 use common::{snapshot, TestRng};
@@ -192,47 +192,62 @@ fn seed() -> u64 {
     seed
 }
 
+/// Two fresh homes in `dir`: A (admin of a new cluster) and P (a member), in sync.
+fn fresh_homes(dir: &Path, rng: &mut TestRng) -> (PathBuf, PathBuf) {
+    let _ = std::fs::remove_dir_all(dir);
+    let (ha, hp) = (dir.join("a"), dir.join("p"));
+    let mut a = Node::init(
+        &ha,
+        InitMode::NewCluster { name: "crash".into() },
+        rng,
+        now(),
+        config(),
+    )
+    .unwrap();
+    let mut p = Node::init(
+        &hp,
+        InitMode::Join {
+            cluster: a.cluster_id(),
+        },
+        rng,
+        now(),
+        config(),
+    )
+    .unwrap();
+    a.execute(
+        now(),
+        Command::AddMember {
+            node: p.node_id(),
+            role: Role::Member,
+        },
+    )
+    .unwrap();
+    // P learns the cluster (and that A is a member) out of band, as a joining node does.
+    p.ingest_bundle(&a.export_since(&p.version_vector()).unwrap())
+        .unwrap();
+    assert_eq!(a.version_vector(), p.version_vector());
+    (ha, hp)
+}
+
+/// Trials per pair of homes: each trial re-verifies and compares whole stores, so the
+/// homes start afresh now and then to keep a long run linear.
+const TRIALS_PER_HOMES: u64 = 25;
+
 #[test]
 fn killed_writers_lose_no_acknowledged_op() {
     let seed = seed();
     let mut rng = TestRng::new(seed);
     let dir = tempfile::tempdir().unwrap();
-    let (ha, hp) = (dir.path().join("a"), dir.path().join("p"));
-    {
-        let mut a = Node::init(
-            &ha,
-            InitMode::NewCluster { name: "crash".into() },
-            &mut rng,
-            now(),
-            config(),
-        )
-        .unwrap();
-        let mut p = Node::init(
-            &hp,
-            InitMode::Join {
-                cluster: a.cluster_id(),
-            },
-            &mut rng,
-            now(),
-            config(),
-        )
-        .unwrap();
-        a.execute(
-            now(),
-            Command::AddMember {
-                node: p.node_id(),
-                role: Role::Member,
-            },
-        )
-        .unwrap();
-        // P learns the cluster (and that A is a member) out of band, as a joining node does.
-        p.ingest_bundle(&a.export_since(&p.version_vector()).unwrap())
-            .unwrap();
-        assert_eq!(a.version_vector(), p.version_vector());
-    }
+    let (mut ha, mut hp) = (PathBuf::new(), PathBuf::new());
     let mut totals = Totals::default();
     let trials = trials();
     for trial in 0..trials {
+        if trial % TRIALS_PER_HOMES == 0 {
+            (ha, hp) = fresh_homes(
+                &dir.path().join(format!("homes{}", trial / TRIALS_PER_HOMES)),
+                &mut rng,
+            );
+        }
         // Kill after 20 to ~600 acknowledgements: early (at open) and mid-burst kills.
         let target = 20 + rng.below(580) as u64;
         let mut child = Process::new(std::env::current_exe().unwrap())
@@ -314,6 +329,9 @@ fn killed_writers_lose_no_acknowledged_op() {
         if snapshot(&a, t) != snapshot(&p, t) {
             eprintln!("trial {trial}: replicas differ after syncing");
             totals.divergence += 1;
+        }
+        if (trial + 1) % 20 == 0 {
+            eprintln!("after {} trials: {totals:?}", trial + 1);
         }
     }
     eprintln!("crash trials: {totals:?}");

@@ -11,19 +11,55 @@
 //!
 //! At the end the node is closed and reopened: the reopened projection is the same.
 
-use arbitrary::Arbitrary;
+use arbitrary::{Arbitrary, Unstructured};
 use huskies_core::{InitMode, Node, VersionVector};
 
 use super::ops::{cluster, preamble, Builder, Item};
-use super::{assert_chains_unbroken, assert_verify_clean, at_ms, config, snapshot, structured, FixedRng};
+use super::{
+    assert_chains_unbroken, assert_verify_clean, at_ms, config, snapshot, structured, until_empty, FixedRng,
+};
 
-/// The input.
+/// One element of the input's flat list: an op, and whether the batch ends after it.
 #[derive(Arbitrary, Debug)]
+pub struct Step {
+    /// The op.
+    pub item: Item,
+    /// A multiple of 8 ends the batch after this op: the next ops are another `ingest` call.
+    pub cut: u8,
+}
+
+/// The input. The steps are one flat list (the last field takes the rest of the bytes):
+/// nested vectors would give `arbitrary` a coin flip per element and keep batches tiny.
+#[derive(Debug)]
 pub struct Input {
-    /// Start with the genesis and two admissions (keys 1 and 2) in the first batch.
+    /// Start with the genesis and two admissions (keys 1 and 2) in the first batch (seven
+    /// inputs in eight: without a genesis, nothing else can count).
     pub preamble: bool,
-    /// The batches, each one `ingest` call (at most 8 of 32 ops are used).
-    pub batches: Vec<Vec<Item>>,
+    /// Ops and batch ends (at most 8 batches of 32 ops are used).
+    pub steps: Vec<Step>,
+}
+
+impl<'a> Arbitrary<'a> for Input {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(Input {
+            preamble: !u.arbitrary::<u8>()?.is_multiple_of(8),
+            steps: until_empty(u)?,
+        })
+    }
+}
+
+impl Input {
+    /// The batches.
+    pub fn batches(&self) -> Vec<Vec<&Item>> {
+        let mut out = vec![Vec::new()];
+        for step in &self.steps {
+            out.last_mut().expect("one batch").push(&step.item);
+            if step.cut.is_multiple_of(8) {
+                out.push(Vec::new());
+            }
+        }
+        out
+    }
 }
 
 /// Runs the target on one input.
@@ -56,7 +92,7 @@ pub fn run(input: &Input) {
     } else {
         Vec::new()
     };
-    for (i, batch) in input.batches.iter().take(8).enumerate() {
+    for (i, batch) in input.batches().iter().take(8).enumerate() {
         let mut ops = std::mem::take(&mut first);
         ops.extend(batch.iter().take(32).filter_map(|item| b.item(item)));
         let sent = ops.len();
@@ -97,7 +133,9 @@ pub fn run(input: &Input) {
     let before = snapshot(&node, now);
     if super::verbose() {
         eprintln!(
-            "ingest: {} ops signed, store holds {}, {} stories, {} members, {} forks",
+            "ingest: {} batches of {} items, {} ops signed, store holds {}, {} stories, {} members, {} forks",
+            input.batches().len(),
+            input.batches().iter().map(Vec::len).sum::<usize>(),
             b.signed.len(),
             before.vv.total(),
             before.stories.len(),

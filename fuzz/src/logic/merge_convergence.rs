@@ -7,12 +7,12 @@
 //! - that projection equals [`super::model::Model`] of the acknowledged ops: the oracle is
 //!   the reference model written in this target, not the code under test.
 
-use arbitrary::Arbitrary;
+use arbitrary::{Arbitrary, Unstructured};
 use huskies_core::{Command, InitMode, Node, Role, SignedOp, StoryField, StoryId, Timestamp, VersionVector};
 
 use super::model::Model;
 use super::ops::EventSpec;
-use super::{at_ms, config, snapshot, story_id, structured, text, FixedRng};
+use super::{at_ms, config, snapshot, story_id, structured, text, until_empty, FixedRng};
 
 /// A local command.
 #[derive(Arbitrary, Debug)]
@@ -138,7 +138,7 @@ pub enum Step {
 }
 
 /// The input.
-#[derive(Arbitrary, Debug)]
+#[derive(Debug)]
 pub struct Input {
     /// 2 + this % 3 replicas.
     pub replicas: u8,
@@ -149,6 +149,17 @@ pub struct Input {
     pub prelude: bool,
     /// The script (at most 64 steps are used).
     pub steps: Vec<Step>,
+}
+
+impl<'a> Arbitrary<'a> for Input {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(Input {
+            replicas: u.arbitrary()?,
+            second_admin: u.arbitrary()?,
+            prelude: u.arbitrary()?,
+            steps: until_empty(u)?,
+        })
+    }
 }
 
 /// Runs the target on one input.

@@ -305,13 +305,13 @@ pub struct OpSpec {
     pub wrong_cluster: bool,
 }
 
-/// One element of a batch: a new op, or one signed before sent again.
+/// One element of a batch: a new op, or (one time in four) one signed before, sent again.
 #[derive(Arbitrary, Clone, Debug)]
-pub enum Item {
-    /// Sign a new op.
-    New(OpSpec),
-    /// Send again the op signed `n`-th from the end.
-    Again(u8),
+pub struct Item {
+    /// The op to sign.
+    pub spec: OpSpec,
+    /// A multiple of 4: send again the op signed `repeat / 4`-th from the end instead.
+    pub repeat: u8,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -395,11 +395,15 @@ impl Builder {
             payload,
         };
         let op = SignedOp::sign(content, &key(a)).ok()?;
-        if seq == chain.seq.saturating_add(1) {
+        // A Lamport time far ahead is refused by the node: honest ops must not follow it.
+        let plausible = lamport <= self.max_lamport.saturating_add(1 << 20);
+        if seq == chain.seq.saturating_add(1) && plausible {
             self.chains.insert(a, Chain { seq, lamport });
         }
         self.ids.insert((a, seq), op.id());
-        self.max_lamport = self.max_lamport.max(lamport.min(u64::MAX / 2));
+        if plausible {
+            self.max_lamport = self.max_lamport.max(lamport);
+        }
         if let PayloadSpec::Transition { story, .. } = spec.payload {
             self.last_transition.insert(story % 4, op.id());
         }
@@ -409,13 +413,11 @@ impl Builder {
 
     /// Resolves an [`Item`]: a new op, or an earlier one again.
     pub fn item(&mut self, item: &Item) -> Option<SignedOp> {
-        match item {
-            Item::New(spec) => self.build(spec),
-            Item::Again(n) => {
-                let len = self.signed.len();
-                (len > 0).then(|| self.signed[len - 1 - usize::from(*n) % len].clone())
-            }
+        if item.repeat.is_multiple_of(4) && !self.signed.is_empty() {
+            let len = self.signed.len();
+            return Some(self.signed[len - 1 - usize::from(item.repeat / 4) % len].clone());
         }
+        self.build(&item.spec)
     }
 
     fn payload(&self, spec: &PayloadSpec, author: u8, wall: Timestamp, cluster: ClusterId) -> Payload {

@@ -10,13 +10,13 @@
 //! - the node's projection is unchanged unless a frame of valid ops was merged
 //!   (`SessionEvent::Ingested` with something applied, or an admission).
 
-use arbitrary::Arbitrary;
+use arbitrary::{Arbitrary, Unstructured};
 use ed25519_dalek::Signer;
 use huskies_core::sync::{Message, RefuseCode, Session, SessionConfig, SessionEvent, SessionOptions};
 use huskies_core::{Command, InitMode, Node, NodeId, OpId, Role, Timestamp, VersionVector};
 
 use super::ops::{signing_key, split, Builder, Item};
-use super::{at_ms, config, key_id, snapshot, structured, FixedRng};
+use super::{at_ms, config, key_id, snapshot, structured, until_empty, FixedRng};
 
 /// The challenge this side's session sends (the auth proof must sign it).
 const CHALLENGE: [u8; 32] = [7; 32];
@@ -48,8 +48,10 @@ pub enum Step {
         /// Claimed heads: (key, id byte).
         heads: Vec<(u8, u8)>,
     },
-    /// An `Ops` frame of structured ops.
-    Ops(Vec<Item>),
+    /// Adds a structured op to the next `Ops` frame.
+    Op(Item),
+    /// Sends the ops added since the last `Ops` frame as one frame (empty is allowed).
+    SendOps,
     /// An `Ack`.
     Ack {
         /// Claimed entries.
@@ -66,7 +68,7 @@ pub enum Step {
 }
 
 /// The input.
-#[derive(Arbitrary, Debug)]
+#[derive(Debug)]
 pub struct Input {
     /// Admit key 1 (else the peer is a stranger unless the script admits it).
     pub admit_peer: bool,
@@ -74,8 +76,19 @@ pub struct Input {
     pub local_ops: u8,
     /// Small frames and window (exercise flow control).
     pub small_limits: bool,
-    /// The script (at most 48 steps are used).
+    /// The script (at most 96 steps are used).
     pub steps: Vec<Step>,
+}
+
+impl<'a> Arbitrary<'a> for Input {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(Input {
+            admit_peer: u.arbitrary()?,
+            local_ops: u.arbitrary()?,
+            small_limits: u.arbitrary()?,
+            steps: until_empty(u)?,
+        })
+    }
 }
 
 /// Runs the target on one input.
@@ -154,8 +167,15 @@ pub fn run(input: &Input) {
     let mut session = Session::new(&node, t0, CHALLENGE, SessionOptions::default(), cfg);
     let mut now = t0;
     let mut b = Builder::default();
+    let mut pending: Vec<Vec<u8>> = Vec::new();
     let mut ended = false;
-    for step in input.steps.iter().take(48) {
+    for step in input.steps.iter().take(96) {
+        if let Step::Op(item) = step {
+            if pending.len() < 32 {
+                pending.extend(b.item(item).map(|o| o.bytes().to_vec()));
+            }
+            continue;
+        }
         match step {
             Step::Tick(ms) => now = now.add_millis(i64::from(*ms)),
             Step::Sleep(s) => now = now.add_millis(i64::from(*s) * 1000),
@@ -209,14 +229,10 @@ pub fn run(input: &Input) {
                     .encode(),
                 )
             }
-            Step::Ops(items) => Some(
+            Step::Op(_) => None,
+            Step::SendOps => Some(
                 Message::Ops {
-                    ops: items
-                        .iter()
-                        .take(16)
-                        .filter_map(|i| b.item(i))
-                        .map(|o| o.bytes().to_vec())
-                        .collect(),
+                    ops: std::mem::take(&mut pending),
                 }
                 .encode(),
             ),
