@@ -6,6 +6,9 @@
 # once fixed, and `cargo test` replays it for ever. Prints one summary line per target.
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]
+#
+# HUSKIES_FUZZ_SEED fixes libFuzzer's seed (CI uses 1, so a smoke run of unchanged code
+# takes the same path every time); unset, every run explores differently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
@@ -22,7 +25,7 @@ for t in "${targets[@]}"; do
     case "$t" in session | ingest | merge_convergence) extra=(-max_len=4096 -len_control=0) ;; esac
     log=$(mktemp)
     if ! cargo fuzz run -s none "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
-        -max_total_time="$secs" -timeout=60 -print_final_stats=1 "${extra[@]}" >"$log" 2>&1; then
+        -max_total_time="$secs" -timeout=60 -print_final_stats=1 -seed="${HUSKIES_FUZZ_SEED:-0}" "${extra[@]}" >"$log" 2>&1; then
         tail -n 60 "$log"
         rm -f "$log"
         echo "fuzz: $t FAILED (input under fuzz/artifacts/$t/)"

@@ -411,6 +411,32 @@ impl Builder {
         Some(op)
     }
 
+    /// Key 0 admits `node` (any key, e.g. a node under test) as a member: the next op on
+    /// key 0's chain.
+    pub fn admit(&mut self, node: NodeId) -> SignedOp {
+        let chain = self.chains.get(&0).copied().unwrap_or_default();
+        let (seq, lamport) = (chain.seq + 1, self.max_lamport.max(chain.lamport) + 1);
+        let content = OpContent {
+            version: OP_FORMAT_VERSION,
+            cluster: cluster(),
+            author: key_id(0),
+            seq,
+            lamport,
+            prev: self.ids.get(&(0, chain.seq)).copied(),
+            wall: at_ms(0),
+            payload: Payload::MemberAdd {
+                node,
+                role: Role::Member,
+            },
+        };
+        let op = SignedOp::sign(content, &key(0)).expect("admission signs");
+        self.chains.insert(0, Chain { seq, lamport });
+        self.ids.insert((0, seq), op.id());
+        self.max_lamport = lamport;
+        self.signed.push(op.clone());
+        op
+    }
+
     /// Resolves an [`Item`]: a new op, or an earlier one again.
     pub fn item(&mut self, item: &Item) -> Option<SignedOp> {
         if item.repeat.is_multiple_of(4) && !self.signed.is_empty() {

@@ -13,10 +13,10 @@
 use arbitrary::{Arbitrary, Unstructured};
 use ed25519_dalek::Signer;
 use huskies_core::sync::{Message, RefuseCode, Session, SessionConfig, SessionEvent, SessionOptions};
-use huskies_core::{Command, InitMode, Node, NodeId, OpId, Role, Timestamp, VersionVector};
+use huskies_core::{Command, Node, NodeId, OpId, Timestamp, VersionVector};
 
-use super::ops::{signing_key, split, Builder, Item};
-use super::{at_ms, config, key_id, snapshot, structured, until_empty, FixedRng};
+use super::ops::{preamble, signing_key, split, Builder, Item};
+use super::{at_ms, config, key_id, snapshot, structured, until_empty};
 
 /// The challenge this side's session sends (the auth proof must sign it).
 const CHALLENGE: [u8; 32] = [7; 32];
@@ -26,6 +26,12 @@ const CHALLENGE: [u8; 32] = [7; 32];
 pub enum Step {
     /// Raw frame bytes.
     Raw(Vec<u8>),
+    /// A well-formed handshake from fixed key `from`: its `Hello` (our cluster, protocol 1)
+    /// and an `Auth` signed for real over our challenge, claiming nothing.
+    Handshake {
+        /// Sender (fixed key mod 4).
+        from: u8,
+    },
     /// A `Hello`.
     Hello {
         /// Sender: fixed key (mod 4), or this node itself when 4.
@@ -70,8 +76,15 @@ pub enum Step {
 /// The input.
 #[derive(Debug)]
 pub struct Input {
-    /// Admit key 1 (else the peer is a stranger unless the script admits it).
+    /// Key 1 stays a member (seven inputs in eight; else it is removed before the session).
     pub admit_peer: bool,
+    /// Start with a good handshake from key 1 (seven inputs in eight), so most scripts
+    /// test an established session.
+    pub handshake: bool,
+    /// Play the hostile steps (one input in four: raw bytes, stray hellos and auths,
+    /// refusals), each of which
+    /// ends an established session; without, the script exercises ops, acks and timers.
+    pub hostile: bool,
     /// The node writes a few ops of its own first, so there is something to send.
     pub local_ops: u8,
     /// Small frames and window (exercise flow control).
@@ -83,7 +96,9 @@ pub struct Input {
 impl<'a> Arbitrary<'a> for Input {
     fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
         Ok(Input {
-            admit_peer: u.arbitrary()?,
+            admit_peer: !u.arbitrary::<u8>()?.is_multiple_of(8),
+            handshake: !u.arbitrary::<u8>()?.is_multiple_of(8),
+            hostile: u.arbitrary::<u8>()?.is_multiple_of(4),
             local_ops: u.arbitrary()?,
             small_limits: u.arbitrary()?,
             steps: until_empty(u)?,
@@ -120,26 +135,29 @@ fn auth_statement(challenge: &[u8; 32], signer: &NodeId, verifier: &NodeId, node
 pub fn run(input: &Input) {
     let dir = tempfile::tempdir().expect("temp dir");
     let t0 = at_ms(0);
-    let mut node = Node::init(
-        &dir.path().join("node"),
-        InitMode::NewCluster {
-            name: "session".into(),
-        },
-        &mut FixedRng::new(9),
-        t0,
-        config(),
-    )
-    .expect("init");
-    if input.admit_peer {
-        node.execute(
-            t0,
-            Command::AddMember {
-                node: key_id(1),
-                role: Role::Member,
-            },
-        )
-        .expect("admit the peer");
+    // A member of the fuzz cluster (so the fuzzer's signed ops are for its cluster): the
+    // genesis by key 0, keys 1 and 2 admitted, then this node; key 3 (or key 1 when
+    // `admit_peer` is off, as it is then removed) is a stranger.
+    let mut node = super::ingest::joining_node(&dir.path().join("node"), 9);
+    let mut b = Builder::default();
+    let mut setup = preamble(&mut b);
+    setup.push(b.admit(node.node_id()));
+    if !input.admit_peer {
+        setup.extend(b.build(&super::ops::OpSpec {
+            author: 0,
+            honesty: 1,
+            seq: super::ops::SeqSpec::Next,
+            prev: super::ops::PrevSpec::Chain,
+            lamport: super::ops::LamportSpec::Next(0),
+            wall_secs: 0,
+            payload: super::ops::PayloadSpec::MemberRemove { key: 1, cutoff: 0 },
+            wrong_cluster: false,
+        }));
     }
+    let report = node
+        .ingest(setup.into_iter().map(|o| o.into_unverified()).collect())
+        .expect("setup ingest");
+    assert!(report.rejected.is_empty(), "setup refused: {:?}", report.rejected);
     for i in 0..input.local_ops % 8 {
         let id = super::story_id(i);
         let _ = node.execute(
@@ -166,10 +184,18 @@ pub fn run(input: &Input) {
     let max_frame = cfg.max_frame_bytes;
     let mut session = Session::new(&node, t0, CHALLENGE, SessionOptions::default(), cfg);
     let mut now = t0;
-    let mut b = Builder::default();
     let mut pending: Vec<Vec<u8>> = Vec::new();
     let mut ended = false;
-    for step in input.steps.iter().take(96) {
+    let (mut established, mut applied) = (false, 0usize);
+    let opening = input.handshake.then_some(Step::Handshake { from: 1 });
+    for step in opening.iter().chain(input.steps.iter().take(96)) {
+        let hostile = matches!(
+            step,
+            Step::Raw(_) | Step::Hello { .. } | Step::Auth { .. } | Step::Refuse(_)
+        );
+        if hostile && !input.hostile {
+            continue;
+        }
         if let Step::Op(item) = step {
             if pending.len() < 32 {
                 pending.extend(b.item(item).map(|o| o.bytes().to_vec()));
@@ -251,12 +277,41 @@ pub fn run(input: &Input) {
                 }
                 .encode(),
             ),
-            Step::Tick(_) | Step::Sleep(_) => None,
+            Step::Tick(_) | Step::Sleep(_) | Step::Handshake { .. } => None,
         };
-        let result = match &frame {
-            Some(f) => session.handle_frame(&mut node, now, f),
-            None => session.handle_timeout(now),
+        // Ops added since the last `Ops` frame go first, as one frame: consecutive `Op`
+        // steps are a frame even without a `SendOps`.
+        let flushed = if pending.is_empty() {
+            Ok(())
+        } else {
+            let ops = Message::Ops {
+                ops: std::mem::take(&mut pending),
+            }
+            .encode();
+            session.handle_frame(&mut node, now, &ops)
         };
+        let result = flushed.and_then(|()| match (&frame, step) {
+            (_, Step::Handshake { from }) => {
+                let hello = Message::Hello {
+                    protocol: 1,
+                    cluster: node.cluster_id(),
+                    node: key_id(*from),
+                    challenge: [5; 32],
+                    ticket: None,
+                }
+                .encode();
+                let m = auth_statement(&CHALLENGE, &key_id(*from), &node.node_id(), &node);
+                let auth = Message::Auth {
+                    proof: split(&signing_key(*from).sign(&m).to_bytes()),
+                    have: VersionVector::default(),
+                    heads: Vec::new(),
+                }
+                .encode();
+                session.handle_frames(&mut node, now, &[hello, auth])
+            }
+            (Some(f), _) => session.handle_frame(&mut node, now, f),
+            (None, _) => session.handle_timeout(now),
+        });
         if let Err(e) = &result {
             assert!(!e.reason().is_empty());
             ended = true;
@@ -290,7 +345,26 @@ pub fn run(input: &Input) {
             session.unacked_bytes()
         );
         assert!(node.buffered_ops() <= config().max_buffered_ops);
-        let merged = session.take_events().iter().any(|e| match e {
+        let events = session.take_events();
+        if super::verbose() {
+            for e in &events {
+                eprintln!("  event {e:?}");
+            }
+            if let Err(e) = &result {
+                eprintln!("  error {e}");
+            }
+        }
+        if session.is_established() {
+            established = true;
+        }
+        applied += events
+            .iter()
+            .map(|e| match e {
+                SessionEvent::Ingested { report } => report.applied,
+                _ => 0,
+            })
+            .sum::<usize>();
+        let merged = events.iter().any(|e| match e {
             SessionEvent::Ingested { report } => report.applied > 0 || !report.forks.is_empty(),
             SessionEvent::Admitted { .. } => true,
             _ => false,
@@ -304,4 +378,11 @@ pub fn run(input: &Input) {
         }
     }
     let _: Option<Timestamp> = session.poll_timeout();
+    if super::verbose() {
+        eprintln!(
+            "session: {} steps, established {established}, {applied} ops applied, ended {ended}, store holds {}",
+            input.steps.len(),
+            node.version_vector().total()
+        );
+    }
 }
