@@ -357,6 +357,7 @@ fn sim_at_scale() {
     let rss_before = rss_kib();
     let started = std::time::Instant::now();
     let mut sim = Sim::new(seed, &scenario);
+    sim.story_list_every = 64;
     sim.run_until(scenario.workload_ms);
     let workload_real = started.elapsed();
     let (t, bytes, frames, ops_frames) = (

@@ -392,6 +392,12 @@ pub struct Sim {
     pub record_ops: bool,
     /// Recorded `Ops` frames.
     pub recorded: Vec<OpsFrame>,
+    /// The workload reads a node's story list afresh every this many of its commands (1:
+    /// every command). Listing is linear in the stories, so a run of 100,000 commands
+    /// re-reads it less often (`sim_at_scale`); a stale list only makes more commands fail.
+    pub story_list_every: usize,
+    /// Per node: commands since its list was read, and the list.
+    story_lists: Vec<Option<(usize, Vec<Story>)>>,
     pool: Vec<StoryId>,
     next_story: u64,
     /// Every committed op: (node, seq, id).
@@ -597,6 +603,8 @@ impl Sim {
             stats: Stats::default(),
             record_ops: false,
             recorded: Vec::new(),
+            story_list_every: 1,
+            story_lists: Vec::new(),
             pool: Vec::new(),
             next_story: 0,
             receipts: Vec::new(),
@@ -1356,10 +1364,22 @@ impl Sim {
     }
 
     fn random_command(&mut self, i: usize, now: Timestamp) -> Command {
+        if self.story_lists.len() <= i {
+            self.story_lists.resize_with(i + 1, || None);
+        }
+        let list = match self.story_lists[i].take() {
+            Some((n, list)) if n < self.story_list_every => (n + 1, list),
+            _ => (1, self.node(i).stories(None, now).expect("stories")),
+        };
+        let cmd = self.random_command_from(i, now, &list.1);
+        self.story_lists[i] = Some(list);
+        cmd
+    }
+
+    fn random_command_from(&mut self, i: usize, now: Timestamp, visible: &[Story]) -> Command {
         let me = self.nodes[i].id;
-        let visible = self.node(i).stories(None, now).expect("stories");
         let roll = self.rng.gen_range(0..100);
-        let story = self.any_story(&visible);
+        let story = self.any_story(visible);
         let Some(id) = story.filter(|_| roll >= 15) else {
             // AddStory: mostly fresh ids, sometimes one another node may be creating.
             let id = if self.pool.is_empty() || self.rng.gen_bool(0.9) {
