@@ -284,6 +284,15 @@ impl<'a> Working<'a> {
         w
     }
 
+    /// Marks every author and member record for writing. A rebuild deletes them all first,
+    /// and an author whose every op became void (or a member known only by its cutoff) is
+    /// not touched by the replay, so without this its quarantine or cutoff would be lost
+    /// at the next open. Found by the `ingest` fuzz target (fuzz/regressions/ingest/).
+    pub fn mark_all_records_dirty(&mut self) {
+        self.dirty_authors.extend(self.state.authors.keys().copied());
+        self.dirty_members.extend(self.state.members.keys().copied());
+    }
+
     /// Starts from these committed records (see [`StoryCache`]).
     pub fn with_cache(mut self, cache: StoryCache) -> Self {
         self.cache = cache;

@@ -1019,6 +1019,7 @@ impl Node {
         }
         w.state.rebuild_needed = false;
         w.events.clear();
+        w.mark_all_records_dirty();
         let committed = w.commit_with(batch)?;
         self.state = committed.state;
         self.stories = committed.cache;
