@@ -15,12 +15,14 @@ use std::path::Path;
 
 use rand_core::CryptoRngCore;
 
+use crate::codec;
 use crate::error::Error;
 use crate::id::{ClusterId, OpId};
 use crate::key::NodeKey;
+use crate::keyspace as key;
 use crate::op::{OpContent, SignedOp, OP_FORMAT_VERSION};
 use crate::payload::Payload;
-use crate::store::{self, key, SEGMENT_MAX_OPS};
+use crate::store::{self, SEGMENT_MAX_OPS};
 use crate::time::Timestamp;
 
 /// Signs and durably stores ops, with nothing of the node around it (see the module docs).
@@ -105,7 +107,7 @@ impl StorageFloor {
             let seg = store::encode_segment(chunk.iter().map(|o| o.bytes()));
             batch.insert(&key::segment(0, chunk[0].content().seq)[..], seg);
         }
-        batch.insert(&key::author(&self.key.node_id())[..], store::encode(&head));
+        batch.insert(&key::author(&self.key.node_id())[..], codec::encode(&head));
         self.db.apply_batch(batch)?;
         self.db.flush()?;
         (self.seq, self.prev) = (head.0, Some(head.1));

@@ -23,12 +23,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
+use crate::codec;
 use crate::error::Error;
 use crate::id::StoryId;
+use crate::keyspace as key;
 use crate::pipeline::StageKind;
 use crate::projection::StoryRecord;
 use crate::record;
-use crate::store::{self, key};
 
 /// Most committed entries left unfolded before a commit folds on its own thread.
 pub(crate) const MAX_PENDING_ENTRIES: u64 = 256;
@@ -70,19 +71,19 @@ pub(crate) fn decode_story(bytes: &[u8]) -> Result<StoryRecord, Error> {
 /// its serde derives). Read only to migrate.
 pub(crate) fn decode_story_v2(bytes: &[u8]) -> Result<StoryRecord, Error> {
     story_kind(bytes)?;
-    store::decode(&bytes[1..], "format-2 story record")
+    codec::decode(&bytes[1..], "format-2 story record")
 }
 
 /// Decodes a format-1 story value (the postcard record alone). Read only to migrate.
 fn decode_story_v1(bytes: &[u8]) -> Result<StoryRecord, Error> {
-    store::decode(bytes, "format-1 story record")
+    codec::decode(bytes, "format-1 story record")
 }
 
 /// A story value as format 2 wrote it, for migration tests.
 #[cfg(test)]
 pub(crate) fn encode_story_v2(rec: &StoryRecord) -> Vec<u8> {
     let mut out = vec![stage_byte(rec)];
-    store::encode_into(rec, &mut out);
+    codec::encode_into(rec, &mut out);
     out
 }
 
@@ -104,7 +105,7 @@ fn story_kind(bytes: &[u8]) -> Result<Option<StageKind>, Error> {
 /// Stories and their stored values, as in one entry.
 type Records = Vec<(StoryId, Arc<[u8]>)>;
 
-/// Upgrades a store of format 1 or 2 to [`store::STORE_FORMAT_VERSION`] (3): every story
+/// Upgrades a store of format 1 or 2 to [`key::STORE_FORMAT_VERSION`] (3): every story
 /// value, under `S` and inside every journal entry, is decoded in its old layout and
 /// re-encoded packed. One atomic batch holds all of it and the new format number, so a
 /// crash leaves either the old store, which the next open migrates again, or the new one.
@@ -122,7 +123,7 @@ pub(crate) fn migrate(db: &sled::Db, format: u32) -> Result<(), Error> {
         }
     };
     let mut batch = sled::Batch::default();
-    for kv in db.scan_prefix(b"S") {
+    for kv in db.scan_prefix(key::STORIES) {
         let (k, v) = kv?;
         batch.insert(k, encode_story(&decode_old(&v)?));
     }
@@ -140,7 +141,7 @@ pub(crate) fn migrate(db: &sled::Db, format: u32) -> Result<(), Error> {
             .collect::<Result<Vec<_>, Error>>()?;
         batch.insert(k, encode_entry(&records));
     }
-    batch.insert(key::meta("format"), store::encode(&store::STORE_FORMAT_VERSION));
+    batch.insert(key::META_FORMAT, codec::encode(&key::STORE_FORMAT_VERSION));
     db.apply_batch(batch)?;
     db.flush()?;
     Ok(())
@@ -471,7 +472,7 @@ mod tests {
     }
 
     fn db(dir: &std::path::Path) -> sled::Db {
-        store::open_db(&dir.join("store")).unwrap()
+        crate::store::open_db(&dir.join("store")).unwrap()
     }
 
     fn commit(db: &sled::Db, j: &Journal, records: Vec<(StoryId, StoryRecord)>) {
@@ -488,10 +489,10 @@ mod tests {
     }
 
     fn index(db: &sled::Db) -> Vec<(u8, String)> {
-        db.scan_prefix(b"K")
+        db.scan_prefix(key::STAGE_INDEX)
             .map(|kv| {
-                let k = kv.unwrap().0;
-                (k[1], String::from_utf8(k[2..].to_vec()).unwrap())
+                let (kind, id) = key::stage_index_from_key(&kv.unwrap().0).unwrap();
+                (kind.code(), id.as_str().to_string())
             })
             .collect()
     }
@@ -590,7 +591,7 @@ mod tests {
             // Not committed to this journal's memory, so it folds nothing on drop.
         }
         assert_eq!(db.scan_prefix(key::JOURNAL).count(), 3);
-        assert_eq!(db.scan_prefix(b"S").count(), 0);
+        assert_eq!(db.scan_prefix(key::STORIES).count(), 0);
         let j = Journal::open(&db).unwrap();
         assert_eq!(
             j.read(&sid("x")).unwrap(),
@@ -600,7 +601,7 @@ mod tests {
         assert_eq!(j.read(&sid("y1")).unwrap(), Some(record(true, true)));
         j.drain().unwrap();
         assert_eq!(db.scan_prefix(key::JOURNAL).count(), 0);
-        assert_eq!(db.scan_prefix(b"S").count(), 4);
+        assert_eq!(db.scan_prefix(key::STORIES).count(), 4);
         assert_eq!(index(&db).len(), 3);
         // Entries after a reopen continue past the old ones.
         commit(&db, &j, vec![(sid("z"), record(true, false))]);
@@ -608,7 +609,9 @@ mod tests {
     }
 
     fn format(db: &sled::Db) -> u32 {
-        store::get(db, &key::meta("format"), "format").unwrap().unwrap()
+        crate::store::get(db, key::META_FORMAT, "format")
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
@@ -617,12 +620,12 @@ mod tests {
         let db = db(dir.path());
         let (live, gone) = (record(true, false), record(true, true));
         let rich = crate::record::tests::realistic_record();
-        db.insert(key::story(&sid("a")), store::encode(&live)).unwrap();
-        db.insert(key::story(&sid("b")), store::encode(&gone)).unwrap();
-        db.insert(key::story(&sid("c")), store::encode(&rich)).unwrap();
-        db.insert(key::meta("format"), store::encode(&1u32)).unwrap();
+        db.insert(key::story(&sid("a")), codec::encode(&live)).unwrap();
+        db.insert(key::story(&sid("b")), codec::encode(&gone)).unwrap();
+        db.insert(key::story(&sid("c")), codec::encode(&rich)).unwrap();
+        db.insert(key::META_FORMAT, codec::encode(&1u32)).unwrap();
         migrate(&db, 1).unwrap();
-        assert_eq!(format(&db), store::STORE_FORMAT_VERSION);
+        assert_eq!(format(&db), key::STORE_FORMAT_VERSION);
         let v = db.get(key::story(&sid("c"))).unwrap().unwrap();
         assert_eq!(
             &v[..],
@@ -639,10 +642,10 @@ mod tests {
     fn a_format_1_store_with_journal_entries_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let db = db(dir.path());
-        db.insert(key::story(&sid("a")), store::encode(&record(true, false)))
+        db.insert(key::story(&sid("a")), codec::encode(&record(true, false)))
             .unwrap();
         db.insert(key::journal(0), encode_entry::<Vec<u8>>(&[])).unwrap();
-        db.insert(key::meta("format"), store::encode(&1u32)).unwrap();
+        db.insert(key::META_FORMAT, codec::encode(&1u32)).unwrap();
         assert_eq!(migrate(&db, 1).unwrap_err().kind(), crate::ErrorKind::Corrupt);
         assert_eq!(format(&db), 1, "nothing was written");
         let a = db.get(key::story(&sid("a"))).unwrap().unwrap();
@@ -672,11 +675,11 @@ mod tests {
             encode_entry(&[(sid("c"), encode_story_v2(&rich))]),
         )
         .unwrap();
-        db.insert(key::meta("format"), store::encode(&2u32)).unwrap();
+        db.insert(key::META_FORMAT, codec::encode(&2u32)).unwrap();
         let v2_bytes = db.get(key::story(&sid("b"))).unwrap().unwrap().len();
 
         migrate(&db, 2).unwrap();
-        assert_eq!(format(&db), store::STORE_FORMAT_VERSION);
+        assert_eq!(format(&db), key::STORE_FORMAT_VERSION);
         let v3_bytes = db.get(key::story(&sid("b"))).unwrap().unwrap().len();
         assert!(v3_bytes < v2_bytes, "{v3_bytes} < {v2_bytes}");
         // Every value, folded or not, is in the new layout.
@@ -708,7 +711,7 @@ mod tests {
             .unwrap();
         db.insert(key::journal(1), encode_entry(&[(sid("b"), vec![0, 0xff])]))
             .unwrap();
-        db.insert(key::meta("format"), store::encode(&2u32)).unwrap();
+        db.insert(key::META_FORMAT, codec::encode(&2u32)).unwrap();
         assert_eq!(migrate(&db, 2).unwrap_err().kind(), crate::ErrorKind::Corrupt);
         assert_eq!(format(&db), 2);
         let a = db.get(key::story(&sid("a"))).unwrap().unwrap();
@@ -743,6 +746,6 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(db.scan_prefix(b"S").count(), 1);
+        assert_eq!(db.scan_prefix(key::STORIES).count(), 1);
     }
 }

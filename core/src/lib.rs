@@ -21,6 +21,7 @@
 
 mod bundle;
 mod clock;
+mod codec;
 mod error;
 mod event;
 mod execution;
@@ -28,6 +29,7 @@ pub mod floor;
 mod id;
 mod journal;
 mod key;
+mod keyspace;
 mod mark;
 mod merge;
 mod node;
@@ -49,6 +51,7 @@ pub use event::{Event, Subscription, TransitionEvent};
 pub use execution::{apply_execution_event, ExecutionEvent, ExecutionState, InvalidExecutionEvent};
 pub use id::{ClusterId, NodeId, OpId, StoryId, MAX_STORY_ID_LEN};
 pub use key::NodeKey;
+pub use keyspace::STORE_FORMAT_VERSION;
 pub use merge::RejectReason;
 pub use node::{Command, IngestReport, InitMode, Node, NodeConfig, Receipt, Rejection};
 pub use op::{
@@ -61,7 +64,7 @@ pub use pipeline::{
     StageKind, UnknownEvent,
 };
 pub use projection::{Lease, Stamp};
-pub use store::{SEGMENT_MAX_OPS, STORE_FORMAT_VERSION};
+pub use store::SEGMENT_MAX_OPS;
 pub use time::Timestamp;
 pub use version::VersionVector;
 pub use view::{Conflict, ForkInfo, Member, NodeInfo, OpSummary, Story, Transition, VerifyReport};

@@ -4,10 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::clock::{ClockJump, LamportClock};
+use crate::codec;
 use crate::error::Error;
 use crate::event::{Event, TransitionEvent};
 use crate::id::{ClusterId, NodeId, OpId, StoryId};
 use crate::journal::{encode_story, Journal};
+use crate::keyspace as key;
 use crate::op::{check_rotation_proof, derive_cluster_id, DecodeError, SignedOp, VerifyError};
 use crate::payload::{Payload, Role, StoryField};
 use crate::pipeline::{transition, StageKind};
@@ -15,7 +17,7 @@ use crate::projection::{
     AuthorRecord, ClusterMeta, HistoryEntry, Lease, LeaseSet, Lww, MemberRecord, PresenceRecord, Stamp,
     StoryRecord,
 };
-use crate::store::{self, key};
+use crate::store;
 use crate::version::VersionVector;
 
 /// Why one remote op was not merged. Nothing of a rejected op is stored.
@@ -112,30 +114,22 @@ impl State {
     }
 
     pub fn load(db: &sled::Db) -> Result<State, Error> {
-        let cluster: ClusterMeta = store::get(db, &key::meta("cluster"), "cluster meta")?
+        let cluster: ClusterMeta = store::get(db, key::META_CLUSTER, "cluster meta")?
             .ok_or_else(|| Error::Corrupt("store has no cluster meta".into()))?;
-        let clock: u64 = store::get(db, &key::meta("clock"), "clock")?.unwrap_or(0);
-        let next_idx: u32 = store::get(db, &key::meta("next_idx"), "author index")?.unwrap_or(0);
-        let rebuild_needed: bool = store::get(db, &key::meta("rebuild"), "rebuild flag")?.unwrap_or(false);
+        let clock: u64 = store::get(db, key::META_CLOCK, "clock")?.unwrap_or(0);
+        let next_idx: u32 = store::get(db, key::META_NEXT_IDX, "author index")?.unwrap_or(0);
+        let rebuild_needed: bool = store::get(db, key::META_REBUILD, "rebuild flag")?.unwrap_or(false);
         let mut authors = BTreeMap::new();
-        for kv in db.scan_prefix(b"A") {
+        for kv in db.scan_prefix(key::AUTHORS) {
             let (k, v) = kv?;
-            let node = NodeId::from_bytes(
-                k[1..]
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("bad author key".into()))?,
-            );
-            authors.insert(node, store::decode(&v, "author record")?);
+            let node = key::author_from_key(&k)?;
+            authors.insert(node, codec::decode(&v, "author record")?);
         }
         let mut members = BTreeMap::new();
-        for kv in db.scan_prefix(b"U") {
+        for kv in db.scan_prefix(key::MEMBERS) {
             let (k, v) = kv?;
-            let node = NodeId::from_bytes(
-                k[1..]
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("bad member key".into()))?,
-            );
-            members.insert(node, store::decode(&v, "member record")?);
+            let node = key::member_from_key(&k)?;
+            members.insert(node, codec::decode(&v, "member record")?);
         }
         Ok(State {
             cluster,
@@ -802,29 +796,29 @@ impl<'a> Working<'a> {
             Some(self.journal.stage(&mut batch, stories))
         };
         for node in &self.dirty_presence {
-            batch.insert(&key::presence(node)[..], store::encode(&self.presence[node]));
+            batch.insert(&key::presence(node)[..], codec::encode(&self.presence[node]));
         }
         if self.lock_dirty {
             batch.insert(
                 key::LOCK,
-                store::encode(self.lock.as_ref().expect("dirty lock is loaded")),
+                codec::encode(self.lock.as_ref().expect("dirty lock is loaded")),
             );
         }
         for node in &self.dirty_members {
-            batch.insert(&key::member(node)[..], store::encode(&self.state.members[node]));
+            batch.insert(&key::member(node)[..], codec::encode(&self.state.members[node]));
         }
         for node in &self.dirty_authors {
-            batch.insert(&key::author(node)[..], store::encode(&self.state.authors[node]));
+            batch.insert(&key::author(node)[..], codec::encode(&self.state.authors[node]));
         }
         for (author, seq, id, bytes) in &self.forks {
-            batch.insert(key::fork(author, *seq, id), bytes.as_slice());
+            batch.insert(&key::fork(author, *seq, id)[..], bytes.as_slice());
         }
         if self.cluster_dirty {
-            batch.insert(key::meta("cluster"), store::encode(&self.state.cluster));
+            batch.insert(key::META_CLUSTER, codec::encode(&self.state.cluster));
         }
-        batch.insert(key::meta("clock"), store::encode(&self.state.clock.value()));
-        batch.insert(key::meta("next_idx"), store::encode(&self.state.next_idx));
-        batch.insert(key::meta("rebuild"), store::encode(&self.state.rebuild_needed));
+        batch.insert(key::META_CLOCK, codec::encode(&self.state.clock.value()));
+        batch.insert(key::META_NEXT_IDX, codec::encode(&self.state.next_idx));
+        batch.insert(key::META_REBUILD, codec::encode(&self.state.rebuild_needed));
         let written = self
             .db
             .apply_batch(batch)
@@ -908,7 +902,7 @@ pub(crate) fn read_op(db: &sled::Db, idx: u32, seq: u64) -> Result<Option<Signed
         return Ok(None);
     };
     let (k, v) = kv?;
-    let first = key::segment_first_seq(&k);
+    let first = key::segment_first_seq(&k)?;
     let ops = store::decode_segment(&v)?;
     let Some(bytes) = usize::try_from(seq - first).ok().and_then(|i| ops.get(i)) else {
         return Ok(None);
@@ -936,7 +930,7 @@ fn for_each_stored(
         .range(key::segment(idx, 0)..=key::segment(idx, from.max(1)))
         .next_back()
     {
-        Some(kv) => key::segment_first_seq(&kv?.0),
+        Some(kv) => key::segment_first_seq(&kv?.0)?,
         None => 1,
     };
     for kv in db.range(key::segment(idx, start)..key::segment(idx.saturating_add(1), 0)) {

@@ -8,12 +8,14 @@ use ed25519_dalek::VerifyingKey;
 use rand_core::CryptoRngCore;
 
 use crate::bundle::{decode_bundle, encode_bundle};
+use crate::codec;
 use crate::error::Error;
 use crate::event::{self, Event, Subscribers, Subscription, TransitionEvent};
 use crate::execution::{apply_execution_event, ExecutionEvent, ExecutionState};
 use crate::id::{ClusterId, NodeId, OpId, StoryId};
 use crate::journal::{decode_story, Journal};
 use crate::key::{verifying_key, NodeKey};
+use crate::keyspace::{self as key, STORE_FORMAT_VERSION};
 use crate::mark::{Mark, MarkValue};
 use crate::merge::{for_each_op, Admission, Committed, RejectReason, State, StoryCache, Working};
 use crate::op::{
@@ -23,7 +25,7 @@ use crate::op::{
 use crate::payload::{Payload, Role, StoryField};
 use crate::pipeline::{transition, PipelineEvent, StageKind};
 use crate::projection::{Lease, PresenceRecord, StoryRecord};
-use crate::store::{self, key, Home, STORE_FORMAT_VERSION};
+use crate::store::{self, Home};
 use crate::time::Timestamp;
 use crate::version::VersionVector;
 use crate::view::{self, ForkInfo, Member, NodeInfo, OpSummary, Story, Transition, VerifyReport};
@@ -265,9 +267,9 @@ impl Node {
         let db = store::open_db(&home.store_path())?;
         let state = State::new(cluster);
         let mut batch = sled::Batch::default();
-        batch.insert(key::meta("format"), store::encode(&STORE_FORMAT_VERSION));
-        batch.insert(key::meta("cluster"), store::encode(&state.cluster));
-        batch.insert(key::meta("self"), store::encode(&me));
+        batch.insert(key::META_FORMAT, codec::encode(&STORE_FORMAT_VERSION));
+        batch.insert(key::META_CLUSTER, codec::encode(&state.cluster));
+        batch.insert(key::META_SELF, codec::encode(&me));
         db.apply_batch(batch)?;
         db.flush()?;
         key.save_new(&home.key_path())?;
@@ -294,7 +296,7 @@ impl Node {
             )));
         }
         let db = store::open_db(&store_path)?;
-        let format: u32 = store::get(&db, &key::meta("format"), "format version")?
+        let format: u32 = store::get(&db, key::META_FORMAT, "format version")?
             .ok_or_else(|| Error::Corrupt("store has no format version".into()))?;
         match format {
             STORE_FORMAT_VERSION => {}
@@ -307,7 +309,7 @@ impl Node {
             }
         }
         let state = State::load(&db)?;
-        let stored_self: NodeId = store::get(&db, &key::meta("self"), "own id")?
+        let stored_self: NodeId = store::get(&db, key::META_SELF, "own id")?
             .ok_or_else(|| Error::Corrupt("store does not record its node id".into()))?;
         let key = finish_rotation(&home, &state, stored_self)?;
         let mut node = Node::assemble(home, db, key, state, config)?;
@@ -795,7 +797,7 @@ impl Node {
         self.commit(w)?;
         self.key = finish_rotation(&self.home, &self.state, self.node_id())?;
         let mut batch = sled::Batch::default();
-        batch.insert(key::meta("self"), store::encode(&self.key.node_id()));
+        batch.insert(key::META_SELF, codec::encode(&self.key.node_id()));
         self.db.apply_batch(batch)?;
         self.db.flush()?;
         Ok(receipt)
@@ -1006,7 +1008,7 @@ impl Node {
         // keys below leaves no journal entry behind to bring an old record back.
         self.journal.drain()?;
         let mut batch = sled::Batch::default();
-        for prefix in [&b"O"[..], b"S", b"K", b"N", b"L", b"U", b"A"] {
+        for prefix in key::REBUILT {
             for kv in self.db.scan_prefix(prefix) {
                 batch.remove(kv?.0);
             }
@@ -1040,13 +1042,13 @@ impl Node {
     pub fn replay_state(&self) -> Result<usize, Error> {
         let mut events = Vec::new();
         self.journal.drain()?;
-        for kv in self.db.scan_prefix(b"S") {
+        for kv in self.db.scan_prefix(key::STORIES) {
             let (k, v) = kv?;
             let rec = decode_story(&v)?;
             if !rec.visible() {
                 continue;
             }
-            let id = story_id_from_key(&k)?;
+            let id = key::story_from_key(&k)?;
             events.push(Event::Transition(TransitionEvent {
                 story: id,
                 before: None,
@@ -1098,18 +1100,17 @@ impl Node {
                 let prefix = key::stage_index_prefix(kind);
                 for kv in self.db.scan_prefix(prefix) {
                     let (k, _) = kv?;
-                    let id = StoryId::new(String::from_utf8_lossy(&k[2..]).into_owned())
-                        .map_err(|_| Error::Corrupt("bad stage index key".into()))?;
+                    let (_, id) = key::stage_index_from_key(&k)?;
                     out.push(self.story(&id, now)?);
                 }
             }
             None => {
-                for kv in self.db.scan_prefix(b"S") {
+                for kv in self.db.scan_prefix(key::STORIES) {
                     let (k, v) = kv?;
                     let rec = decode_story(&v)?;
                     if rec.visible() {
                         let claim = self.live_claim(&rec, now)?;
-                        out.push(view::story_view(&story_id_from_key(&k)?, &rec, claim));
+                        out.push(view::story_view(&key::story_from_key(&k)?, &rec, claim));
                     }
                 }
             }
@@ -1168,14 +1169,10 @@ impl Node {
     /// Every node that published presence, with liveness at `now`.
     pub fn nodes(&self, now: Timestamp) -> Result<Vec<NodeInfo>, Error> {
         let mut out = Vec::new();
-        for kv in self.db.scan_prefix(b"N") {
+        for kv in self.db.scan_prefix(key::PRESENCE) {
             let (k, v) = kv?;
-            let node = NodeId::from_bytes(
-                k[1..]
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("bad presence key".into()))?,
-            );
-            let p: PresenceRecord = store::decode(&v, "presence record")?;
+            let node = key::presence_from_key(&k)?;
+            let p: PresenceRecord = codec::decode(&v, "presence record")?;
             out.push(NodeInfo {
                 node,
                 alive: now.millis_since(p.heartbeat_at) <= self.stale_ms(),
@@ -1212,13 +1209,9 @@ impl Node {
                 continue;
             };
             let mut evidence = Vec::new();
-            for kv in self.db.scan_prefix(fork_prefix(node)) {
+            for kv in self.db.scan_prefix(key::fork_prefix(node)) {
                 let (k, _) = kv?;
-                evidence.push(OpId::from_bytes(
-                    k[41..73]
-                        .try_into()
-                        .map_err(|_| Error::Corrupt("bad fork key".into()))?,
-                ));
+                evidence.push(key::fork_op_id(&k)?);
             }
             out.push(ForkInfo {
                 author: *node,
@@ -1246,7 +1239,7 @@ impl Node {
                 })?;
             }
             if rec.quarantined_at.is_some() {
-                for kv in self.db.scan_prefix(fork_prefix(node)) {
+                for kv in self.db.scan_prefix(key::fork_prefix(node)) {
                     let (_, v) = kv?;
                     out.push(
                         SignedOp::from_trusted_bytes(&v)
@@ -1283,7 +1276,13 @@ impl Node {
             let mut lamport = 0u64;
             for kv in self.db.scan_prefix(key::segment_prefix(rec.idx)) {
                 let (k, v) = kv?;
-                let first = key::segment_first_seq(&k);
+                let first = match key::segment_first_seq(&k) {
+                    Ok(first) => first,
+                    Err(e) => {
+                        report.problems.push(format!("author {}: {e}", node.short()));
+                        continue;
+                    }
+                };
                 let ops = match store::decode_segment(&v) {
                     Ok(ops) => ops,
                     Err(e) => {
@@ -1364,12 +1363,13 @@ impl Node {
             }
         }
         self.journal.drain()?;
-        for kv in self.db.scan_prefix(b"S") {
+        for kv in self.db.scan_prefix(key::STORIES) {
             let (k, v) = kv?;
             if let Err(e) = decode_story(&v) {
-                report
-                    .problems
-                    .push(format!("story {}: {e}", String::from_utf8_lossy(&k[1..])));
+                report.problems.push(format!(
+                    "story {}: {e}",
+                    String::from_utf8_lossy(k.get(1..).unwrap_or_default())
+                ));
             }
         }
         report.forks = self.forks()?;
@@ -1391,12 +1391,6 @@ impl Node {
     }
 }
 
-fn fork_prefix(node: &NodeId) -> Vec<u8> {
-    let mut k = key::fork(node, 0, &OpId::from_bytes([0; 32]));
-    k.truncate(33);
-    k
-}
-
 fn quarantined(state: &State) -> Vec<NodeId> {
     state
         .authors
@@ -1404,11 +1398,6 @@ fn quarantined(state: &State) -> Vec<NodeId> {
         .filter(|(_, a)| a.quarantined_at.is_some())
         .map(|(n, _)| *n)
         .collect()
-}
-
-fn story_id_from_key(k: &[u8]) -> Result<StoryId, Error> {
-    let s = std::str::from_utf8(&k[1..]).map_err(|_| Error::Corrupt("story key is not UTF-8".into()))?;
-    StoryId::new(s).map_err(|_| Error::Corrupt(format!("bad story key {s:?}")))
 }
 
 /// Picks the key a home should sign with: after a committed rotation, the new key (moved
@@ -1492,7 +1481,7 @@ impl Node {
     /// The signed ops kept as evidence of an author's equivocation.
     pub fn fork_evidence(&self, author: &NodeId) -> Result<Vec<SignedOp>, Error> {
         let mut out = Vec::new();
-        for kv in self.db.scan_prefix(fork_prefix(author)) {
+        for kv in self.db.scan_prefix(key::fork_prefix(author)) {
             let (_, v) = kv?;
             out.push(
                 SignedOp::from_trusted_bytes(&v)
@@ -1575,8 +1564,8 @@ impl Node {
         rng.fill_bytes(&mut secret);
         let expires_at = now.add_secs(ttl_secs);
         self.db.insert(
-            crate::sync::ticket_key(&secret),
-            store::encode(&crate::sync::TicketRecord { expires_at }),
+            key::ticket(&secret),
+            codec::encode(&crate::sync::TicketRecord { expires_at }),
         )?;
         self.db.flush()?;
         Ok(crate::sync::Ticket {
@@ -1591,11 +1580,11 @@ impl Node {
     /// Redeems a join ticket for `node`: admits it as a member (one signed op) and forgets
     /// the ticket. Fails for unknown, used or expired tickets.
     pub fn redeem_ticket(&mut self, now: Timestamp, secret: &[u8; 32], node: NodeId) -> Result<(), Error> {
-        let k = crate::sync::ticket_key(secret);
+        let k = key::ticket(secret);
         let rec: crate::sync::TicketRecord = store::get(&self.db, &k, "ticket")?
             .ok_or_else(|| Error::Unauthorized("unknown or already used join ticket".into()))?;
         if now >= rec.expires_at {
-            self.db.remove(&k)?;
+            self.db.remove(k)?;
             self.db.flush()?;
             return Err(Error::Unauthorized(format!(
                 "join ticket expired at {}",
@@ -1613,7 +1602,7 @@ impl Node {
             Err(Error::AlreadyExists(_)) if self.is_active_member(&node) => {}
             Err(e) => return Err(e),
         }
-        self.db.remove(&k)?;
+        self.db.remove(k)?;
         self.db.flush()?;
         Ok(())
     }
@@ -1641,7 +1630,7 @@ mod tests {
     fn stored(node: &Node) -> Vec<(Vec<u8>, StoryRecord)> {
         node.flush().unwrap();
         node.db
-            .scan_prefix(b"S")
+            .scan_prefix(key::STORIES)
             .map(|kv| {
                 let (k, v) = kv.unwrap();
                 (k.to_vec(), decode_story(&v).unwrap())
@@ -1667,16 +1656,16 @@ mod tests {
         let db = store::open_db(&root.join(store::STORE_DIR)).unwrap();
         let mut batch = sled::Batch::default();
         let mut entry = Vec::new();
-        for kv in db.scan_prefix(b"S") {
+        for kv in db.scan_prefix(key::STORIES) {
             let (k, v) = kv.unwrap();
             let rec = decode_story(&v).unwrap();
             let old = if format == 1 {
-                store::encode(&rec)
+                codec::encode(&rec)
             } else {
                 encode_story_v2(&rec)
             };
             if format == 2 {
-                let id = StoryId::new(std::str::from_utf8(&k[1..]).unwrap()).unwrap();
+                let id = key::story_from_key(&k).unwrap();
                 entry.push((id, old.clone()));
             }
             batch.insert(k, old);
@@ -1684,7 +1673,7 @@ mod tests {
         if format == 2 {
             batch.insert(&key::journal(0)[..], encode_entry(&entry));
         }
-        batch.insert(key::meta("format"), store::encode(&format));
+        batch.insert(key::META_FORMAT, codec::encode(&format));
         db.apply_batch(batch).unwrap();
         db.flush().unwrap();
     }
@@ -1760,9 +1749,7 @@ mod tests {
 
         downgrade(&root, format);
         let node = Node::open(&root, config()).unwrap();
-        let format: u32 = store::get(&node.db, &key::meta("format"), "format")
-            .unwrap()
-            .unwrap();
+        let format: u32 = store::get(&node.db, key::META_FORMAT, "format").unwrap().unwrap();
         assert_eq!(format, STORE_FORMAT_VERSION);
         assert_eq!(seen(&node), views);
         assert_eq!(stored(&node), records);
@@ -1798,7 +1785,7 @@ mod tests {
             .unwrap(),
         );
         let db = store::open_db(&root.join(store::STORE_DIR)).unwrap();
-        db.insert(key::meta("format"), store::encode(&(STORE_FORMAT_VERSION + 1)))
+        db.insert(key::META_FORMAT, codec::encode(&(STORE_FORMAT_VERSION + 1)))
             .unwrap();
         db.flush().unwrap();
         drop(db);

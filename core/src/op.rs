@@ -162,7 +162,7 @@ impl OpParts {
             postcard::from_bytes(content_bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         // postcard accepts a few non-minimal encodings (e.g. overlong varints); re-encoding
         // and comparing pins one byte string per op, hence one id.
-        if !crate::store::encodes_to(&content, content_bytes) {
+        if !crate::codec::encodes_to(&content, content_bytes) {
             return Err(DecodeError::NonCanonical);
         }
         check_content(&content)?;
@@ -231,7 +231,7 @@ impl SignedOp {
         // Length prefix, content and signature, built in place in one buffer.
         let mut bytes = Vec::with_capacity(256);
         bytes.extend_from_slice(&[0; LEN_PREFIX]);
-        crate::store::encode_into(&content, &mut bytes);
+        crate::codec::encode_into(&content, &mut bytes);
         let content_len = bytes.len() - LEN_PREFIX;
         let total = bytes.len() + SIG_LEN;
         if total > MAX_OP_BYTES {

@@ -17,12 +17,12 @@ use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 
+use crate::codec;
 use crate::error::Error;
 use crate::execution::ExecutionState;
 use crate::id::{NodeId, OpId};
 use crate::pipeline::{transition, Stage};
 use crate::projection::{HistoryEntry, Lease, Lww, Stamp, StoryRecord};
-use crate::store;
 use crate::time::Timestamp;
 
 /// Bits of the byte that says which optional registers follow.
@@ -88,15 +88,15 @@ pub(crate) fn encode_into(rec: &StoryRecord, out: &mut Vec<u8>) {
     }
     if let Some(r) = &rec.name {
         nodes.put_stamp(out, &r.stamp);
-        store::encode_into(&r.value, out);
+        codec::encode_into(&r.value, out);
     }
     if let Some(r) = &rec.body {
         nodes.put_stamp(out, &r.stamp);
-        store::encode_into(&r.value, out);
+        codec::encode_into(&r.value, out);
     }
     if let Some(r) = &rec.depends_on {
         nodes.put_stamp(out, &r.stamp);
-        store::encode_into(&r.value, out);
+        codec::encode_into(&r.value, out);
     }
     if let Some(stamp) = &rec.deleted {
         nodes.put_stamp(out, stamp);
@@ -123,13 +123,13 @@ pub(crate) fn encode_into(rec: &StoryRecord, out: &mut Vec<u8>) {
         out.push(flags | base << BASE_SHIFT);
         nodes.put_stamp(out, &h.stamp);
         out.extend_from_slice(h.op_id.as_bytes());
-        store::encode_into(&h.wall, out);
-        store::encode_into(&h.event, out);
+        codec::encode_into(&h.wall, out);
+        codec::encode_into(&h.event, out);
         if flags & FROM_STORED != 0 {
-            store::encode_into(&h.from, out);
+            codec::encode_into(&h.from, out);
         }
         if flags & TO_STORED != 0 {
-            store::encode_into(&h.to, out);
+            codec::encode_into(&h.to, out);
         }
         if let (BASE_STORED, Some(b)) = (base, &h.base) {
             out.extend_from_slice(b.as_bytes());
@@ -147,8 +147,8 @@ pub(crate) fn encode_into(rec: &StoryRecord, out: &mut Vec<u8>) {
             Some(lease) => {
                 out.push(1);
                 nodes.put(out, &lease.node);
-                store::encode_into(&lease.claimed_at, out);
-                store::encode_into(&lease.expires_at, out);
+                codec::encode_into(&lease.claimed_at, out);
+                codec::encode_into(&lease.expires_at, out);
             }
         }
     }
@@ -162,7 +162,7 @@ pub(crate) fn encode_into(rec: &StoryRecord, out: &mut Vec<u8>) {
     for (node, entry) in &rec.execution {
         nodes.put(out, node);
         nodes.put_stamp(out, &entry.stamp);
-        store::encode_into(&entry.value, out);
+        codec::encode_into(&entry.value, out);
     }
 }
 
@@ -340,7 +340,7 @@ fn message(e: &Error) -> String {
 /// An unsigned varint, as postcard writes a `u64` (minimal LEB128, which [`Reader::varint`]
 /// insists on).
 fn put_varint(out: &mut Vec<u8>, v: u64) {
-    store::encode_into(&v, out);
+    codec::encode_into(&v, out);
 }
 
 /// The distinct node ids of a record, ascending; written once, referred to by position.
@@ -604,7 +604,7 @@ pub(crate) mod tests {
     #[test]
     fn a_realistic_record_takes_at_most_half_its_format_2_size() {
         let rec = realistic_record();
-        let v2 = 1 + store::encode(&rec).len();
+        let v2 = 1 + codec::encode(&rec).len();
         let v3 = encode_story(&rec).len();
         eprintln!("story value: format 2 {v2} bytes, format 3 {v3} bytes");
         assert_eq!(decode_story(&encode_story(&rec)).unwrap(), rec);
@@ -1062,8 +1062,8 @@ pub(crate) mod tests {
             v.extend_from_slice(&[7; 32]);
             v.extend_from_slice(&[0, 1, flags, 5, 0]);
             v.extend_from_slice(&[1; 32]);
-            store::encode_into(&Timestamp::from_millis(9), &mut v);
-            store::encode_into(event, &mut v);
+            codec::encode_into(&Timestamp::from_millis(9), &mut v);
+            codec::encode_into(event, &mut v);
             v
         };
         let tail = [0, 0, 0];
@@ -1089,11 +1089,11 @@ pub(crate) mod tests {
         bad.extend_from_slice(&tail);
         assert!(corrupt_message(&bad).contains("base tag 3"));
         let mut bad = entry(FROM_STORED, &PipelineEvent::DepsMet);
-        store::encode_into(&Stage::Backlog, &mut bad);
+        codec::encode_into(&Stage::Backlog, &mut bad);
         bad.extend_from_slice(&tail);
         assert!(corrupt_message(&bad).contains("source stage it could leave out"));
         let mut bad = entry(TO_STORED, &PipelineEvent::DepsMet);
-        store::encode_into(&Stage::Coding, &mut bad);
+        codec::encode_into(&Stage::Coding, &mut bad);
         bad.extend_from_slice(&tail);
         assert!(corrupt_message(&bad).contains("target stage it could leave out"));
         let mut bad = ok.clone();

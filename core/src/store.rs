@@ -20,14 +20,12 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
+
+use crate::codec::decode;
 
 use crate::error::Error;
-use crate::id::{NodeId, OpId, StoryId};
-use crate::pipeline::StageKind;
 
-/// The store format this build writes and reads.
-pub const STORE_FORMAT_VERSION: u32 = 3;
 /// Most ops in one stored segment; bounds the work to read one op back.
 pub const SEGMENT_MAX_OPS: usize = 1024;
 /// A segment smaller than this is extended in place by the next write of the same author,
@@ -150,176 +148,6 @@ pub(crate) fn open_db(path: &Path) -> Result<sled::Db, Error> {
     }
 }
 
-/// Key builders, one per namespace.
-pub(crate) mod key {
-    use super::*;
-
-    pub const LOCK: &[u8] = b"L";
-
-    pub fn meta(name: &str) -> Vec<u8> {
-        let mut k = Vec::with_capacity(1 + name.len());
-        k.push(b'M');
-        k.extend_from_slice(name.as_bytes());
-        k
-    }
-
-    fn node(prefix: u8, n: &NodeId) -> [u8; 33] {
-        let mut k = [0u8; 33];
-        k[0] = prefix;
-        k[1..].copy_from_slice(n.as_bytes());
-        k
-    }
-
-    pub fn author(n: &NodeId) -> [u8; 33] {
-        node(b'A', n)
-    }
-
-    pub fn member(n: &NodeId) -> [u8; 33] {
-        node(b'U', n)
-    }
-
-    pub fn presence(n: &NodeId) -> [u8; 33] {
-        node(b'N', n)
-    }
-
-    pub fn story(id: &StoryId) -> Vec<u8> {
-        let mut k = Vec::with_capacity(1 + id.as_str().len());
-        k.push(b'S');
-        k.extend_from_slice(id.as_str().as_bytes());
-        k
-    }
-
-    pub fn stage_index(kind: StageKind, id: &StoryId) -> Vec<u8> {
-        let mut k = Vec::with_capacity(2 + id.as_str().len());
-        k.push(b'K');
-        k.push(kind.code());
-        k.extend_from_slice(id.as_str().as_bytes());
-        k
-    }
-
-    pub fn stage_index_prefix(kind: StageKind) -> [u8; 2] {
-        [b'K', kind.code()]
-    }
-
-    pub fn segment(idx: u32, first_seq: u64) -> [u8; 13] {
-        let mut k = [0u8; 13];
-        k[0] = b'O';
-        k[1..5].copy_from_slice(&idx.to_be_bytes());
-        k[5..].copy_from_slice(&first_seq.to_be_bytes());
-        k
-    }
-
-    pub fn segment_prefix(idx: u32) -> [u8; 5] {
-        let mut k = [0u8; 5];
-        k[0] = b'O';
-        k[1..].copy_from_slice(&idx.to_be_bytes());
-        k
-    }
-
-    pub fn segment_first_seq(key: &[u8]) -> u64 {
-        u64::from_be_bytes(key[5..13].try_into().expect("segment key"))
-    }
-
-    pub const JOURNAL: &[u8] = b"J";
-
-    pub fn journal(entry: u64) -> [u8; 9] {
-        let mut k = [0u8; 9];
-        k[0] = b'J';
-        k[1..].copy_from_slice(&entry.to_be_bytes());
-        k
-    }
-
-    pub fn journal_seq(key: &[u8]) -> Result<u64, Error> {
-        key.get(1..9)
-            .filter(|_| key.len() == 9)
-            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-            .ok_or_else(|| Error::Corrupt("bad journal key".into()))
-    }
-
-    pub fn fork(n: &NodeId, seq: u64, id: &OpId) -> Vec<u8> {
-        let mut k = Vec::with_capacity(1 + 32 + 8 + 32);
-        k.push(b'F');
-        k.extend_from_slice(n.as_bytes());
-        k.extend_from_slice(&seq.to_be_bytes());
-        k.extend_from_slice(id.as_bytes());
-        k
-    }
-}
-
-/// Encodes a stored record (postcard).
-pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_allocvec(v).expect("records always encode")
-}
-
-/// Appends `v`'s postcard encoding to `out` (no intermediate buffer, no regrowth from
-/// empty: for records on the hot path, written into a buffer sized beforehand).
-pub(crate) fn encode_into<T: Serialize>(v: &T, out: &mut Vec<u8>) {
-    postcard::serialize_with_flavor(v, AppendTo(out)).expect("records always encode")
-}
-
-/// A postcard output that appends to a caller's `Vec`.
-struct AppendTo<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for AppendTo<'_> {
-    type Output = ();
-
-    #[inline]
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
-/// Whether `v`'s postcard encoding is exactly `bytes`, checked while encoding: nothing is
-/// allocated or copied, and a mismatch stops at its first byte.
-pub(crate) fn encodes_to<T: Serialize>(v: &T, bytes: &[u8]) -> bool {
-    let mut rest = bytes;
-    postcard::serialize_with_flavor(v, Matches(&mut rest)).is_ok() && rest.is_empty()
-}
-
-/// A postcard output that compares what is written with expected bytes, failing at the
-/// first difference (or when the expected bytes run out).
-struct Matches<'a, 'b>(&'a mut &'b [u8]);
-
-impl postcard::ser_flavors::Flavor for Matches<'_, '_> {
-    type Output = ();
-
-    #[inline]
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.try_extend(&[data])
-    }
-
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        match self.0.split_at_checked(data.len()) {
-            Some((head, tail)) if head == data => {
-                *self.0 = tail;
-                Ok(())
-            }
-            _ => Err(postcard::Error::SerializeBufferFull),
-        }
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
-/// Decodes a stored record, reporting what failed.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
-    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt(format!("{what} does not decode: {e}")))
-}
-
 /// Reads and decodes one record.
 pub(crate) fn get<T: DeserializeOwned>(db: &sled::Db, k: &[u8], what: &str) -> Result<Option<T>, Error> {
     db.get(k)?.map(|v| decode(&v, what)).transpose()
@@ -438,26 +266,6 @@ pub(crate) fn decode_segment(bytes: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn matches_only_the_exact_encoding() {
-        let v: (u32, String, Option<u64>) = (300, "story".into(), Some(7));
-        let bytes = encode(&v);
-        assert!(encodes_to(&v, &bytes));
-        let mut longer = bytes.clone();
-        longer.push(0);
-        assert!(!encodes_to(&v, &longer), "trailing bytes");
-        assert!(!encodes_to(&v, &bytes[..bytes.len() - 1]), "short");
-        let mut flipped = bytes.clone();
-        flipped[2] ^= 1;
-        assert!(!encodes_to(&v, &flipped), "a changed byte");
-        // An overlong varint for 300 (postcard decodes it, but it is not canonical).
-        let mut overlong = vec![0xac, 0x82, 0x00];
-        overlong.extend_from_slice(&bytes[2..]);
-        let back: (u32, String, Option<u64>) = postcard::from_bytes(&overlong).unwrap();
-        assert_eq!(back, v);
-        assert!(!encodes_to(&back, &overlong));
-    }
 
     #[test]
     fn a_second_opener_gets_home_locked() {

@@ -9,4 +9,4 @@ mod ticket;
 pub use message::{Message, RefuseCode, PROTOCOL_VERSION};
 pub use session::{Session, SessionConfig, SessionEvent, SessionOptions, SyncError};
 pub use ticket::Ticket;
-pub(crate) use ticket::{ticket_key, TicketRecord};
+pub(crate) use ticket::TicketRecord;
