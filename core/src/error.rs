@@ -144,19 +144,3 @@ impl Error {
         }
     }
 }
-
-impl From<sled::Error> for Error {
-    fn from(e: sled::Error) -> Self {
-        match e {
-            sled::Error::Io(source) => Error::Io {
-                context: "store write failed".into(),
-                source,
-            },
-            sled::Error::Corruption { at, .. } => Error::Corrupt(format!("store is corrupt at {at:?}")),
-            other => Error::Io {
-                context: "store failure".into(),
-                source: io::Error::other(other.to_string()),
-            },
-        }
-    }
-}

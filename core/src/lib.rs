@@ -25,7 +25,9 @@ mod codec;
 mod error;
 mod event;
 mod execution;
+#[cfg(feature = "bench")]
 pub mod floor;
+mod home;
 mod id;
 mod journal;
 mod key;
@@ -34,11 +36,12 @@ mod mark;
 mod merge;
 mod node;
 mod op;
+mod oplog;
 mod payload;
 mod pipeline;
 mod projection;
 mod record;
-mod store;
+mod storage;
 pub mod sync;
 mod time;
 mod version;
@@ -58,13 +61,17 @@ pub use op::{
     derive_cluster_id, verify_ops, DecodeError, OpBytes, OpContent, SignedOp, UnverifiedOp, VerifyError,
     MAX_OP_BYTES, OP_FORMAT_VERSION, SIGNING_DOMAIN,
 };
+pub use oplog::SEGMENT_MAX_OPS;
 pub use payload::{Payload, Role, StoryField, MAX_BODY_BYTES, MAX_DEPENDS_ON, MAX_TEXT_BYTES, MAX_TTL_SECS};
 pub use pipeline::{
     transition, ArchiveReason, EventArgError, EventArgs, EventKind, InvalidTransition, PipelineEvent, Stage,
     StageKind, UnknownEvent,
 };
 pub use projection::{Lease, Stamp};
-pub use store::SEGMENT_MAX_OPS;
+pub use storage::{
+    Contents, FailPlan, FailingIter, FailingStore, MemoryBatch, MemoryStore, SledBatch, SledIter, SledStore,
+    Store, StoreOp, WriteBatch,
+};
 pub use time::Timestamp;
 pub use version::VersionVector;
 pub use view::{Conflict, ForkInfo, Member, NodeInfo, OpSummary, Story, Transition, VerifyReport};

@@ -1,5 +1,5 @@
 //! Merging ops into the projection: chain checks, authorization, and the effect of each
-//! payload, staged in a [`Working`] set and committed as one sled batch.
+//! payload, staged in a [`Working`] set and committed as one atomic batch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -11,13 +11,14 @@ use crate::id::{ClusterId, NodeId, OpId, StoryId};
 use crate::journal::{encode_story, Journal};
 use crate::keyspace as key;
 use crate::op::{check_rotation_proof, derive_cluster_id, DecodeError, SignedOp, VerifyError};
+use crate::oplog;
 use crate::payload::{Payload, Role, StoryField};
 use crate::pipeline::{transition, StageKind};
 use crate::projection::{
     AuthorRecord, ClusterMeta, HistoryEntry, Lease, LeaseSet, Lww, MemberRecord, PresenceRecord, Stamp,
     StoryRecord,
 };
-use crate::store;
+use crate::storage::{self, Store, WriteBatch};
 use crate::version::VersionVector;
 
 /// Why one remote op was not merged. Nothing of a rejected op is stored.
@@ -113,12 +114,12 @@ impl State {
         }
     }
 
-    pub fn load(db: &sled::Db) -> Result<State, Error> {
-        let cluster: ClusterMeta = store::get(db, key::META_CLUSTER, "cluster meta")?
+    pub fn load<S: Store>(db: &S) -> Result<State, Error> {
+        let cluster: ClusterMeta = storage::get(db, key::META_CLUSTER, "cluster meta")?
             .ok_or_else(|| Error::Corrupt("store has no cluster meta".into()))?;
-        let clock: u64 = store::get(db, key::META_CLOCK, "clock")?.unwrap_or(0);
-        let next_idx: u32 = store::get(db, key::META_NEXT_IDX, "author index")?.unwrap_or(0);
-        let rebuild_needed: bool = store::get(db, key::META_REBUILD, "rebuild flag")?.unwrap_or(false);
+        let clock: u64 = storage::get(db, key::META_CLOCK, "clock")?.unwrap_or(0);
+        let next_idx: u32 = storage::get(db, key::META_NEXT_IDX, "author index")?.unwrap_or(0);
+        let rebuild_needed: bool = storage::get(db, key::META_REBUILD, "rebuild flag")?.unwrap_or(false);
         let mut authors = BTreeMap::new();
         for kv in db.scan_prefix(key::AUTHORS) {
             let (k, v) = kv?;
@@ -220,10 +221,10 @@ struct StoryEntry {
 }
 
 /// A batch in progress: a copy of the state plus the records it touched. Nothing reaches
-/// the store until [`Working::commit`], which writes everything in one sled batch.
-pub(crate) struct Working<'a> {
-    db: &'a sled::Db,
-    journal: &'a Journal,
+/// the store until [`Working::commit`], which writes everything in one atomic batch.
+pub(crate) struct Working<'a, S: Store> {
+    db: &'a S,
+    journal: &'a Journal<S>,
     pub state: State,
     /// The local node, to notice claims it lost.
     local: NodeId,
@@ -247,8 +248,8 @@ pub(crate) struct Working<'a> {
     pending_ops_hint: usize,
 }
 
-impl<'a> Working<'a> {
-    pub fn new(db: &'a sled::Db, journal: &'a Journal, state: State, local: NodeId) -> Self {
+impl<'a, S: Store> Working<'a, S> {
+    pub fn new(db: &'a S, journal: &'a Journal<S>, state: State, local: NodeId) -> Self {
         Working {
             db,
             journal,
@@ -272,7 +273,7 @@ impl<'a> Working<'a> {
     }
 
     /// A working set that ignores stored projection records (for a rebuild).
-    pub fn fresh(db: &'a sled::Db, journal: &'a Journal, state: State, local: NodeId) -> Self {
+    pub fn fresh(db: &'a S, journal: &'a Journal<S>, state: State, local: NodeId) -> Self {
         let mut w = Working::new(db, journal, state, local);
         w.fresh = true;
         w
@@ -323,7 +324,8 @@ impl<'a> Working<'a> {
 
     pub fn presence(&mut self, node: &NodeId) -> Result<Option<&PresenceRecord>, Error> {
         if !self.presence.contains_key(node) && !self.fresh {
-            if let Some(p) = store::get::<PresenceRecord>(self.db, &key::presence(node), "presence record")? {
+            if let Some(p) = storage::get::<PresenceRecord>(self.db, &key::presence(node), "presence record")?
+            {
                 self.presence.insert(*node, p);
             }
         }
@@ -335,7 +337,7 @@ impl<'a> Working<'a> {
             let l = if self.fresh {
                 LeaseSet::default()
             } else {
-                store::get(self.db, key::LOCK, "merge lock")?.unwrap_or_default()
+                storage::get(self.db, key::LOCK, "merge lock")?.unwrap_or_default()
             };
             self.lock = Some(l);
         }
@@ -357,7 +359,7 @@ impl<'a> Working<'a> {
         if rec.head_seq == seq {
             return Ok(rec.head_id);
         }
-        Ok(read_op(self.db, rec.idx, seq)?.map(|op| op.id()))
+        Ok(oplog::read_op(self.db, rec.idx, seq)?.map(|op| op.id()))
     }
 
     /// Chain checks, authorization and the payload's effect for one verified op.
@@ -497,7 +499,7 @@ impl<'a> Working<'a> {
         {
             return Ok(true);
         }
-        Ok(self.db.get(key::fork(author, seq, id))?.is_some())
+        oplog::is_evidence(self.db, author, seq, id)
     }
 
     /// Records an equivocation: `op` contradicts the op we hold for `at_seq`. Both ops are
@@ -513,7 +515,7 @@ impl<'a> Working<'a> {
         {
             Some(held) => Some(held.clone()),
             None => match self.state.authors.get(&author) {
-                Some(rec) => read_op(self.db, rec.idx, at_seq)?,
+                Some(rec) => oplog::read_op(self.db, rec.idx, at_seq)?,
                 None => None,
             },
         };
@@ -762,17 +764,13 @@ impl<'a> Working<'a> {
         }
     }
 
-    /// Writes everything this batch staged in one atomic sled batch, then flushes.
-    /// Returns the new state and the events to publish.
-    pub fn commit(self) -> Result<Committed, Error> {
-        self.commit_with(sled::Batch::default())
-    }
-
-    /// [`Working::commit`] on top of `batch` (a rebuild's removals); later writes win.
-    pub fn commit_with(mut self, mut batch: sled::Batch) -> Result<Committed, Error> {
+    /// Writes everything this working set staged, on top of `batch` (a rebuild's
+    /// removals, a command's extra records; later writes win), in one atomic batch, then
+    /// flushes. Returns the new state and the events to publish.
+    pub fn commit_with(mut self, mut batch: S::Batch) -> Result<Committed, Error> {
         for (author, ops) in std::mem::take(&mut self.new_ops) {
             let rec = self.state.authors.get_mut(&author).expect("author of staged ops");
-            write_segments(self.db, &mut batch, rec, &ops)?;
+            oplog::write_ops(self.db, &mut batch, rec.idx, &mut rec.last_segment, &ops)?;
         }
         let stories: Vec<(StoryId, Vec<u8>)> = self
             .stories
@@ -785,9 +783,9 @@ impl<'a> Working<'a> {
             // straight into the story keys and the stage index.
             for (id, value) in stories {
                 if let Some(kind) = value.first().and_then(|c| StageKind::from_code(*c)) {
-                    batch.insert(key::stage_index(kind, &id), &[][..]);
+                    batch.insert(&key::stage_index(kind, &id), &[]);
                 }
-                batch.insert(key::story(&id), value);
+                batch.insert(&key::story(&id), &value);
             }
             None
         } else if stories.is_empty() {
@@ -796,33 +794,30 @@ impl<'a> Working<'a> {
             Some(self.journal.stage(&mut batch, stories))
         };
         for node in &self.dirty_presence {
-            batch.insert(&key::presence(node)[..], codec::encode(&self.presence[node]));
+            batch.insert(&key::presence(node), &codec::encode(&self.presence[node]));
         }
         if self.lock_dirty {
             batch.insert(
                 key::LOCK,
-                codec::encode(self.lock.as_ref().expect("dirty lock is loaded")),
+                &codec::encode(self.lock.as_ref().expect("dirty lock is loaded")),
             );
         }
         for node in &self.dirty_members {
-            batch.insert(&key::member(node)[..], codec::encode(&self.state.members[node]));
+            batch.insert(&key::member(node), &codec::encode(&self.state.members[node]));
         }
         for node in &self.dirty_authors {
-            batch.insert(&key::author(node)[..], codec::encode(&self.state.authors[node]));
+            batch.insert(&key::author(node), &codec::encode(&self.state.authors[node]));
         }
         for (author, seq, id, bytes) in &self.forks {
-            batch.insert(&key::fork(author, *seq, id)[..], bytes.as_slice());
+            oplog::write_evidence(&mut batch, author, *seq, id, bytes);
         }
         if self.cluster_dirty {
-            batch.insert(key::META_CLUSTER, codec::encode(&self.state.cluster));
+            batch.insert(key::META_CLUSTER, &codec::encode(&self.state.cluster));
         }
-        batch.insert(key::META_CLOCK, codec::encode(&self.state.clock.value()));
-        batch.insert(key::META_NEXT_IDX, codec::encode(&self.state.next_idx));
-        batch.insert(key::META_REBUILD, codec::encode(&self.state.rebuild_needed));
-        let written = self
-            .db
-            .apply_batch(batch)
-            .and_then(|()| self.db.flush().map(drop));
+        batch.insert(key::META_CLOCK, &codec::encode(&self.state.clock.value()));
+        batch.insert(key::META_NEXT_IDX, &codec::encode(&self.state.next_idx));
+        batch.insert(key::META_REBUILD, &codec::encode(&self.state.rebuild_needed));
+        let written = storage::commit(self.db, batch);
         match (written, staged) {
             (Ok(()), Some(staged)) => self.journal.committed(staged)?,
             (Ok(()), None) => {}
@@ -830,7 +825,7 @@ impl<'a> Working<'a> {
                 if let Some(staged) = staged {
                     self.journal.abandoned(staged);
                 }
-                return Err(e.into());
+                return Err(e);
             }
         }
         let mut cache = self.cache;
@@ -854,133 +849,4 @@ pub(crate) struct Committed {
     pub state: State,
     pub events: Vec<Event>,
     pub cache: StoryCache,
-}
-
-/// Adds `ops` (consecutive, after the author's head) to the batch, extending the author's
-/// last segment while it is small and starting new ones otherwise.
-fn write_segments(
-    db: &sled::Db,
-    batch: &mut sled::Batch,
-    rec: &mut AuthorRecord,
-    ops: &[SignedOp],
-) -> Result<(), Error> {
-    let mut rest = ops;
-    if let Some((first, count, bytes)) = rec.last_segment {
-        if (bytes as usize) < store::SEGMENT_MERGE_BYTES && (count as usize) < store::SEGMENT_MAX_OPS {
-            let k = key::segment(rec.idx, first);
-            if let Some(old) = db.get(k)? {
-                let old_ops = store::decode_segment(&old)?;
-                let room = store::SEGMENT_MAX_OPS - old_ops.len();
-                let take = room.min(rest.len());
-                let merged: Vec<&[u8]> = old_ops
-                    .iter()
-                    .map(|o| &o[..])
-                    .chain(rest[..take].iter().map(|o| o.bytes()))
-                    .collect();
-                let seg = store::encode_segment(merged.iter().copied());
-                rec.last_segment = Some((first, merged.len() as u32, seg.len() as u32));
-                batch.insert(&k[..], seg);
-                rest = &rest[take..];
-            }
-        }
-    }
-    for chunk in rest.chunks(store::SEGMENT_MAX_OPS) {
-        let first = chunk[0].content().seq;
-        let seg = store::encode_segment(chunk.iter().map(|o| o.bytes()));
-        rec.last_segment = Some((first, chunk.len() as u32, seg.len() as u32));
-        batch.insert(&key::segment(rec.idx, first)[..], seg);
-    }
-    Ok(())
-}
-
-/// Reads the op an author stored at `seq`, checking the segment's checksum.
-pub(crate) fn read_op(db: &sled::Db, idx: u32, seq: u64) -> Result<Option<SignedOp>, Error> {
-    let Some(kv) = db
-        .range(key::segment(idx, 0)..=key::segment(idx, seq))
-        .next_back()
-    else {
-        return Ok(None);
-    };
-    let (k, v) = kv?;
-    let first = key::segment_first_seq(&k)?;
-    let ops = store::decode_segment(&v)?;
-    let Some(bytes) = usize::try_from(seq - first).ok().and_then(|i| ops.get(i)) else {
-        return Ok(None);
-    };
-    let op = SignedOp::from_trusted_bytes(bytes)
-        .map_err(|e| Error::Corrupt(format!("stored op does not decode: {e}")))?;
-    if op.content().seq != seq {
-        return Err(Error::Corrupt(format!(
-            "segment at {first} holds seq {} where {seq} belongs",
-            op.content().seq
-        )));
-    }
-    Ok(Some(op))
-}
-
-/// Calls `f` with the signed bytes of each stored op of the author, from the segment that
-/// holds `from` on (callers skip the few before `from`); stops when `f` returns false.
-fn for_each_stored(
-    db: &sled::Db,
-    idx: u32,
-    from: u64,
-    mut f: impl FnMut(Vec<u8>) -> Result<bool, Error>,
-) -> Result<(), Error> {
-    let start = match db
-        .range(key::segment(idx, 0)..=key::segment(idx, from.max(1)))
-        .next_back()
-    {
-        Some(kv) => key::segment_first_seq(&kv?.0)?,
-        None => 1,
-    };
-    for kv in db.range(key::segment(idx, start)..key::segment(idx.saturating_add(1), 0)) {
-        let (_, v) = kv?;
-        for bytes in store::decode_segment(&v)? {
-            if !f(bytes)? {
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Like [`for_each_op`] but without decoding: the op's signed bytes with its seq and Lamport
-/// timestamp (the segment's checksum is still checked).
-pub(crate) fn for_each_op_bytes(
-    db: &sled::Db,
-    idx: u32,
-    author: NodeId,
-    from: u64,
-    mut f: impl FnMut(crate::op::OpBytes) -> Result<bool, Error>,
-) -> Result<(), Error> {
-    for_each_stored(db, idx, from, |bytes| {
-        let (seq, lamport) = crate::op::peek_seq_lamport(&bytes)
-            .ok_or_else(|| Error::Corrupt("stored op has no readable seq".into()))?;
-        if seq < from {
-            return Ok(true);
-        }
-        f(crate::op::OpBytes {
-            author,
-            seq,
-            lamport,
-            bytes,
-        })
-    })
-}
-
-/// Calls `f` with each stored op of the author with `seq >= from`, in order.
-pub(crate) fn for_each_op(
-    db: &sled::Db,
-    idx: u32,
-    from: u64,
-    mut f: impl FnMut(SignedOp) -> Result<bool, Error>,
-) -> Result<(), Error> {
-    for_each_stored(db, idx, from, |bytes| {
-        let op = SignedOp::from_trusted_bytes(&bytes)
-            .map_err(|e| Error::Corrupt(format!("stored op does not decode: {e}")))?;
-        if op.content().seq < from {
-            return Ok(true);
-        }
-        f(op)
-    })
 }
