@@ -7,6 +7,7 @@ use crate::execution::InvalidExecutionEvent;
 use crate::id::{NodeId, StoryId};
 use crate::op::DecodeError;
 use crate::pipeline::InvalidTransition;
+use crate::reject::RejectReason;
 use crate::time::Timestamp;
 
 /// The contract's error kinds (`{"error": {"kind": ...}}`).
@@ -118,6 +119,30 @@ pub enum Error {
     /// Op bytes that do not decode.
     #[error("malformed op: {0}")]
     Decode(#[from] DecodeError),
+    /// Admission refused an op this node was about to write (it is not a member, not an
+    /// admin, or the payload is not valid); nothing was written. The same reasons as for
+    /// a remote op, from the same rules.
+    #[error("{0}")]
+    Rejected(RejectReason),
+    /// This node's store holds fewer ops of its own chain than it had acknowledged (sled
+    /// recovered a damaged log by dropping its tail, or the store was replaced by an older
+    /// copy). It writes nothing until a peer has sent the missing ops back.
+    #[error(
+        "this node's store holds {held} of the {acknowledged} ops of its own chain that it had \
+         acknowledged (the store was damaged, or replaced by an older copy). It will not \
+         write until a peer has sent the missing ops back (run `huskies daemon` with a \
+         connection to the cluster): writing now would reuse sequence numbers and fork \
+         its chain"
+    )]
+    OwnChainBehind {
+        /// Ops of its own chain the store holds.
+        held: u64,
+        /// Ops of its own chain the node had acknowledged.
+        acknowledged: u64,
+    },
+    /// The Lamport clock reached its maximum; this node cannot write.
+    #[error("the Lamport clock is exhausted; this node cannot write")]
+    ClockExhausted,
 }
 
 impl Error {
@@ -134,6 +159,21 @@ impl Error {
             Error::Corrupt(_) => ErrorKind::Corrupt,
             Error::Io { .. } => ErrorKind::Io,
             Error::Unauthorized(_) => ErrorKind::Unauthorized,
+            Error::Rejected(r) => match r {
+                RejectReason::Malformed(_)
+                | RejectReason::InvalidPayload(_)
+                | RejectReason::LamportJump(_)
+                | RejectReason::LamportNotIncreasing { .. }
+                | RejectReason::BufferFull => ErrorKind::InvalidArgument,
+                RejectReason::BadSignature(_)
+                | RejectReason::WrongCluster { .. }
+                | RejectReason::UnknownAuthor(_)
+                | RejectReason::Quarantined(_)
+                | RejectReason::Voided { .. }
+                | RejectReason::Unauthorized(_) => ErrorKind::Unauthorized,
+            },
+            // Both say the store cannot be trusted to write on: the contract's `corrupt`.
+            Error::OwnChainBehind { .. } | Error::ClockExhausted => ErrorKind::Corrupt,
         }
     }
 

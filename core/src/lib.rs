@@ -41,6 +41,7 @@ mod payload;
 mod pipeline;
 mod projection;
 mod record;
+mod reject;
 mod storage;
 pub mod sync;
 mod time;
@@ -55,7 +56,6 @@ pub use execution::{apply_execution_event, ExecutionEvent, ExecutionState, Inval
 pub use id::{ClusterId, NodeId, OpId, StoryId, MAX_STORY_ID_LEN};
 pub use key::NodeKey;
 pub use keyspace::STORE_FORMAT_VERSION;
-pub use merge::RejectReason;
 pub use node::{Command, IngestReport, InitMode, Node, NodeConfig, Receipt, Rejection};
 pub use op::{
     derive_cluster_id, verify_ops, DecodeError, OpBytes, OpContent, SignedOp, UnverifiedOp, VerifyError,
@@ -68,6 +68,7 @@ pub use pipeline::{
     StageKind, UnknownEvent,
 };
 pub use projection::{Lease, Stamp};
+pub use reject::RejectReason;
 pub use storage::{
     Contents, FailPlan, FailingIter, FailingStore, MemoryBatch, MemoryStore, SledBatch, SledIter, SledStore,
     Store, StoreOp, WriteBatch,

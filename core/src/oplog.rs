@@ -87,6 +87,10 @@ const OP_FRAME: usize = 4 + 64;
 ///   them back, so the ops read back are byte-for-byte the signed ops.
 pub(crate) fn encode_segment<'a>(ops: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let ops: Vec<&[u8]> = ops.into_iter().collect();
+    debug_assert!(
+        ops.len() <= SEGMENT_MAX_OPS,
+        "a segment holds at most SEGMENT_MAX_OPS ops"
+    );
     let count = u32::try_from(ops.len()).expect("a segment holds at most SEGMENT_MAX_OPS ops");
     let shared = ops
         .first()
@@ -198,7 +202,8 @@ pub(crate) fn write_ops<S: Store>(
                 let old_ops = decode_segment(&old)?;
                 debug_assert!(
                     rest.first()
-                        .is_none_or(|op| op.content().seq == first + old_ops.len() as u64),
+                        .is_none_or(|op| Some(op.content().seq)
+                            == u64::try_from(old_ops.len()).ok().map(|n| first + n)),
                     "new ops continue the last segment"
                 );
                 let take = (SEGMENT_MAX_OPS - old_ops.len()).min(rest.len());

@@ -502,7 +502,11 @@ fn only_admins_add_members() {
                 },
             )
             .unwrap_err();
-        assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+        assert!(
+            matches!(&err, Error::Rejected(RejectReason::Unauthorized(_))),
+            "{err:?}"
+        );
+        assert_eq!(err.kind(), ErrorKind::Unauthorized);
         assert!(err.to_string().contains("admin"), "{err}");
         assert_eq!(stored(n), before);
     }

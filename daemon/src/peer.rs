@@ -265,21 +265,7 @@ fn sync_ended(session: &Session, e: SyncError) -> Ended {
 }
 
 fn rejection_name(r: &huskies_core::RejectReason) -> &'static str {
-    use huskies_core::RejectReason as R;
-    match r {
-        R::Malformed(_) => "malformed",
-        R::BadSignature(_) => "bad_signature",
-        R::WrongCluster { .. } => "wrong_cluster",
-        R::UnknownAuthor(_) => "unknown_author",
-        R::Quarantined(_) => "quarantined",
-        R::Voided { .. } => "voided",
-        R::LamportJump(_) => "lamport_jump",
-        R::LamportNotIncreasing { .. } => "lamport_not_increasing",
-        R::Unauthorized(_) => "unauthorized",
-        R::InvalidPayload(_) => "invalid_payload",
-        R::BufferFull => "buffer_full",
-        _ => "other",
-    }
+    r.code()
 }
 
 fn text_frame() -> Incoming {

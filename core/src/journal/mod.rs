@@ -78,6 +78,21 @@ struct Pending {
     stop: bool,
 }
 
+impl Pending {
+    /// In debug builds: the byte count matches a recount, and the entry marks are ordered.
+    fn debug_check(&self) {
+        debug_assert_eq!(
+            self.bytes,
+            self.latest.values().map(|l| l.value.len()).sum::<usize>(),
+            "unfolded bytes match a recount"
+        );
+        debug_assert!(
+            self.folded_below <= self.committed_below && self.committed_below <= self.next,
+            "folded <= committed <= next"
+        );
+    }
+}
+
 struct Shared<S: Store> {
     db: S,
     pending: Mutex<Pending>,
@@ -190,6 +205,7 @@ impl<S: Store> Journal<S> {
                 }
             }
             p.committed_below = p.committed_below.max(staged.entry + 1);
+            p.debug_check();
             p.folder_failed
                 || p.committed_below - p.folded_below > MAX_PENDING_ENTRIES
                 || p.bytes > MAX_PENDING_BYTES
@@ -306,6 +322,7 @@ fn fold<S: Store>(shared: &Shared<S>) -> Result<(), Error> {
         }
     }
     p.folder_failed = false;
+    p.debug_check();
     Ok(())
 }
 

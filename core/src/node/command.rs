@@ -8,9 +8,9 @@ use crate::codec;
 use crate::error::Error;
 use crate::execution::{apply_execution_event, ExecutionEvent, ExecutionState};
 use crate::id::{NodeId, OpId, StoryId};
-use crate::key::{verifying_key, NodeKey};
+use crate::key::NodeKey;
 use crate::keyspace as key;
-use crate::merge::Working;
+use crate::merge::{require_admin, usable_key, Working};
 use crate::op::{rotation_proof, SignedOp};
 use crate::payload::{Payload, Role, StoryField};
 use crate::pipeline::{transition, PipelineEvent};
@@ -327,14 +327,8 @@ impl<S: Store> Node<S> {
                 Payload::Execution { story: id, state }
             }
             Command::AddMember { node, role } => {
-                if self.my_role(w) != Some(Role::Admin) {
-                    return Err(Error::Unauthorized("only an admin may add members".into()));
-                }
-                if verifying_key(&node).is_none() {
-                    return Err(Error::InvalidArgument(format!(
-                        "{node} is not a usable Ed25519 public key"
-                    )));
-                }
+                require_admin(self.my_role(w), "add members").map_err(Error::Rejected)?;
+                usable_key(&node).map_err(Error::Rejected)?;
                 if let Some(m) = w.state.members.get(&node) {
                     if m.cutoff.is_some() {
                         return Err(Error::AlreadyExists(format!(
@@ -348,9 +342,7 @@ impl<S: Store> Node<S> {
                 Payload::MemberAdd { node, role }
             }
             Command::RemoveMember { node } => {
-                if self.my_role(w) != Some(Role::Admin) {
-                    return Err(Error::Unauthorized("only an admin may remove members".into()));
-                }
+                require_admin(self.my_role(w), "remove members").map_err(Error::Rejected)?;
                 let member = w
                     .state
                     .members
@@ -402,9 +394,6 @@ impl<S: Store> Node<S> {
         let (db, journal) = (self.db.clone(), self.journal.clone());
         let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id())
             .with_cache(std::mem::take(&mut self.stories));
-        if self.my_role(&w).is_none() {
-            return Err(Error::Unauthorized("this node is not a member".into()));
-        }
         let proof = rotation_proof(&w.state.cluster.id, &self.node_id(), new_key);
         let op = self.build_op(
             &w,

@@ -8,9 +8,10 @@ use crate::error::Error;
 use crate::event::Event;
 use crate::id::{NodeId, OpId};
 use crate::keyspace as key;
-use crate::merge::{Admission, RejectReason, State, Working};
+use crate::merge::{Admission, State, Working};
 use crate::op::{verify_ops, SignedOp, UnverifiedOp};
 use crate::oplog;
+use crate::reject::RejectReason;
 use crate::storage::{Store, WriteBatch};
 
 /// One op an ingest refused, and why.
@@ -201,6 +202,11 @@ impl<S: Store> Node<S> {
             let events = self.commit(w, S::Batch::default())?;
             report.events.extend(events);
         }
+        debug_assert_eq!(
+            self.buffered_bytes,
+            self.buffer.values().map(|o| o.bytes().len()).sum::<usize>(),
+            "the buffer's byte count matches a recount"
+        );
         for node in quarantined(&self.state) {
             if !quarantined_before.contains(&node) {
                 report.forks.push(node);

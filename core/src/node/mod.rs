@@ -345,6 +345,10 @@ impl<S: Store> Node<S> {
                 }
             }
         };
+        debug_assert!(
+            next.lamport >= self.state.clock.value(),
+            "the mark never lags the clock: a restart cannot reuse a timestamp"
+        );
         if next != prev {
             self.mark.write(next)?;
         }
@@ -393,14 +397,10 @@ impl<S: Store> Node<S> {
         now: Timestamp,
     ) -> Result<SignedOp, Error> {
         if let Some(b) = self.behind {
-            return Err(Error::Corrupt(format!(
-                "this node's store holds {} of the {} ops of its own chain that it had \
-                 acknowledged (the store was damaged, or replaced by an older copy). It will not \
-                 write until a peer has sent the missing ops back (run `huskies daemon` with a \
-                 connection to the cluster): writing now would reuse sequence numbers and fork \
-                 its chain",
-                b.held, b.acknowledged
-            )));
+            return Err(Error::OwnChainBehind {
+                held: b.held,
+                acknowledged: b.acknowledged,
+            });
         }
         let me = self.node_id();
         let (head_seq, head_id) = w
@@ -408,10 +408,7 @@ impl<S: Store> Node<S> {
             .authors
             .get(&me)
             .map_or((0, None), |a| (a.head_seq, a.head_id));
-        let lamport =
-            w.state.clock.next().ok_or_else(|| {
-                Error::Corrupt("the Lamport clock is exhausted; this node cannot write".into())
-            })?;
+        let lamport = w.state.clock.next().ok_or(Error::ClockExhausted)?;
         oplog::sign_next(
             &self.key,
             w.state.cluster.id,

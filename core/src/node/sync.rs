@@ -8,7 +8,7 @@ use crate::codec;
 use crate::error::Error;
 use crate::id::{NodeId, OpId};
 use crate::keyspace as key;
-use crate::merge::Working;
+use crate::merge::{require_admin, Working};
 use crate::op::{OpBytes, SignedOp};
 use crate::oplog;
 use crate::payload::Role;
@@ -140,11 +140,8 @@ impl<S: Store> Node<S> {
         address: String,
         rng: &mut impl CryptoRngCore,
     ) -> Result<crate::sync::Ticket, Error> {
-        if self.state.members.get(&self.node_id()).and_then(|m| m.role()) != Some(Role::Admin) {
-            return Err(Error::Unauthorized(
-                "only an admin may create join tickets".into(),
-            ));
-        }
+        let role = self.state.members.get(&self.node_id()).and_then(|m| m.role());
+        require_admin(role, "create join tickets").map_err(Error::Rejected)?;
         if ttl_secs == 0 || ttl_secs > u64::from(crate::payload::MAX_TTL_SECS) {
             return Err(Error::InvalidArgument(format!(
                 "ticket ttl must be 1 to {} seconds",
