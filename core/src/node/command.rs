@@ -132,7 +132,8 @@ impl<S: Store> Node<S> {
 
     /// Group commit: each command is validated and signed in turn (seeing the effects of
     /// those before it), and all that succeed are stored in one atomic batch with one
-    /// flush. Each command gets its own result; a refused command writes nothing.
+    /// flush. Each command gets its own result; a refused command writes nothing. A
+    /// storage failure (an `io` error) fails the whole call and writes nothing.
     pub fn execute_group(
         &mut self,
         now: Timestamp,
@@ -144,7 +145,12 @@ impl<S: Store> Node<S> {
             .expecting(cmds.len());
         let mut results = Vec::with_capacity(cmds.len());
         for cmd in cmds {
-            results.push(self.stage(&mut w, now, cmd));
+            match self.stage(&mut w, now, cmd) {
+                // The store failed, not the command: the whole group fails, and nothing of
+                // it is written (what was staged so far is dropped with `w`).
+                Err(e @ Error::Io { .. }) => return Err(e),
+                r => results.push(r),
+            }
         }
         if w.has_changes() {
             self.commit(w, S::Batch::default())?;

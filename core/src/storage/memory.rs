@@ -42,6 +42,21 @@ impl MemoryStore {
         self.maps.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A store holding `contents`, all of it durable (e.g. what
+    /// [`MemoryStore::durable_contents`] of another store returned).
+    pub fn from_contents(contents: Contents) -> MemoryStore {
+        let map: Map = contents
+            .into_iter()
+            .map(|(k, v)| (Arc::from(k), Arc::from(v)))
+            .collect();
+        MemoryStore {
+            maps: Arc::new(Mutex::new(Maps {
+                live: map.clone(),
+                durable: map,
+            })),
+        }
+    }
+
     /// Every pair applied so far.
     pub fn contents(&self) -> Contents {
         dump(&self.maps().live)

@@ -245,7 +245,7 @@ pub struct Snapshot {
 }
 
 /// Takes a [`Snapshot`] at `now`.
-pub fn snapshot(node: &Node, now: Timestamp) -> Snapshot {
+pub fn snapshot<S: huskies_core::Store>(node: &Node<S>, now: Timestamp) -> Snapshot {
     let stories = node.stories(None, now).expect("stories");
     let histories = stories
         .iter()
