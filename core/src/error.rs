@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::execution::InvalidExecutionEvent;
 use crate::id::{NodeId, StoryId};
-use crate::op::DecodeError;
+use crate::op_format::DecodeError;
 use crate::pipeline::InvalidTransition;
 use crate::reject::RejectReason;
 use crate::time::Timestamp;

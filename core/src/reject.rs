@@ -2,7 +2,7 @@
 
 use crate::clock::ClockJump;
 use crate::id::{ClusterId, NodeId};
-use crate::op::{DecodeError, VerifyError};
+use crate::op_format::{DecodeError, VerifyError};
 
 /// Why one remote op was not merged. Nothing of a rejected op is stored.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,11 +1,11 @@
 //! Migration of stores written in older formats to the current one.
 
-use super::value::{decode_story_v1, decode_story_v2, encode_story};
 use super::{decode_entry, encode_entry};
 use crate::codec;
 use crate::error::Error;
 use crate::keyspace as key;
 use crate::projection::StoryRecord;
+use crate::record::{decode_story_v1, decode_story_v2, encode_story};
 use crate::storage::{Store, WriteBatch};
 
 /// Upgrades a store of format 1 or 2 to [`key::STORE_FORMAT_VERSION`] (3): every story

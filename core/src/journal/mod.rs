@@ -22,7 +22,6 @@
 mod migrate;
 #[cfg(test)]
 mod tests;
-mod value;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -34,11 +33,8 @@ use crate::keyspace as key;
 use crate::projection::StoryRecord;
 use crate::storage::{Store, WriteBatch};
 
+use crate::record::{decode_story, story_kind};
 pub(crate) use migrate::migrate;
-#[cfg(test)]
-pub(crate) use value::encode_story_v2;
-use value::story_kind;
-pub(crate) use value::{decode_story, encode_story};
 
 /// Most committed entries left unfolded before a commit folds on its own thread.
 pub(crate) const MAX_PENDING_ENTRIES: u64 = 256;

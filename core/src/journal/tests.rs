@@ -1,11 +1,11 @@
 //! Tests of the journal, its story values and migration.
 
-use super::value::{decode_story_v1, decode_story_v2, NOT_INDEXED};
 use super::*;
 use crate::codec;
 use crate::id::NodeId;
 use crate::pipeline::StageKind;
 use crate::projection::Stamp;
+use crate::record::{decode_story_v1, decode_story_v2, encode_story, encode_story_v2, NOT_INDEXED};
 use crate::storage::SledStore;
 
 fn record(created: bool, deleted: bool) -> StoryRecord {

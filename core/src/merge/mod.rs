@@ -13,12 +13,13 @@ use crate::codec;
 use crate::error::Error;
 use crate::event::Event;
 use crate::id::{NodeId, OpId, StoryId};
-use crate::journal::{encode_story, Journal};
+use crate::journal::Journal;
 use crate::keyspace as key;
 use crate::op::SignedOp;
 use crate::oplog;
 use crate::pipeline::StageKind;
 use crate::projection::{LeaseSet, PresenceRecord, StoryRecord};
+use crate::record::encode_story;
 use crate::reject::RejectReason;
 use crate::storage::{self, Store, WriteBatch};
 

@@ -13,7 +13,7 @@ use crate::op::{OpBytes, SignedOp};
 use crate::oplog;
 use crate::payload::Role;
 use crate::storage::{self, Store, WriteBatch};
-use crate::sync::TicketRecord;
+use crate::ticket::{Ticket, TicketRecord};
 use crate::time::Timestamp;
 use crate::version::VersionVector;
 
@@ -139,7 +139,7 @@ impl<S: Store> Node<S> {
         ttl_secs: u64,
         address: String,
         rng: &mut impl CryptoRngCore,
-    ) -> Result<crate::sync::Ticket, Error> {
+    ) -> Result<Ticket, Error> {
         let role = self.state.members.get(&self.node_id()).and_then(|m| m.role());
         require_admin(role, "create join tickets").map_err(Error::Rejected)?;
         if ttl_secs == 0 || ttl_secs > u64::from(crate::payload::MAX_TTL_SECS) {
@@ -157,7 +157,7 @@ impl<S: Store> Node<S> {
             &codec::encode(&TicketRecord { expires_at }),
         );
         storage::commit(&self.db, batch)?;
-        Ok(crate::sync::Ticket {
+        Ok(Ticket {
             cluster: self.cluster_id(),
             issuer: self.node_id(),
             address,

@@ -6,9 +6,10 @@ use super::*;
 use crate::execution::ExecutionEvent;
 use crate::home::STORE_DIR;
 use crate::id::StoryId;
-use crate::journal::{decode_story, encode_entry, encode_story_v2};
+use crate::journal::encode_entry;
 use crate::pipeline::PipelineEvent;
 use crate::projection::StoryRecord;
+use crate::record::{decode_story, encode_story_v2};
 use crate::view::{Story, Transition};
 
 fn now() -> Timestamp {

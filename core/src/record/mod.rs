@@ -503,3 +503,10 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 pub(crate) mod tests;
+mod value;
+
+#[cfg(test)]
+pub(crate) use value::encode_story_v2;
+#[cfg(test)]
+pub(crate) use value::NOT_INDEXED;
+pub(crate) use value::{decode_story, decode_story_v1, decode_story_v2, encode_story, story_kind};

@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use super::{decode_story, encode_story};
 use crate::id::StoryId;
-use crate::journal::{decode_story, encode_story};
 use crate::pipeline::{ArchiveReason, PipelineEvent};
 
 fn packed(rec: &StoryRecord) -> Vec<u8> {

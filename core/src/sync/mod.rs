@@ -4,9 +4,7 @@
 
 mod message;
 mod session;
-mod ticket;
 
+pub use crate::ticket::Ticket;
 pub use message::{Message, RefuseCode, PROTOCOL_VERSION};
 pub use session::{Session, SessionConfig, SessionEvent, SessionOptions, SyncError};
-pub use ticket::Ticket;
-pub(crate) use ticket::TicketRecord;

@@ -6,7 +6,6 @@ use crate::codec;
 use crate::error::Error;
 use crate::pipeline::StageKind;
 use crate::projection::StoryRecord;
-use crate::record;
 
 /// The stage-index byte of a story that is not visible (never created, or deleted).
 pub(crate) const NOT_INDEXED: u8 = 0xff;
@@ -15,16 +14,16 @@ pub(crate) const NOT_INDEXED: u8 = 0xff;
 /// then the packed record ([`record`]). The byte lets folding move the index without
 /// decoding.
 pub(crate) fn encode_story(rec: &StoryRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + record::size_hint(rec));
+    let mut out = Vec::with_capacity(1 + super::size_hint(rec));
     out.push(stage_byte(rec));
-    record::encode_into(rec, &mut out);
+    super::encode_into(rec, &mut out);
     out
 }
 
 /// Decodes a stored story value. Its stage byte must be the one its record implies.
 pub(crate) fn decode_story(bytes: &[u8]) -> Result<StoryRecord, Error> {
     story_kind(bytes)?;
-    let rec = record::decode(&bytes[1..])?;
+    let rec = super::decode(&bytes[1..])?;
     if bytes[0] != stage_byte(&rec) {
         return Err(Error::Corrupt(format!(
             "story record has stage code {} but is {}",
