@@ -73,8 +73,8 @@ pub use pipeline::{
 pub use projection::{Lease, Stamp};
 pub use reject::RejectReason;
 pub use storage::{
-    Contents, FailPlan, FailingIter, FailingStore, MemoryBatch, MemoryStore, SledBatch, SledIter, SledStore,
-    Store, StoreOp, WriteBatch,
+    FailPlan, FailingIter, FailingStore, MemoryBatch, MemoryStore, SledBatch, SledIter, SledStore, Store,
+    StoreContents, StoreOp, WriteBatch,
 };
 pub use time::Timestamp;
 pub use version::VersionVector;

@@ -79,3 +79,44 @@ impl RejectReason {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_snake_case_names() {
+        let node = NodeId::from_bytes([1; 32]);
+        let all = [
+            RejectReason::Malformed(DecodeError::NonCanonical),
+            RejectReason::BadSignature(VerifyError::BadSignature(node)),
+            RejectReason::WrongCluster {
+                expected: ClusterId::from_bytes([1; 32]),
+                got: ClusterId::from_bytes([2; 32]),
+            },
+            RejectReason::UnknownAuthor(node),
+            RejectReason::Quarantined(node),
+            RejectReason::Voided {
+                author: node,
+                seq: 3,
+                cutoff: 2,
+            },
+            RejectReason::LamportJump(ClockJump {
+                remote: u64::MAX,
+                local: 1,
+            }),
+            RejectReason::LamportNotIncreasing {
+                lamport: 1,
+                previous: 2,
+            },
+            RejectReason::Unauthorized("x".into()),
+            RejectReason::InvalidPayload("x".into()),
+            RejectReason::BufferFull,
+        ];
+        let codes: std::collections::BTreeSet<&str> = all.iter().map(RejectReason::code).collect();
+        assert_eq!(codes.len(), all.len(), "{codes:?}");
+        for code in codes {
+            assert!(code.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{code}");
+        }
+    }
+}

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use huskies_core::{
-    Command, Contents, Error, FailingStore, InitMode, MemoryStore, Node, PipelineEvent, Role, SledStore,
-    Store, StoreOp, UnverifiedOp,
+    Command, Error, FailingStore, InitMode, MemoryStore, Node, PipelineEvent, Role, SledStore, Store,
+    StoreContents, StoreOp, UnverifiedOp,
 };
 
 type Mem = FailingStore<MemoryStore>;
@@ -22,7 +22,7 @@ type Mem = FailingStore<MemoryStore>;
 struct Base {
     _dir: tempfile::TempDir,
     home: PathBuf,
-    contents: Contents,
+    contents: StoreContents,
 }
 
 impl Base {
@@ -34,7 +34,7 @@ impl Base {
         Base::copy(&from, store.inner().durable_contents(), dir)
     }
 
-    fn copy(from: &Path, contents: Contents, dir: &Path) -> Base {
+    fn copy(from: &Path, contents: StoreContents, dir: &Path) -> Base {
         let keep = tempfile::tempdir_in(dir).unwrap();
         let home = keep.path().join("home");
         copy_dir(from, &home);
@@ -92,7 +92,7 @@ fn run(
 }
 
 /// What a user sees of a store with these contents, opened on a copy of `base`'s home.
-fn view_of(base: &Base, dir: &Path, contents: Contents) -> Result<Snapshot, Error> {
+fn view_of(base: &Base, dir: &Path, contents: StoreContents) -> Result<Snapshot, Error> {
     let keep = tempfile::tempdir_in(dir).unwrap();
     let home = keep.path().join("home");
     copy_dir(&base.home, &home);
@@ -496,7 +496,7 @@ fn on_sled_a_failing_read_or_write_stores_nothing() {
         ),
     ];
     for (name, home, call) in &calls {
-        let keys = |home: &Path| -> Contents {
+        let keys = |home: &Path| -> StoreContents {
             let db = SledStore::open(&home.join("store")).unwrap();
             db.scan_prefix(b"")
                 .map(|kv| {
@@ -540,5 +540,50 @@ fn on_sled_a_failing_read_or_write_stores_nothing() {
             let node = Node::open(&copy, config()).unwrap_or_else(|e| panic!("{name}: reopens: {e}"));
             assert_eq!(node.own_ops_missing(), None, "{name}");
         }
+    }
+}
+
+/// `init` is one batch: whichever storage operation fails, it returns the error, writes
+/// nothing durable, and leaves no key behind, so `init` can simply be run again.
+#[test]
+fn a_failing_init_leaves_no_home_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = |home: &Path, store: &Mem| {
+        Node::init_with_backend(
+            home,
+            store.clone(),
+            InitMode::NewCluster {
+                name: "faults".into(),
+            },
+            &mut TestRng::new(9),
+            at(0),
+            config(),
+        )
+    };
+    let clean = FailingStore::new(MemoryStore::new());
+    clean.plan().reset();
+    drop(init(&dir.path().join("clean"), &clean).unwrap());
+    let ops = clean.plan().log();
+    assert!(
+        ops.contains(&StoreOp::Write) && ops.contains(&StoreOp::Flush),
+        "{ops:?}"
+    );
+    for (k, op) in ops.iter().enumerate() {
+        let home = dir.path().join(format!("home{k}"));
+        let store = FailingStore::new(MemoryStore::new());
+        store.plan().fail_at(k as u64, true);
+        let err = init(&home, &store).err();
+        assert!(err.is_some(), "operation {k} ({op:?}) failed unnoticed");
+        assert!(
+            store.inner().durable_contents().is_empty(),
+            "operation {k} ({op:?})"
+        );
+        assert!(
+            !home.join("node.key").exists(),
+            "operation {k} ({op:?}) left a key"
+        );
+        store.plan().reset();
+        let fresh = FailingStore::new(MemoryStore::new());
+        drop(init(&home, &fresh).expect("init runs again"));
     }
 }

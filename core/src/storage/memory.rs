@@ -26,9 +26,9 @@ pub struct MemoryStore {
 }
 
 /// Sorted key/value pairs: every key and value a [`MemoryStore`] holds.
-pub type Contents = Vec<(Vec<u8>, Vec<u8>)>;
+pub type StoreContents = Vec<(Vec<u8>, Vec<u8>)>;
 
-fn dump(map: &Map) -> Contents {
+fn dump(map: &Map) -> StoreContents {
     map.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
 }
 
@@ -44,7 +44,7 @@ impl MemoryStore {
 
     /// A store holding `contents`, all of it durable (e.g. what
     /// [`MemoryStore::durable_contents`] of another store returned).
-    pub fn from_contents(contents: Contents) -> MemoryStore {
+    pub fn from_contents(contents: StoreContents) -> MemoryStore {
         let map: Map = contents
             .into_iter()
             .map(|(k, v)| (Arc::from(k), Arc::from(v)))
@@ -58,12 +58,12 @@ impl MemoryStore {
     }
 
     /// Every pair applied so far.
-    pub fn contents(&self) -> Contents {
+    pub fn contents(&self) -> StoreContents {
         dump(&self.maps().live)
     }
 
     /// Every pair the last successful flush made durable.
-    pub fn durable_contents(&self) -> Contents {
+    pub fn durable_contents(&self) -> StoreContents {
         dump(&self.maps().durable)
     }
 

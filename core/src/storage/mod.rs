@@ -20,7 +20,7 @@ use crate::codec;
 use crate::error::Error;
 
 pub use failing::{FailPlan, FailingIter, FailingStore, StoreOp};
-pub use memory::{Contents, MemoryBatch, MemoryStore};
+pub use memory::{MemoryBatch, MemoryStore, StoreContents};
 pub use sled_store::{SledBatch, SledIter, SledStore};
 
 /// An ordered keyspace with atomic batches: everything the core asks of its store.
