@@ -9,7 +9,7 @@
 //! projection costs is visible, and so is the share that no projection work can win back.
 //!
 //! It writes to its own sled database, with the settings of a home's store, through the op
-//! log's own writer ([`crate::oplog`]): the same op construction and the same segments.
+//! log's own writer (`oplog.rs`): the same op construction and the same segments.
 //! It is not a home and cannot be opened as one. Built only with the `bench` feature.
 
 use std::path::Path;

@@ -5,6 +5,10 @@
 //! (callers pass `now`), no RNG (callers pass one), and opens no sockets. See
 //! `ARCHITECTURE.md` for the map and its invariants, `docs/format.md` for the bytes.
 //!
+//! A [`Node`] keeps its store in sled ([`SledStore`]) unless it is made on another
+//! [`Store`] with [`Node::init_with_backend`] / [`Node::open_with_backend`]:
+//! [`MemoryStore`] for tests and tools, [`FailingStore`] to fail a chosen storage operation.
+//!
 //! ```
 //! use huskies_core::{Command, InitMode, Node, NodeConfig, PipelineEvent, StoryId, Timestamp};
 //! # let dir = tempfile::tempdir().unwrap();
