@@ -140,6 +140,18 @@ pub enum Error {
         /// Ops of its own chain the node had acknowledged.
         acknowledged: u64,
     },
+    /// The store was written in a format this build does not read (a newer build wrote
+    /// it); nothing was changed.
+    #[error(
+        "store format {found} is not supported (this build reads formats 1 to {writes} and \
+         writes {writes})"
+    )]
+    UnsupportedFormat {
+        /// The store's format.
+        found: u32,
+        /// The format this build writes (and the newest it reads).
+        writes: u32,
+    },
     /// The Lamport clock reached its maximum; this node cannot write.
     #[error("the Lamport clock is exhausted; this node cannot write")]
     ClockExhausted,
@@ -172,8 +184,10 @@ impl Error {
                 | RejectReason::Voided { .. }
                 | RejectReason::Unauthorized(_) => ErrorKind::Unauthorized,
             },
-            // Both say the store cannot be trusted to write on: the contract's `corrupt`.
-            Error::OwnChainBehind { .. } | Error::ClockExhausted => ErrorKind::Corrupt,
+            // The store cannot be written on (safely, or by this build): the contract's `corrupt`.
+            Error::OwnChainBehind { .. } | Error::ClockExhausted | Error::UnsupportedFormat { .. } => {
+                ErrorKind::Corrupt
+            }
         }
     }
 

@@ -244,10 +244,10 @@ impl<S: Store> Node<S> {
             STORE_FORMAT_VERSION => {}
             1 | 2 => crate::journal::migrate(&db, format)?,
             _ => {
-                return Err(Error::Corrupt(format!(
-                    "store format {format} is not supported (this build reads formats 1 to \
-                     {STORE_FORMAT_VERSION} and writes {STORE_FORMAT_VERSION})"
-                )))
+                return Err(Error::UnsupportedFormat {
+                    found: format,
+                    writes: STORE_FORMAT_VERSION,
+                })
             }
         }
         let state = State::load(&db)?;

@@ -71,15 +71,7 @@ impl<S: Store> Node<S> {
 
     /// The signed ops kept as evidence of an author's equivocation.
     pub fn fork_evidence(&self, author: &NodeId) -> Result<Vec<SignedOp>, Error> {
-        let mut out = Vec::new();
-        for kv in self.db.scan_prefix(&key::fork_prefix(author)) {
-            let (_, v) = kv?;
-            out.push(
-                SignedOp::from_trusted_bytes(&v)
-                    .map_err(|e| Error::Corrupt(format!("fork evidence: {e}")))?,
-            );
-        }
-        Ok(out)
+        oplog::evidence(&self.db, author)
     }
 
     /// The next ops a holder of `have` lacks, about `max_bytes` of them, in Lamport order
