@@ -195,7 +195,8 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
     let reopen = t.elapsed();
     bar.finish_and_clear();
     ensure!(
-        story.stage.kind() == probe_stage && (finished == 0 || probe_stage.as_str() == "archived"),
+        story.stage.kind() == probe_stage
+            && (finished == 0 || probe_stage == huskies_core::StageKind::Archived),
         "probe story is in stage {} after reopen, expected {probe_stage}",
         story.stage.kind()
     );

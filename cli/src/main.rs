@@ -266,16 +266,13 @@ enum StoryCmd {
     /// List stories sorted by id.
     #[command(after_help = "Example:\n  huskies story list --stage merge")]
     List {
-        /// Only this stage: backlog, coding, qa, merge, merge_failure, done, archived.
-        #[arg(long, value_name = "KIND")]
+        // Help: "Only this stage: <the core's StageKind names>".
+        #[arg(long, value_name = "KIND", help = stage_help())]
         stage: Option<String>,
     },
     /// Apply a pipeline event; prints the story after it.
     #[command(
-        after_help = "Events: deps-met, gates-started, gates-passed, gates-failed, qa-skipped, merge-succeeded, \
-        merge-conflict, merge-failed-final, accepted, block, unblock, abandon, supersede, review-hold\n\n\
-        Examples:\n  huskies story event 42_fix_login gates-passed --branch feature/42 --commits 3\n  \
-        huskies story event 42_fix_login merge-conflict --kind conflict --reason 'src/a.rs'"
+        after_help = event_help()
     )]
     Event {
         /// Story id.
@@ -313,6 +310,23 @@ enum StoryCmd {
         /// Story id.
         id: String,
     },
+}
+
+/// `--stage`'s help: the stage names come from the core's `StageKind`, never a copy.
+fn stage_help() -> String {
+    let kinds: Vec<&str> = StageKind::ALL.iter().map(|k| k.as_str()).collect();
+    format!("Only this stage: {}", kinds.join(", "))
+}
+
+/// `story event`'s help: the event names come from the core's `EventKind`, never a copy.
+fn event_help() -> String {
+    let events: Vec<&str> = huskies_core::EventKind::ALL.iter().map(|k| k.as_str()).collect();
+    format!(
+        "Events: {}\n\n\
+        Examples:\n  huskies story event 42_fix_login gates-passed --branch feature/42 --commits 3\n  \
+        huskies story event 42_fix_login merge-conflict --kind conflict --reason 'src/a.rs'",
+        events.join(", ")
+    )
 }
 
 #[derive(Subcommand, Debug)]
