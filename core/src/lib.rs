@@ -34,6 +34,7 @@ mod node;
 mod op;
 mod payload;
 mod pipeline;
+mod policy;
 mod projection;
 mod record;
 mod store;
@@ -60,6 +61,7 @@ pub use pipeline::{
     transition, ArchiveReason, EventArgError, EventArgs, EventKind, InvalidTransition, PipelineEvent, Stage,
     StageKind, UnknownEvent,
 };
+pub use policy::{policy_actions, policy_leader, PolicyAction, PolicyConfig, PolicyDue, PolicySchedule};
 pub use projection::{Lease, Stamp};
 pub use store::{SEGMENT_MAX_OPS, STORE_FORMAT_VERSION};
 pub use time::Timestamp;
