@@ -205,11 +205,13 @@ pub(crate) async fn drive(
         .metrics
         .bytes_sent
         .fetch_add(session.op_bytes_sent(), Ordering::Relaxed);
+    // Out of the connection table before it is counted as a disconnect, so that whoever
+    // sees the count never sees the connection still listed.
+    shared.unregister(conn);
     Metrics::count(&shared.metrics.disconnects, &ended.reason, 1);
     if ended.reason != "shutdown" && ended.reason != "duplicate" {
         tracing::info!(peer = ?ended.peer.map(|p| p.short()), reason = %ended.reason, detail = %ended.detail, "connection closed");
     }
-    shared.unregister(conn);
     ended
 }
 
