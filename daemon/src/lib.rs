@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use control::{request as control_request, socket_path, ControlHandler, ControlRequest, ControlResponse};
-pub use join::{join_cluster, JoinOutcome};
+pub use join::{join_cluster, join_cluster_with, JoinOptions, JoinOutcome};
 pub use metrics::{HealthReport, PeerStatus};
 pub use policy::apply_policies;
 
