@@ -792,35 +792,12 @@ fn run(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Option<Out>, CliError> {
                 .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
             let show = progress_enabled(cli) && slot.health().is_none();
             let node = slot.get(cli)?;
-            let decoded = huskies_core::decode_bundle(&bytes)?;
-            let bar = progress::bar(show, decoded.len() as u64, "importing");
-            let mut report = huskies_core::IngestReport::default();
-            let mut good = Vec::new();
-            for r in decoded {
-                match r {
-                    Ok(op) => good.push(op),
-                    Err(e) => report.rejected.push(huskies_core::Rejection {
-                        op_id: None,
-                        author: None,
-                        seq: None,
-                        reason: e.into(),
-                    }),
-                }
-            }
-            let mut rest = good.into_iter().peekable();
-            while rest.peek().is_some() {
-                let chunk: Vec<_> = rest.by_ref().take(8192).collect();
-                let n = chunk.len() as u64;
-                let r = node.ingest(chunk)?;
-                report.applied += r.applied;
-                report.duplicates += r.duplicates;
-                report.buffered = r.buffered;
-                report.rejected.extend(r.rejected);
-                report.forks.extend(r.forks);
-                bar.inc(n);
-            }
+            let bar = progress::bar(show, 0, "importing");
+            let report = node.import_bundle(&bytes, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
             bar.finish_and_clear();
-            report.buffered = node.buffered_ops();
             let rejected: Vec<Value> = report
                 .rejected
                 .iter()
