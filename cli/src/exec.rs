@@ -293,12 +293,7 @@ fn story_cmd(cli: &Cli, slot: &mut NodeSlot<'_>, cmd: &StoryCmd) -> Result<Out, 
         StoryCmd::List { stage } => {
             let stage = stage
                 .as_deref()
-                .map(|s| {
-                    StageKind::parse(s).ok_or_else(|| {
-                        let kinds: Vec<&str> = StageKind::ALL.iter().map(|k| k.as_str()).collect();
-                        CliError::usage(format!("unknown stage {s:?}; stages are: {}", kinds.join(", ")))
-                    })
-                })
+                .map(|s| s.parse::<StageKind>().map_err(|e| CliError::usage(e.to_string())))
                 .transpose()?;
             let node = slot.get(cli)?;
             Ok(render::story_list(&node.stories(stage, t)?))

@@ -61,7 +61,7 @@ pub use op::{
 pub use payload::{Payload, Role, StoryField, MAX_BODY_BYTES, MAX_DEPENDS_ON, MAX_TEXT_BYTES, MAX_TTL_SECS};
 pub use pipeline::{
     transition, ArchiveReason, EventArgError, EventArgs, EventKind, InvalidTransition, PipelineEvent, Stage,
-    StageKind, UnknownEvent,
+    StageKind, UnknownEvent, UnknownStage,
 };
 pub use policy::{policy_actions, policy_leader, PolicyAction, PolicyConfig, PolicyDue, PolicySchedule};
 pub use projection::{Lease, Stamp};
