@@ -31,7 +31,8 @@ impl IngestReport {
 
 impl Node {
     /// Decodes a bundle (see [`crate::encode_bundle`]) and ingests it in chunks of
-    /// [`IMPORT_CHUNK_OPS`], calling `progress(ops_ingested, ops_in_bundle)` after each.
+    /// [`IMPORT_CHUNK_OPS`], calling `progress(ops_ingested, ops_in_bundle)` once decoded
+    /// and after each chunk.
     ///
     /// The report lists the ops that do not decode first (as rejections), then what the
     /// chunks did; its `buffered` is the number of ops this node holds back after the import
@@ -67,6 +68,7 @@ fn import_in_chunks(
         }
     }
     let mut done = 0u64;
+    progress(done, total);
     let mut rest = good.into_iter().peekable();
     while rest.peek().is_some() {
         let chunk: Vec<_> = rest.by_ref().take(chunk_ops.max(1)).collect();
@@ -140,8 +142,11 @@ mod tests {
         assert_eq!(report.buffered, 0);
         assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
         assert!(matches!(report.rejected[0].reason, RejectReason::Malformed(_)));
-        let expected: Vec<(u64, u64)> = (1..=n.div_ceil(3)).map(|i| ((i * 3).min(n), n + 1)).collect();
-        assert_eq!(calls, expected, "progress after each chunk of 3");
+        let expected: Vec<(u64, u64)> = (0..=n.div_ceil(3)).map(|i| ((i * 3).min(n), n + 1)).collect();
+        assert_eq!(
+            calls, expected,
+            "progress once decoded, then after each chunk of 3"
+        );
         assert_eq!(b.version_vector(), a.version_vector());
         // Again: everything is a duplicate, nothing is applied.
         let again = b.import_bundle(&bundle, |_, _| {}).unwrap();
