@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::CliError;
+use crate::render::CliError;
 
 const FILE: &str = "config.toml";
 
@@ -53,7 +53,7 @@ pub fn load(home: &Path) -> Result<FileConfig, CliError> {
         Err(e) => Err(CliError {
             kind: "io",
             message: format!("reading {}: {e}", path.display()),
-            code: crate::EXIT_ENV,
+            code: crate::render::EXIT_ENV,
         }),
     }
 }
@@ -68,7 +68,7 @@ pub fn save(home: &Path, config: &FileConfig) -> Result<(), CliError> {
     std::fs::write(&path, text).map_err(|e| CliError {
         kind: "io",
         message: format!("writing {}: {e}", path.display()),
-        code: crate::EXIT_ENV,
+        code: crate::render::EXIT_ENV,
     })
 }
 

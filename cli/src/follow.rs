@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use huskies_core::{Error, Node, NodeConfig, NodeId, OpSummary, VersionVector};
 
-use crate::{emit, op_lines, render, route, Cli, CliError, Commands};
+use crate::args::{Cli, Commands};
+use crate::render::{emit, op_lines, render, CliError};
+use crate::route;
 
 const POLL: Duration = Duration::from_millis(500);
 

@@ -34,6 +34,7 @@ pub mod floor;
 mod home;
 mod id;
 mod id_text;
+mod import;
 mod journal;
 mod key;
 mod keyspace;
@@ -45,6 +46,7 @@ mod op_format;
 mod oplog;
 mod payload;
 mod pipeline;
+mod policy;
 mod projection;
 mod record;
 mod reject;
@@ -61,6 +63,7 @@ pub use error::{Error, ErrorKind};
 pub use event::{Event, Subscription, TransitionEvent};
 pub use execution::{apply_execution_event, ExecutionEvent, ExecutionState, InvalidExecutionEvent};
 pub use id::{ClusterId, NodeId, OpId, StoryId, MAX_STORY_ID_LEN};
+pub use import::IMPORT_CHUNK_OPS;
 pub use key::NodeKey;
 pub use keyspace::STORE_FORMAT_VERSION;
 pub use node::{Command, IngestReport, InitMode, Node, NodeConfig, Receipt, Rejection};
@@ -72,8 +75,9 @@ pub use oplog::SEGMENT_MAX_OPS;
 pub use payload::{Payload, Role, StoryField, MAX_BODY_BYTES, MAX_DEPENDS_ON, MAX_TEXT_BYTES, MAX_TTL_SECS};
 pub use pipeline::{
     transition, ArchiveReason, EventArgError, EventArgs, EventKind, InvalidTransition, PipelineEvent, Stage,
-    StageKind, UnknownEvent,
+    StageKind, UnknownEvent, UnknownStage,
 };
+pub use policy::{policy_actions, policy_leader, PolicyAction, PolicyConfig, PolicyDue, PolicySchedule};
 pub use projection::{Lease, Stamp};
 pub use reject::RejectReason;
 pub use storage::{

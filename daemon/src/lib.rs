@@ -21,12 +21,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use huskies_core::sync::SessionConfig;
-use huskies_core::Node;
+use huskies_core::{Node, PolicyConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use control::{request as control_request, socket_path, ControlHandler, ControlRequest, ControlResponse};
-pub use join::{join_cluster, JoinOutcome};
+pub use join::{join_cluster, join_cluster_with, JoinOptions, JoinOutcome};
 pub use metrics::{HealthReport, PeerStatus};
 pub use policy::apply_policies;
 
@@ -61,18 +61,31 @@ pub struct DaemonConfig {
     pub write_timeout_ms: u64,
 }
 
+impl DaemonConfig {
+    /// The heartbeat and policy settings, as the core's policies take them.
+    pub fn policy(&self) -> PolicyConfig {
+        PolicyConfig {
+            heartbeat_secs: self.heartbeat_secs,
+            policy_interval_secs: self.policy_interval_secs,
+            retention_secs: self.retention_secs,
+            block_after_merge_failures: self.block_after_merge_failures,
+        }
+    }
+}
+
 impl Default for DaemonConfig {
     fn default() -> Self {
+        let policy = PolicyConfig::default();
         DaemonConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3001)),
             peers: Vec::new(),
             max_mesh_peers: 3,
             label: "node".into(),
             advertise: None,
-            heartbeat_secs: 10,
-            retention_secs: 4 * 3600,
-            block_after_merge_failures: 3,
-            policy_interval_secs: 5,
+            heartbeat_secs: policy.heartbeat_secs,
+            retention_secs: policy.retention_secs,
+            block_after_merge_failures: policy.block_after_merge_failures,
+            policy_interval_secs: policy.policy_interval_secs,
             session: SessionConfig::default(),
             backoff_initial_ms: 250,
             backoff_max_ms: 15_000,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use huskies_core::sync::{RefuseCode, Session, SessionEvent, SessionOptions, SyncError};
-use huskies_core::NodeId;
+use huskies_core::{NodeId, Timestamp};
 use rand_core::RngCore;
 use tokio::sync::mpsc;
 
@@ -98,11 +98,7 @@ pub(crate) async fn drive(
             e.peer = e.peer.or(peer);
             break e;
         }
-        let now = Shared::now();
-        let wait = session
-            .poll_timeout()
-            .map(|t| Duration::from_millis(t.millis_since(now).max(0) as u64))
-            .unwrap_or(Duration::from_secs(3600));
+        let wait = until(session.poll_timeout(), Shared::now());
         tokio::select! {
             item = rx.recv() => {
                 let frame = match item {
@@ -205,12 +201,22 @@ pub(crate) async fn drive(
         .metrics
         .bytes_sent
         .fetch_add(session.op_bytes_sent(), Ordering::Relaxed);
+    // Out of the connection table before it is counted as a disconnect, so that whoever
+    // sees the count never sees the connection still listed.
+    shared.unregister(conn);
     Metrics::count(&shared.metrics.disconnects, &ended.reason, 1);
     if ended.reason != "shutdown" && ended.reason != "duplicate" {
         tracing::info!(peer = ?ended.peer.map(|p| p.short()), reason = %ended.reason, detail = %ended.detail, "connection closed");
     }
-    shared.unregister(conn);
     ended
+}
+
+/// How long to sleep until a session's next timer (`Session::poll_timeout`), at `now`: zero
+/// for a timer already due, an hour when none is set.
+pub(crate) fn until(deadline: Option<Timestamp>, now: Timestamp) -> Duration {
+    deadline.map_or(Duration::from_secs(3600), |t| {
+        Duration::from_millis(u64::try_from(t.millis_since(now)).unwrap_or(0))
+    })
 }
 
 fn ended(peer: Option<NodeId>, reason: &str, detail: String) -> Ended {

@@ -1,0 +1,212 @@
+//! Importing a bundle (`huskies import`, or any host that moves bundles): the bundle is
+//! decoded once and ingested in bounded chunks, with progress after each, and the chunks'
+//! reports are merged into one.
+
+use crate::{decode_bundle, Error, IngestReport, Node, Rejection, Store};
+
+/// Ops per ingest call when importing a bundle. Bounds the verified ops held at once (a
+/// bundle can hold a whole cluster's history) and sets how often progress is reported.
+/// Each chunk is committed on its own: an error in a later chunk leaves the earlier ones
+/// stored, which loses nothing (every stored op is valid on its own; importing again skips
+/// them as duplicates).
+pub const IMPORT_CHUNK_OPS: usize = 8192;
+
+impl IngestReport {
+    /// Adds what a later ingest did to this report: counts are summed, rejections and
+    /// events appended in order, forks appended unless already listed. `buffered` is the
+    /// sum of what each ingest held back (an op the later ingest released is not taken off).
+    pub fn absorb(&mut self, later: IngestReport) {
+        self.applied += later.applied;
+        self.duplicates += later.duplicates;
+        self.buffered = self.buffered.saturating_add(later.buffered);
+        self.rejected.extend(later.rejected);
+        for fork in later.forks {
+            if !self.forks.contains(&fork) {
+                self.forks.push(fork);
+            }
+        }
+        self.events.extend(later.events);
+    }
+}
+
+impl<S: Store> Node<S> {
+    /// Decodes a bundle (see [`crate::encode_bundle`]) and ingests it in chunks of
+    /// [`IMPORT_CHUNK_OPS`], calling `progress(ops_ingested, ops_in_bundle)` once decoded
+    /// and after each chunk.
+    ///
+    /// The report lists the ops that do not decode first (as rejections), then what the
+    /// chunks did; its `buffered` is the number of ops this node holds back after the import
+    /// (waiting for predecessors). A broken bundle is an error and ingests nothing.
+    pub fn import_bundle(
+        &mut self,
+        bytes: &[u8],
+        progress: impl FnMut(u64, u64),
+    ) -> Result<IngestReport, Error> {
+        import_in_chunks(self, bytes, IMPORT_CHUNK_OPS, progress)
+    }
+}
+
+fn import_in_chunks<S: Store>(
+    node: &mut Node<S>,
+    bytes: &[u8],
+    chunk_ops: usize,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<IngestReport, Error> {
+    let decoded = decode_bundle(bytes)?;
+    let total = u64::try_from(decoded.len()).unwrap_or(u64::MAX);
+    let mut report = IngestReport::default();
+    let mut good = Vec::with_capacity(decoded.len());
+    for op in decoded {
+        match op {
+            Ok(op) => good.push(op),
+            Err(e) => report.rejected.push(Rejection {
+                op_id: None,
+                author: None,
+                seq: None,
+                reason: e.into(),
+            }),
+        }
+    }
+    let mut done = 0u64;
+    progress(done, total);
+    let mut rest = good.into_iter().peekable();
+    while rest.peek().is_some() {
+        let chunk: Vec<_> = rest.by_ref().take(chunk_ops.max(1)).collect();
+        done = done.saturating_add(u64::try_from(chunk.len()).unwrap_or(u64::MAX));
+        report.absorb(node.ingest(chunk)?);
+        progress(done, total);
+    }
+    report.buffered = node.buffered_ops();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        encode_bundle, Command, InitMode, NodeConfig, NodeId, RejectReason, StoryId, Timestamp, VersionVector,
+    };
+
+    fn t(secs: u64) -> Timestamp {
+        Timestamp::from_millis(1_763_700_000_000).add_secs(secs)
+    }
+
+    fn init(home: &std::path::Path, mode: InitMode) -> Node {
+        Node::init(home, mode, &mut rand_core::OsRng, t(0), NodeConfig::default()).unwrap()
+    }
+
+    /// A cluster founder with `stories` stories, and a fresh member of its cluster.
+    fn pair(dir: &std::path::Path, stories: usize) -> (Node, Node) {
+        let mut a = init(&dir.join("a"), InitMode::NewCluster { name: "p".into() });
+        for i in 0..stories {
+            let id = StoryId::new(format!("{i}_s")).unwrap();
+            let add = Command::AddStory {
+                id,
+                name: "s".into(),
+                body: None,
+                depends_on: vec![],
+            };
+            a.execute(t(1), add).unwrap();
+        }
+        let b = init(
+            &dir.join("b"),
+            InitMode::Join {
+                cluster: a.cluster_id(),
+            },
+        );
+        (a, b)
+    }
+
+    /// `bundle` with one more entry, `junk`, that frames but does not decode, first.
+    fn with_junk_first(bundle: &[u8], junk: &[u8]) -> Vec<u8> {
+        let count = u32::from_le_bytes(bundle[5..9].try_into().unwrap()) + 1;
+        let mut out = bundle[..5].to_vec();
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(junk.len()).unwrap().to_le_bytes());
+        out.extend_from_slice(junk);
+        out.extend_from_slice(&bundle[9..]);
+        out
+    }
+
+    #[test]
+    fn a_bundle_imported_in_chunks_ends_as_one_ingest_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, mut b) = pair(dir.path(), 7);
+        let ops = a.ops_since(&VersionVector::default()).unwrap();
+        let bundle = with_junk_first(&encode_bundle(ops.iter()), &[0xff; 40]);
+        let mut calls = Vec::new();
+        let report = import_in_chunks(&mut b, &bundle, 3, |done, total| calls.push((done, total))).unwrap();
+        let n = ops.len() as u64;
+        assert_eq!(report.applied, ops.len());
+        assert_eq!(report.duplicates, 0);
+        assert_eq!(report.buffered, 0);
+        assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
+        assert!(matches!(report.rejected[0].reason, RejectReason::Malformed(_)));
+        let expected: Vec<(u64, u64)> = (0..=n.div_ceil(3)).map(|i| ((i * 3).min(n), n + 1)).collect();
+        assert_eq!(
+            calls, expected,
+            "progress once decoded, then after each chunk of 3"
+        );
+        assert_eq!(b.version_vector(), a.version_vector());
+        // Again: everything is a duplicate, nothing is applied.
+        let again = b.import_bundle(&bundle, |_, _| {}).unwrap();
+        assert_eq!((again.applied, again.duplicates), (0, ops.len()));
+    }
+
+    #[test]
+    fn ops_out_of_order_across_chunks_wait_for_their_predecessors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, mut b) = pair(dir.path(), 4);
+        let mut ops = a.ops_since(&VersionVector::default()).unwrap();
+        ops.reverse();
+        let report = import_in_chunks(&mut b, &encode_bundle(ops.iter()), 2, |_, _| {}).unwrap();
+        assert_eq!(report.applied, ops.len());
+        assert_eq!(report.buffered, 0, "nothing is left waiting");
+        assert_eq!(b.version_vector(), a.version_vector());
+    }
+
+    #[test]
+    fn a_broken_bundle_ingests_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, mut b) = pair(dir.path(), 2);
+        let bundle = a.export_since(&VersionVector::default()).unwrap();
+        let before = b.version_vector();
+        let truncated = &bundle[..bundle.len() - 1];
+        let mut called = false;
+        assert!(matches!(
+            b.import_bundle(truncated, |_, _| called = true),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(!called);
+        assert_eq!(b.version_vector(), before);
+    }
+
+    #[test]
+    fn absorbing_sums_counts_and_keeps_each_fork_once() {
+        let fork = NodeId::from_bytes([7; 32]);
+        let mut first = IngestReport {
+            applied: 2,
+            duplicates: 1,
+            buffered: 1,
+            forks: vec![fork],
+            ..IngestReport::default()
+        };
+        let later = IngestReport {
+            applied: 3,
+            duplicates: 4,
+            buffered: 2,
+            rejected: vec![Rejection {
+                op_id: None,
+                author: None,
+                seq: None,
+                reason: RejectReason::BufferFull,
+            }],
+            forks: vec![fork],
+            ..IngestReport::default()
+        };
+        first.absorb(later);
+        assert_eq!((first.applied, first.duplicates, first.buffered), (5, 5, 3));
+        assert_eq!(first.rejected.len(), 1);
+        assert_eq!(first.forks, vec![fork]);
+    }
+}
