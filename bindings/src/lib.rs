@@ -957,7 +957,7 @@ impl NativeDaemon {
             let stopped = self
                 .host
                 .runtime
-                .block_on(tokio::time::timeout(STOP_TIMEOUT, d.shutdown()));
+                .block_on(async { tokio::time::timeout(STOP_TIMEOUT, d.shutdown()).await });
             match stopped {
                 Ok(r) => r?,
                 Err(_) => {

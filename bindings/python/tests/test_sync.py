@@ -31,16 +31,17 @@ def collector() -> "tuple[List[huskies.Event], threading.Condition, Any]":
 def test_events_by_callback_from_local_transitions(node: huskies.Node) -> None:
     got, cond, cb = collector()
     sub = node.subscribe(cb)
-    node.add_story("1_a")
+    node.add_story("1_a")  # a creation is not a transition
     node.event("1_a", "deps-met")
+    node.event("1_a", "gates-started")
     wait_for(lambda: len(got) >= 2, what="two events")
-    assert (got[0].story_id, got[0].before, got[0].after) == ("1_a", None, "backlog")
-    assert (got[1].before, got[1].after, got[1].event, got[1].author) == ("backlog", "coding", "deps-met", node.id)
+    assert (got[0].story_id, got[0].before, got[0].after) == ("1_a", "backlog", "coding")
+    assert (got[0].event, got[0].author, got[0].conflict) == ("deps-met", node.id, False)
+    assert (got[1].before, got[1].after, got[1].event) == ("coding", "qa", "gates-started")
     sub.cancel()
     assert sub.cancelled
-    node.event("1_a", "gates-started")
-    node.add_story("2_b")
-    assert node.story("1_a").stage.kind == "qa"
+    node.event("1_a", "gates-failed", reason="flaky")
+    assert node.story("1_a").stage.kind == "coding"
     assert len(got) == 2  # nothing after cancel
 
 
@@ -55,6 +56,8 @@ def test_a_raising_callback_is_reported_not_fatal(node: huskies.Node) -> None:
     with node.subscribe(cb):
         node.add_story("1_a")
         node.add_story("2_b")
+        node.event("1_a", "deps-met")
+        node.event("2_b", "deps-met")
         wait_for(lambda: len(got) == 2 and len(seen) == 2, what="both events on both subscriptions")
     assert all(isinstance(e, ValueError) for e in seen)
     assert sub.errors == 2
@@ -66,6 +69,7 @@ def test_close_ends_subscriptions(tmp_path: pathlib.Path) -> None:
     got, cond, cb = collector()
     sub = n.subscribe(cb)
     n.add_story("1_a")
+    n.event("1_a", "deps-met")
     wait_for(lambda: len(got) == 1)
     n.close()
     assert sub.cancelled
@@ -77,13 +81,14 @@ def test_events_from_ingested_transitions_and_convergence(tmp_path: pathlib.Path
     b.subscribe(cb)
     for i in range(5):
         a.add_story(f"{i}_s", name=f"story {i}")
-    a.event("0_s", "deps-met")
+        a.event(f"{i}_s", "deps-met")
     n = b.ingest(a.export_since(b.version_vector()))
-    assert n == 6
-    wait_for(lambda: len(got) == 6, what="six ingested events")
-    assert got[-1].author == a.id and got[-1].after == "coding"
+    assert n == 10
+    wait_for(lambda: len(got) == 5, what="five ingested transitions")
+    assert {e.story_id for e in got} == {f"{i}_s" for i in range(5)}
+    assert all(e.author == a.id and (e.before, e.after) == ("backlog", "coding") for e in got)
     # and back: b's changes reach a
-    b.event("1_s", "deps-met")
+    b.event("1_s", "gates-started")
     b.add_story("9_b")
     assert a.ingest(b.export_since(a.version_vector())) == 2
     assert a.stories() == b.stories()
@@ -99,6 +104,7 @@ def test_events_by_async_for(node: huskies.Node) -> None:
         async with node.events() as stream:
             node.add_story("1_a")
             node.event("1_a", "deps-met")
+            node.event("1_a", "gates-started")
             async for event in stream:
                 seen.append(event)
                 if len(seen) == 2:
@@ -106,7 +112,7 @@ def test_events_by_async_for(node: huskies.Node) -> None:
         return seen
 
     seen = asyncio.run(asyncio.wait_for(main(), timeout=20))
-    assert [(e.story_id, e.after) for e in seen] == [("1_a", "backlog"), ("1_a", "coding")]
+    assert [(e.story_id, e.after) for e in seen] == [("1_a", "coding"), ("1_a", "qa")]
 
 
 def test_async_stream_ends_when_the_node_closes(tmp_path: pathlib.Path) -> None:
@@ -116,6 +122,7 @@ def test_async_stream_ends_when_the_node_closes(tmp_path: pathlib.Path) -> None:
         count = 0
         stream = n.events()
         n.add_story("1_a")
+        n.event("1_a", "deps-met")
         loop = asyncio.get_running_loop()
         loop.call_later(0.3, n.close)
         async for _ in stream:
@@ -143,12 +150,13 @@ def test_garbage_and_forged_ingest_change_nothing(tmp_path: pathlib.Path) -> Non
     assert b.version_vector()[a.id] <= vv.get(a.id, 0) + 1  # at most the unforged first op
     # A wholly foreign bundle (another cluster) is refused and stores nothing.
     with huskies.Node.init(tmp_path / "stranger") as stranger:
+        stranger_id = stranger.id
         stranger.add_story("1_a", name="not yours")
         with pytest.raises(huskies.Corrupt):
             b.ingest(stranger.export_since({}))
     assert all(s.name != "not yours" for s in b.stories())
     b_vv = b.version_vector()
-    assert stranger.id not in b_vv
+    assert stranger_id not in b_vv
     assert b.verify().ok
     # The genuine bundle still goes in afterwards.
     b.ingest(bundle)
@@ -171,13 +179,15 @@ def test_open_routes_through_an_in_process_daemon(tmp_path: pathlib.Path) -> Non
         with routed.batch():
             routed.add_story("2_b")
             routed.event("1_a", "deps-met")
-        assert d.node.story("1_a").stage.kind == "coding"
+            routed.event("2_b", "deps-met")
+        d.node.event("1_a", "gates-started")
+        assert d.node.story("1_a").stage.kind == "qa"
         assert routed.stories() == d.node.stories()
         assert routed.history("1_a") == d.node.history("1_a")
         with pytest.raises(huskies.NotFound):
             routed.story("nope")
         wait_for(lambda: len(got) == 3, what="routed events")
-        assert [e.story_id for e in got] == ["1_a", "2_b", "1_a"]
+        assert [(e.story_id, e.after) for e in got] == [("1_a", "coding"), ("2_b", "coding"), ("1_a", "qa")]
     # The daemon stopped under live handles: they fail cleanly.
     with pytest.raises(huskies.Closed):
         d.node.stories()
