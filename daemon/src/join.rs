@@ -188,3 +188,40 @@ async fn send_all(
     }
     Ok(())
 }
+
+/// Creates a home at `root` for the cluster of `ticket` (`huskies-ticket-v1:...`) and
+/// redeems the ticket with its issuing daemon, within `timeout`. On failure nothing is left
+/// behind at `root` if it did not exist before. For hosts without an async runtime of their
+/// own (the bindings); runs a small runtime for the join.
+pub fn join_home(
+    root: &std::path::Path,
+    ticket: &str,
+    label: &str,
+    timeout: Duration,
+) -> Result<Node, DaemonError> {
+    let ticket: Ticket = ticket.parse()?;
+    let existed = root.exists();
+    let mut node = Node::init(
+        root,
+        huskies_core::InitMode::Join {
+            cluster: ticket.cluster,
+        },
+        &mut rand_core::OsRng,
+        now(),
+        huskies_core::NodeConfig::default(),
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Network(format!("cannot start a runtime to join: {e}")))?;
+    match runtime.block_on(join_cluster(&mut node, &ticket, label, timeout, |_, _| {})) {
+        Ok(_) => Ok(node),
+        Err(e) => {
+            drop(node);
+            if !existed {
+                let _ = std::fs::remove_dir_all(root);
+            }
+            Err(e)
+        }
+    }
+}

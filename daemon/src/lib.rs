@@ -7,6 +7,7 @@
 //! heartbeat, runs the cluster policies, and serves local clients on a control socket in the
 //! home so that every CLI command behaves the same with the daemon up.
 
+pub mod api;
 mod control;
 mod http;
 mod join;
@@ -14,6 +15,7 @@ mod mesh;
 mod metrics;
 mod peer;
 mod policy;
+mod remote;
 mod shared;
 
 use std::net::SocketAddr;
@@ -25,10 +27,13 @@ use huskies_core::{Node, PolicyConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use control::{request as control_request, socket_path, ControlHandler, ControlRequest, ControlResponse};
-pub use join::{join_cluster, join_cluster_with, JoinOptions, JoinOutcome};
+pub use control::{
+    request as control_request, socket_path, ControlHandler, ControlRequest, ControlResponse, TypedOnly,
+};
+pub use join::{join_cluster, join_cluster_with, join_home, JoinOptions, JoinOutcome};
 pub use metrics::{HealthReport, PeerStatus};
 pub use policy::apply_policies;
+pub use remote::{RemoteNode, RemoteSubscription, DEFAULT_TIMEOUT};
 
 /// Settings of a daemon. `Default` gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -184,6 +189,11 @@ impl Daemon {
     /// `ws://<local_addr>/crdt-sync`.
     pub fn url(&self) -> String {
         format!("ws://{}/crdt-sync", self.local_addr)
+    }
+
+    /// The address this daemon advertises to peers (and names in join tickets).
+    pub fn advertise(&self) -> &str {
+        &self.shared.advertise
     }
 
     /// Health and metrics now.

@@ -184,7 +184,9 @@ pub(crate) async fn drive(
                 let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
                 break ended(peer, "duplicate", "a better connection to this peer exists".into());
             }
-            _ = shutdown.changed() => {
+            // `wait_for`, not `changed`: a connection that starts after shutdown was
+            // signalled must see it too (its receiver counts that value as seen).
+            () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                 session.close(RefuseCode::Shutdown, "node is shutting down");
                 let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
                 break ended(peer, "shutdown", "daemon shutting down".into());
