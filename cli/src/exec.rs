@@ -113,6 +113,12 @@ pub(crate) fn run(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Option<Out>, Cli
             }
             render::ops(cli, &ops)
         }
+        Commands::Events { since, .. } => {
+            let from = crate::events::cursor(since.as_deref())?;
+            let (lines, _) = crate::events::lines(cli, slot.get(cli)?, &from)?;
+            // A stream: JSON Lines (or text lines), continued by the follower with --follow.
+            return Ok(Some(render::raw(lines.into_bytes())));
+        }
         Commands::Verify => {
             let node = slot.get(cli)?;
             let total = node.version_vector().total();

@@ -22,7 +22,7 @@ use crate::op::{
 };
 use crate::payload::{Payload, Role, StoryField};
 use crate::pipeline::{transition, PipelineEvent, StageKind};
-use crate::projection::{Lease, PresenceRecord, StoryRecord};
+use crate::projection::{Lease, PresenceRecord, Stamp, StoryRecord};
 use crate::store::{self, key, Home, STORE_FORMAT_VERSION};
 use crate::time::Timestamp;
 use crate::version::VersionVector;
@@ -1079,6 +1079,17 @@ impl Node {
         };
         let hb = self.presence_record(&lease.node)?.map(|p| p.heartbeat_at);
         Ok(self.live(lease, hb, now).then(|| lease.clone()))
+    }
+
+    /// The story's newest claim entry (its stamp and lease) whether or not it is live at
+    /// `now`, and whether it is: what the claim-expired signal needs (`envelope::signals`).
+    pub fn claim_entry(&self, id: &StoryId, now: Timestamp) -> Result<Option<(Stamp, Lease, bool)>, Error> {
+        let rec = self.record(id)?;
+        let Some((stamp, lease)) = rec.claims.current() else {
+            return Ok(None);
+        };
+        let hb = self.presence_record(&lease.node)?.map(|p| p.heartbeat_at);
+        Ok(Some((stamp, lease.clone(), self.live(lease, hb, now))))
     }
 
     /// One story (deleted stories are returned with `deleted: true`). `now` decides whether
