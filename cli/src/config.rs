@@ -10,6 +10,11 @@
 //! heartbeat_secs = 10
 //! retention_secs = 14400
 //! block_after_merge_failures = 3
+//!
+//! [events]                      # the NATS JetStream bridge (docs/events.md); off without a URL
+//! nats_url = "nats://127.0.0.1:4222"   # $NATS_URL wins over this
+//! stream = "HUSKIES_EVENTS"            # default HUSKIES_<first 16 hex of the cluster id>
+//! max_in_flight = 256
 //! ```
 
 use std::net::SocketAddr;
@@ -28,6 +33,35 @@ pub struct FileConfig {
     /// `[daemon]`
     #[serde(default)]
     pub daemon: DaemonSection,
+    /// `[events]`
+    #[serde(default, skip_serializing_if = "EventsSection::is_empty")]
+    pub events: EventsSection,
+}
+
+/// `[events]`: the NATS JetStream bridge; every key optional.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    pub nats_url: Option<String>,
+    pub stream: Option<String>,
+    pub max_in_flight: Option<usize>,
+}
+
+impl EventsSection {
+    fn is_empty(&self) -> bool {
+        self.nats_url.is_none() && self.stream.is_none() && self.max_in_flight.is_none()
+    }
+
+    /// The bridge's settings: `NATS_URL` (when set and not empty) wins over `nats_url`.
+    pub fn bridge(&self, env_url: Option<String>) -> huskies_daemon::EventsConfig {
+        let defaults = huskies_daemon::EventsConfig::default();
+        huskies_daemon::EventsConfig {
+            nats_url: env_url.filter(|u| !u.trim().is_empty()).or(self.nats_url.clone()),
+            stream: self.stream.clone(),
+            max_in_flight: self.max_in_flight.unwrap_or(defaults.max_in_flight).max(1),
+            ..defaults
+        }
+    }
 }
 
 /// `[daemon]`: every key optional.

@@ -465,3 +465,33 @@ fn events_are_the_same_with_and_without_a_daemon_and_resume_from_a_cursor() {
     assert_eq!(v["attributes"]["event"], "gates-started");
     assert_eq!(v["attributes"]["from"]["kind"], "coding");
 }
+
+/// `[events] nats_url` turns the bridge on; a NATS that is not there costs commands
+/// nothing, and `status` shows the bridge's counters.
+#[test]
+fn an_unreachable_nats_fails_no_command_and_shows_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("a");
+    init(&home, "a");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(
+        home.join("config.toml"),
+        format!("[events]\nnats_url = \"nats://{dead}\"\n"),
+    )
+    .unwrap();
+    let (_d, _) = start_daemon(&home, &[]);
+    ok_json(&home, &["story", "add", "1_n"]);
+    ok_json(&home, &["story", "event", "1_n", "deps-met"]);
+    let v = wait_for(20, "the bridge reports its failure", || {
+        let v = ok_json(&home, &["status"]);
+        (v["events"]["failed"].as_u64()? > 0).then_some(v)
+    });
+    assert_eq!(v["events"]["enabled"], true);
+    assert_eq!(v["events"]["connected"], false);
+    assert!(v["events"]["pending"].as_u64().unwrap() >= 2, "{v}");
+    let out = huskies(&home, &["status"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("events   bridge NOT connected"));
+}

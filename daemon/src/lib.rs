@@ -8,6 +8,7 @@
 //! home so that every CLI command behaves the same with the daemon up.
 
 mod control;
+mod events;
 mod http;
 mod join;
 mod mesh;
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use control::{request as control_request, socket_path, ControlHandler, ControlRequest, ControlResponse};
+pub use events::{default_stream_name, load_cursor, stream_config, EventsConfig, EventsHealth, CURSOR_FILE};
 pub use join::{join_cluster, join_cluster_with, JoinOptions, JoinOutcome};
 pub use metrics::{HealthReport, PeerStatus};
 pub use policy::apply_policies;
@@ -59,6 +61,8 @@ pub struct DaemonConfig {
     pub backoff_max_ms: u64,
     /// A frame write that takes longer than this means the peer does not read (default 20 s).
     pub write_timeout_ms: u64,
+    /// The event bridge to NATS JetStream (default: off).
+    pub events: EventsConfig,
 }
 
 impl DaemonConfig {
@@ -90,6 +94,7 @@ impl Default for DaemonConfig {
             backoff_initial_ms: 250,
             backoff_max_ms: 15_000,
             write_timeout_ms: 20_000,
+            events: EventsConfig::default(),
         }
     }
 }
@@ -167,6 +172,7 @@ impl Daemon {
         tasks.push(tokio::spawn(http::serve(shared.clone(), listener)));
         tasks.push(tokio::spawn(policy::run(shared.clone())));
         tasks.push(tokio::spawn(mesh::run(shared.clone())));
+        tasks.push(tokio::spawn(events::run(shared.clone())));
         tracing::info!(node = %shared.node_id().short(), %local_addr, "daemon started");
         Ok(Daemon {
             shared,
