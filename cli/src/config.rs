@@ -122,3 +122,32 @@ impl FileConfig {
             .unwrap_or_else(|| format!("ws://{}/crdt-sync", self.listen()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_section_parses_and_nats_url_wins() {
+        let file: FileConfig =
+            toml::from_str("[events]\nnats_url = \"nats://file:4222\"\nstream = \"S\"\nmax_in_flight = 0\n")
+                .unwrap();
+        let from_file = file.events.bridge(None);
+        assert_eq!(from_file.nats_url.as_deref(), Some("nats://file:4222"));
+        assert_eq!(from_file.stream.as_deref(), Some("S"));
+        assert_eq!(from_file.max_in_flight, 1, "at least one publish in flight");
+        let env = file.events.bridge(Some("nats://env:4222".into()));
+        assert_eq!(env.nats_url.as_deref(), Some("nats://env:4222"));
+        assert_eq!(
+            file.events.bridge(Some("  ".into())).nats_url.as_deref(),
+            Some("nats://file:4222"),
+            "an empty NATS_URL does not count"
+        );
+        let off = FileConfig::default().events.bridge(None);
+        assert!(off.nats_url.is_none(), "nothing configured: off");
+        assert!(
+            toml::from_str::<FileConfig>("[events]\nurl = \"x\"\n").is_err(),
+            "unknown keys are refused"
+        );
+    }
+}

@@ -21,7 +21,7 @@ use crate::id::{ClusterId, NodeId, OpId, StoryId};
 use crate::node::Node;
 use crate::op::{OpContent, UnverifiedOp};
 use crate::payload::Payload;
-use crate::pipeline::{transition, ArchiveReason, Stage};
+use crate::pipeline::{transition, ArchiveReason, Stage, StageKind};
 use crate::time::Timestamp;
 use crate::version::VersionVector;
 use crate::view::Transition;
@@ -616,15 +616,42 @@ pub fn events_after(node: &Node, cursor: &EventCursor, max_bytes: usize) -> Resu
     })
 }
 
-/// The time-based signals that hold at `now`: executions `Running` whose heartbeat is older
-/// than `stale_after_ms` (orphaned), `RateLimited` executions whose `resume_at` has passed
-/// (due), claims no longer live that nobody took over (expired), and forks on record. Each
-/// id is derived from the state that raised it plus the signal's type, so every node that
-/// sees the same state raises the same event, once.
+/// The stages whose stories can raise time-based signals: every stage but `done` and
+/// `archived`, where finished stories pile up (so a signal pass costs what the live work
+/// costs, not the cluster's whole history).
+pub const SIGNAL_STAGES: [StageKind; 5] = [
+    StageKind::Backlog,
+    StageKind::Coding,
+    StageKind::Qa,
+    StageKind::Merge,
+    StageKind::MergeFailure,
+];
+
+/// The time-based signals that hold at `now`: [`stage_signals`] for every stage of
+/// [`SIGNAL_STAGES`], then [`fork_signals`]. Each id is derived from the state that raised
+/// it plus the signal's type, so every node that sees the same state raises the same event.
 pub fn signals(node: &Node, now: Timestamp, stale_after_ms: i64) -> Result<Vec<Envelope>, Error> {
+    let mut out = Vec::new();
+    for kind in SIGNAL_STAGES {
+        out.extend(stage_signals(node, kind, now, stale_after_ms)?);
+    }
+    out.extend(fork_signals(node)?);
+    Ok(out)
+}
+
+/// The signals of the stories in one stage at `now`: executions `Running` whose heartbeat
+/// is older than `stale_after_ms` (orphaned), `RateLimited` executions whose `resume_at` has
+/// passed (due), and claims no longer live that nobody took over (expired). A host may call
+/// it stage by stage to keep each hold of the node short.
+pub fn stage_signals(
+    node: &Node,
+    stage: StageKind,
+    now: Timestamp,
+    stale_after_ms: i64,
+) -> Result<Vec<Envelope>, Error> {
     let cluster = node.cluster_id();
     let mut out = Vec::new();
-    for story in node.stories(None, now)? {
+    for story in node.stories(Some(stage), now)? {
         for (exec_node, state) in &story.execution {
             if let Some(e) = execution_signal(&cluster, &story.id, exec_node, state, now, stale_after_ms) {
                 out.push(e);
@@ -656,6 +683,13 @@ pub fn signals(node: &Node, now: Timestamp, stale_after_ms: i64) -> Result<Vec<E
             }
         }
     }
+    Ok(out)
+}
+
+/// One `fork.detected` per equivocating author on record.
+pub fn fork_signals(node: &Node) -> Result<Vec<Envelope>, Error> {
+    let cluster = node.cluster_id();
+    let mut out = Vec::new();
     for fork in node.forks()? {
         let evidence = node.fork_evidence(&fork.author)?;
         let at = evidence

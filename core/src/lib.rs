@@ -48,9 +48,9 @@ mod view;
 pub use bundle::{decode_bundle, encode_bundle};
 pub use clock::{ClockJump, LamportClock, MAX_LAMPORT_JUMP};
 pub use envelope::{
-    cluster_subjects, event_id, events_after, execution_signal, op_envelopes, signals, stage_json,
-    subject_token, Attributes, Envelope, EventBatch, EventCursor, EventType, TransitionFacts,
-    ENVELOPE_VERSION, PUBLISHER, SUBJECT_ROOT,
+    cluster_subjects, event_id, events_after, execution_signal, fork_signals, op_envelopes, signals,
+    stage_json, stage_signals, subject_token, Attributes, Envelope, EventBatch, EventCursor, EventType,
+    TransitionFacts, ENVELOPE_VERSION, PUBLISHER, SIGNAL_STAGES, SUBJECT_ROOT,
 };
 pub use error::{Error, ErrorKind};
 pub use event::{Event, Subscription, TransitionEvent};

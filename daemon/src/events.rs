@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::{self, stream};
-use huskies_core::{events_after, signals, Envelope, EventCursor, Timestamp};
+use huskies_core::{
+    events_after, fork_signals, stage_signals, Envelope, EventCursor, Timestamp, SIGNAL_STAGES,
+};
 use serde::Serialize;
 
 use crate::shared::Shared;
@@ -324,10 +326,18 @@ async fn publish_signals(
 ) -> Result<(), Stop> {
     let stale_ms = i64::try_from(cfg.stale_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     let now = Timestamp::from_datetime(chrono::Utc::now());
-    let current = match shared.with_node(|n| signals(n, now, stale_ms)) {
-        Ok(s) => s,
-        Err(e) => return Err(Stop(format!("reading signals: {e}"))),
-    };
+    // Stage by stage: each hold of the node stays as short as one stage's scan.
+    let mut current = Vec::new();
+    for kind in SIGNAL_STAGES {
+        match shared.with_node(|n| stage_signals(n, kind, now, stale_ms)) {
+            Ok(s) => current.extend(s),
+            Err(e) => return Err(Stop(format!("reading signals: {e}"))),
+        }
+    }
+    match shared.with_node(|n| fork_signals(n)) {
+        Ok(s) => current.extend(s),
+        Err(e) => return Err(Stop(format!("reading fork signals: {e}"))),
+    }
     // Forget signals that no longer hold: the set stays as small as the current state.
     let ids: HashSet<String> = current.iter().map(|e| e.id.clone()).collect();
     signalled.retain(|id| ids.contains(id));

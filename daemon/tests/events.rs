@@ -429,3 +429,122 @@ async fn unset_means_nothing_is_attempted() {
     assert!(js.get_stream(&name).await.is_err(), "no stream was created");
     a.shutdown().await.unwrap();
 }
+
+/// Appends `n` ops (stories and their first transition, one event each), `group` commands
+/// per commit (1: one command at a time, as a node's own writers do; more: group commit);
+/// returns the seconds it took.
+fn append(d: &Daemon, prefix: &str, n: usize, group: usize) -> f64 {
+    let t = std::time::Instant::now();
+    let mut cmds = Vec::with_capacity(group);
+    for i in 0..n / 2 {
+        let s = format!("{i}_{prefix}");
+        cmds.push(add(&s));
+        cmds.push(ev(&s, PipelineEvent::DepsMet));
+        if cmds.len() >= group {
+            let batch = std::mem::take(&mut cmds);
+            for r in d.with_node(|node| node.execute_group(now(), batch)).unwrap() {
+                r.unwrap();
+            }
+        }
+    }
+    if !cmds.is_empty() {
+        for r in d.with_node(|node| node.execute_group(now(), cmds)).unwrap() {
+            r.unwrap();
+        }
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// Appends on a bridged daemon; returns (append seconds, seconds until all acknowledged,
+/// events acknowledged).
+async fn bridged_append(d: &Daemon, prefix: &str, n: usize, group: usize) -> (f64, f64, u64) {
+    drained(d, "the bridge is connected and idle").await;
+    let before = d.health().events.published;
+    let t = std::time::Instant::now();
+    let secs = append(d, prefix, n, group);
+    drained(d, "the bridge caught up").await;
+    (
+        secs,
+        t.elapsed().as_secs_f64(),
+        d.health().events.published - before,
+    )
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The figure of `docs/benchmarks.md` ("Event bridge"): the node's own append rate with the
+/// bridge off and on, the events per second the bridge gets acknowledged in the same run,
+/// and the latency from commit to JetStream acknowledgement. Run in release:
+/// `cargo test --release -p huskies-daemon --test events -- --ignored --nocapture bridge_figure`
+/// (`HUSKIES_BENCH_OPS` sets the ops per phase, default 20000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: run it in release (docs/benchmarks.md)"]
+async fn bridge_figure() {
+    let Some(nats) = NatsServer::start() else { return };
+    let ops: usize = std::env::var("HUSKIES_BENCH_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let homes = cluster_homes(dir.path(), 2);
+    // Bridge off: the baseline append rates.
+    let off = start(&homes[1], fast_config("off", vec![])).await;
+    let off_secs = append(&off, "off", ops, 1);
+    let off_group_secs = append(&off, "offg", ops, 64);
+    off.shutdown().await.unwrap();
+    // Bridge on: append, and time until every event is acknowledged.
+    let mut config = bridge("on", vec![], &nats.url());
+    config.events.signal_interval_ms = EventsConfig::default().signal_interval_ms;
+    let on = start(&homes[0], config).await;
+    let (on_secs, bridge_secs, events) = bridged_append(&on, "on", ops, 1).await;
+    let (on_group_secs, bridge_group_secs, group_events) = bridged_append(&on, "ong", ops, 64).await;
+    // Latency: one commit at a time, waiting for its acknowledgement.
+    let mut lat = Vec::new();
+    for i in 0..200 {
+        let before = on.health().events.published;
+        let t = std::time::Instant::now();
+        on.with_node(|n| n.execute(now(), add(&format!("{i}_lat"))))
+            .unwrap();
+        while on.health().events.published == before {
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rate = |n: f64, secs: f64| (n / secs).round();
+    let append_on = ops as f64 / on_secs;
+    let bridge_rate = events as f64 / bridge_secs;
+    let group_on = ops as f64 / on_group_secs;
+    let group_bridge = group_events as f64 / bridge_group_secs;
+    println!(
+        "{}",
+        serde_json::json!({
+            "ops": ops,
+            "single": {
+                "append_ops_per_s_bridge_off": rate(ops as f64, off_secs),
+                "append_ops_per_s_bridge_on": append_on.round(),
+                "bridge_events_per_s": bridge_rate.round(),
+                "bridge_over_append": (bridge_rate / append_on * 1000.0).round() / 1000.0,
+                "catch_up_after_last_append_ms": ((bridge_secs - on_secs) * 1000.0).round(),
+            },
+            "group_of_64": {
+                "append_ops_per_s_bridge_off": rate(ops as f64, off_group_secs),
+                "append_ops_per_s_bridge_on": group_on.round(),
+                "bridge_events_per_s": group_bridge.round(),
+                "bridge_over_append": (group_bridge / group_on * 1000.0).round() / 1000.0,
+                "catch_up_after_last_append_ms": ((bridge_group_secs - on_group_secs) * 1000.0).round(),
+            },
+            "commit_to_ack_ms_p50": (percentile(&lat, 0.5) * 100.0).round() / 100.0,
+            "commit_to_ack_ms_p99": (percentile(&lat, 0.99) * 100.0).round() / 100.0,
+            "commit_to_ack_ms_max": (lat[lat.len() - 1] * 100.0).round() / 100.0,
+        })
+    );
+    assert_eq!(
+        (events, group_events),
+        (ops as u64, ops as u64),
+        "one event per op"
+    );
+    on.shutdown().await.unwrap();
+}
