@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use common::nats::NatsServer;
 use common::*;
-use huskies_core::{events_after, Command, Envelope, EventCursor, Node, NodeConfig, PipelineEvent, StoryId};
+use huskies_core::{
+    events_after, Command, Envelope, EventCursor, ExecutionEvent, Node, NodeConfig, PipelineEvent, StoryId,
+};
 use huskies_daemon::{default_stream_name, stream_config, Daemon, DaemonConfig, EventsConfig, CURSOR_FILE};
 
 const CHILD_HOME: &str = "HUSKIES_EVENTS_CHILD_HOME";
@@ -428,6 +430,79 @@ async fn unset_means_nothing_is_attempted() {
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     assert!(js.get_stream(&name).await.is_err(), "no stream was created");
     a.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_based_signals_are_published_once_by_any_node() {
+    let Some(nats) = NatsServer::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let homes = cluster_homes(dir.path(), 2);
+    let url = nats.url();
+    let config = |label: &str, peers: Vec<String>| {
+        let mut c = bridge(label, peers, &url);
+        c.events.stale_after_secs = 1;
+        c
+    };
+    let a = start(&homes[0], config("a", vec![])).await;
+    let b = start(&homes[1], config("b", vec![a.url()])).await;
+    let exec = |event: ExecutionEvent, id: &str| Command::Execution { id: sid(id), event };
+    a.with_node(|n| {
+        for id in ["1_run", "2_wait"] {
+            n.execute(now(), add(id)).unwrap();
+            n.execute(
+                now(),
+                exec(
+                    ExecutionEvent::SpawnRequested {
+                        agent: "coder".into(),
+                    },
+                    id,
+                ),
+            )
+            .unwrap();
+        }
+        n.execute(now(), exec(ExecutionEvent::SpawnedSuccessfully, "1_run"))
+            .unwrap();
+        // Due at once; the running one goes stale after a second without heartbeat.
+        n.execute(
+            now(),
+            exec(ExecutionEvent::HitRateLimit { resume_at: now() }, "2_wait"),
+        )
+        .unwrap();
+    });
+    let name = stream_name(&a);
+    let signal = |es: &[Envelope], t: &str| es.iter().filter(|e| e.kind == t).count();
+    for _ in 0..200 {
+        let stream = nats.envelopes(&name).await;
+        if signal(&stream, "org.huskies.execution.orphaned") > 0
+            && signal(&stream, "org.huskies.execution.due") > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both nodes see both signals for several passes; each is stored once.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stream = nats.envelopes(&name).await;
+    assert_eq!(
+        signal(&stream, "org.huskies.execution.orphaned"),
+        1,
+        "{stream:#?}"
+    );
+    assert_eq!(signal(&stream, "org.huskies.execution.due"), 1);
+    let orphan = stream
+        .iter()
+        .find(|e| e.kind == "org.huskies.execution.orphaned")
+        .unwrap();
+    assert_eq!(orphan.attributes.story.as_deref(), Some("1_run"));
+    assert_eq!(
+        orphan.attributes.node.as_deref(),
+        Some(a.with_node(|n| n.node_id().to_hex()).as_str())
+    );
+    let ids: BTreeSet<_> = stream.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids.len(), stream.len(), "no event twice");
+    for d in [a, b] {
+        d.shutdown().await.unwrap();
+    }
 }
 
 /// Appends `n` ops (stories and their first transition, one event each), `group` commands
