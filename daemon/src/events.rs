@@ -233,12 +233,19 @@ async fn session(shared: &Arc<Shared>, cfg: &EventsConfig, url: &str) -> Stop {
         // Everything committed so far, in steps, with at most max_in_flight unacknowledged.
         let mut read = acked.clone();
         let mut in_flight: VecDeque<(PublishAckFuture, EventCursor)> = VecDeque::new();
+        // The node's op count when the walk found nothing more: ops it holds that are not
+        // valid (past a removed member's cutoff) are never walked, so `pending` counts from
+        // here rather than from the cursor.
+        let held_at_end;
         loop {
-            let batch = match shared.with_node(|n| events_after(n, &read, cfg.step_bytes)) {
+            let (batch, held) = match shared.with_node(|n| {
+                events_after(n, &read, cfg.step_bytes).map(|b| (b, n.version_vector().total()))
+            }) {
                 Ok(b) => b,
                 Err(e) => return Stop(format!("reading the local log: {e}")),
             };
             if batch.ops_read == 0 {
+                held_at_end = held;
                 break;
             }
             for (env, after) in batch.events {
@@ -273,6 +280,7 @@ async fn session(shared: &Arc<Shared>, cfg: &EventsConfig, url: &str) -> Stop {
         shared.bridge.in_flight.store(0, Ordering::Relaxed);
         acked = read;
         file.save(shared, &acked);
+        shared.bridge.acked_ops.store(held_at_end, Ordering::Relaxed);
         if last_signals.elapsed() >= Duration::from_millis(cfg.signal_interval_ms) {
             last_signals = Instant::now();
             if let Err(stop) = publish_signals(shared, cfg, &js, &mut signalled).await {
