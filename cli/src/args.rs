@@ -109,6 +109,19 @@ pub(crate) enum Commands {
         #[arg(long)]
         follow: bool,
     },
+    /// Lifecycle event envelopes from the local log, in Lamport order (docs/events.md).
+    #[command(
+        after_help = "With --json each line is one envelope plus \"cursor\": pass it to --since to resume after \
+        that event.\n\nExamples:\n  huskies --json events\n  huskies --json events --since \"$CURSOR\" --follow"
+    )]
+    Events {
+        /// Resume after this cursor (printed with each event); default: the start of the log.
+        #[arg(long, value_name = "CURSOR")]
+        since: Option<String>,
+        /// Keep printing events as ops commit.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Re-check every stored op: hash chain, signature, forks. Exit 1 when problems are found.
     #[command(after_help = "Example:\n  huskies verify")]
     Verify,

@@ -113,6 +113,12 @@ pub(crate) fn run(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Option<Out>, Cli
             }
             render::ops(cli, &ops)
         }
+        Commands::Events { since, .. } => {
+            let from = crate::events::cursor(since.as_deref())?;
+            let (lines, _) = crate::events::lines(cli, slot.get(cli)?, &from)?;
+            // A stream: JSON Lines (or text lines), continued by the follower with --follow.
+            return Ok(Some(render::raw(lines.into_bytes())));
+        }
         Commands::Verify => {
             let node = slot.get(cli)?;
             let total = node.version_vector().total();
@@ -337,6 +343,11 @@ fn story_out(node: &Node, id: &StoryId, t: Timestamp) -> Result<Out, CliError> {
     Ok(render::story(&node.story(id, t)?))
 }
 
+/// The staleness bound of the node's config, in milliseconds (orphaned executions).
+fn stale_ms() -> i64 {
+    i64::try_from(NodeConfig::default().stale_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
 fn status(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Out, CliError> {
     let health = slot.health().cloned();
     let node = slot.get(cli)?;
@@ -353,5 +364,6 @@ fn status(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Out, CliError> {
         nodes: node.nodes(t)?,
         forks: node.forks()?,
         missing: node.own_ops_missing(),
+        signals: huskies_core::signals(node, t, stale_ms())?,
     }))
 }

@@ -11,6 +11,7 @@ mod args;
 mod bench;
 mod config;
 mod demo;
+mod events;
 mod exec;
 mod follow;
 mod home;
@@ -45,7 +46,7 @@ fn main() -> ExitCode {
         Ok(root) => root,
         Err(e) => return emit(render(&cli, Err(e.into()))),
     };
-    if let Commands::Log { follow: true, .. } = &cli.command {
+    if let Commands::Log { follow: true, .. } | Commands::Events { follow: true, .. } = &cli.command {
         return follow::run(&cli, &root, &argv);
     }
     match route::through_daemon(&cli, &root, &argv) {

@@ -239,6 +239,8 @@ pub(crate) struct StatusFacts<'a> {
     pub(crate) forks: Vec<ForkInfo>,
     /// Ops of the node's own chain held and acknowledged, when some are missing.
     pub(crate) missing: Option<(u64, u64)>,
+    /// Time-based signals that hold now (orphaned and due executions, expired claims, forks).
+    pub(crate) signals: Vec<huskies_core::Envelope>,
 }
 
 /// `status`.
@@ -302,6 +304,28 @@ pub(crate) fn status(s: &StatusFacts<'_>) -> Out {
              had acknowledged; it writes nothing until a peer sends them back (run the daemon)\n"
         );
     }
+    if let Some(e) = s.health.as_ref().map(|h| &h.events).filter(|e| e.enabled) {
+        text += &format!(
+            "events   bridge {} ({}): {} published, {} deduplicated, {} failed, {} ops pending\n",
+            if e.connected { "connected" } else { "NOT connected" },
+            e.stream.as_deref().unwrap_or("?"),
+            e.published,
+            e.deduplicated,
+            e.failed,
+            e.pending
+        );
+    }
+    for e in &s.signals {
+        let a = &e.attributes;
+        text += &format!(
+            "signal   {} {} {}\n",
+            e.kind,
+            a.story.as_deref().unwrap_or(""),
+            a.node
+                .as_deref()
+                .map_or(String::new(), |n| n.chars().take(8).collect())
+        );
+    }
     let health = &s.health;
     Out::new(
         text,
@@ -322,6 +346,8 @@ pub(crate) fn status(s: &StatusFacts<'_>) -> Out {
             })).collect::<Vec<_>>(),
             "forks": s.forks.iter().map(|f| json!({"author": f.author.to_hex(), "at_seq": f.at_seq})).collect::<Vec<_>>(),
             "own_ops_missing": s.missing.map(|(held, acknowledged)| json!({"held": held, "acknowledged": acknowledged})),
+            "events": health.as_ref().map(|h| json!(h.events)),
+            "signals": s.signals,
         }),
     )
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use huskies_core::{Node, OpSummary, VersionVector};
+use huskies_core::{Node, VersionVector};
 use huskies_daemon::{ControlHandler, ControlRequest, ControlResponse, HealthReport};
 use serde_json::json;
 
@@ -109,7 +109,10 @@ impl ControlHandler for CliControl {
             );
             return response(r, false, false);
         }
-        let follow = matches!(cli.command, Commands::Log { follow: true, .. });
+        let follow = matches!(
+            cli.command,
+            Commands::Log { follow: true, .. } | Commands::Events { follow: true, .. }
+        );
         let binary = matches!(cli.command, Commands::Export { out: None });
         let mut slot = NodeSlot::Daemon(node, health, request.stdin.as_deref());
         let r = run(&cli, &mut slot);
@@ -125,17 +128,7 @@ impl ControlHandler for CliControl {
         let Ok(cli) = parse(&request.argv) else {
             return (String::new(), since.clone());
         };
-        let author = match &cli.command {
-            Commands::Log { author: Some(a), .. } => a.parse().ok(),
-            _ => None,
-        };
-        let ops = node.ops_since(since).unwrap_or_default();
-        let summaries: Vec<OpSummary> = ops
-            .iter()
-            .filter(|o| author.is_none_or(|a| o.content().author == a))
-            .map(OpSummary::of)
-            .collect();
-        (crate::render::op_lines(&cli, &summaries), node.version_vector())
+        crate::follow::daemon_step(&cli, node, since)
     }
 }
 

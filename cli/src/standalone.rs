@@ -223,6 +223,7 @@ fn run_daemon(
         block_after_merge_failures: d
             .block_after_merge_failures
             .unwrap_or(defaults.block_after_merge_failures),
+        events: file.events.bridge(std::env::var("NATS_URL").ok()),
         ..defaults
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -26,6 +26,7 @@
 mod bundle;
 mod clock;
 mod codec;
+mod envelope;
 mod error;
 mod event;
 mod execution;
@@ -59,6 +60,11 @@ mod view;
 
 pub use bundle::{decode_bundle, encode_bundle};
 pub use clock::{ClockJump, LamportClock, MAX_LAMPORT_JUMP};
+pub use envelope::{
+    cluster_subjects, event_id, events_after, execution_signal, fork_signals, op_envelopes, signals,
+    stage_json, stage_signals, subject_token, Attributes, Envelope, EventBatch, EventCursor, EventType,
+    TransitionFacts, ENVELOPE_VERSION, PUBLISHER, SIGNAL_STAGES, SUBJECT_ROOT,
+};
 pub use error::{Error, ErrorKind};
 pub use event::{Event, Subscription, TransitionEvent};
 pub use execution::{apply_execution_event, ExecutionEvent, ExecutionState, InvalidExecutionEvent};

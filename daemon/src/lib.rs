@@ -9,6 +9,7 @@
 
 pub mod api;
 mod control;
+mod events;
 mod http;
 mod join;
 mod mesh;
@@ -31,6 +32,7 @@ pub use control::{
     request as control_request, socket_path, ControlHandler, ControlRequest, ControlResponse, TypedOnly,
 };
 pub use join::{join_cluster, join_cluster_with, join_home, JoinOptions, JoinOutcome};
+pub use events::{default_stream_name, load_cursor, stream_config, EventsConfig, EventsHealth, CURSOR_FILE};
 pub use metrics::{HealthReport, PeerStatus};
 pub use policy::apply_policies;
 pub use remote::{RemoteNode, RemoteSubscription, DEFAULT_TIMEOUT};
@@ -64,6 +66,8 @@ pub struct DaemonConfig {
     pub backoff_max_ms: u64,
     /// A frame write that takes longer than this means the peer does not read (default 20 s).
     pub write_timeout_ms: u64,
+    /// The event bridge to NATS JetStream (default: off).
+    pub events: EventsConfig,
 }
 
 impl DaemonConfig {
@@ -95,6 +99,7 @@ impl Default for DaemonConfig {
             backoff_initial_ms: 250,
             backoff_max_ms: 15_000,
             write_timeout_ms: 20_000,
+            events: EventsConfig::default(),
         }
     }
 }
@@ -172,6 +177,7 @@ impl Daemon {
         tasks.push(tokio::spawn(http::serve(shared.clone(), listener)));
         tasks.push(tokio::spawn(policy::run(shared.clone())));
         tasks.push(tokio::spawn(mesh::run(shared.clone())));
+        tasks.push(tokio::spawn(events::run(shared.clone())));
         tracing::info!(node = %shared.node_id().short(), %local_addr, "daemon started");
         Ok(Daemon {
             shared,

@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub events: broadcast::Sender<Event>,
     pub peers: Mutex<BTreeMap<u64, PeerEntry>>,
     pub metrics: Metrics,
+    /// The event bridge's counters.
+    pub bridge: crate::events::BridgeStats,
     next_conn: AtomicU64,
     connections: watch::Sender<usize>,
 }
@@ -87,6 +89,7 @@ impl Shared {
             events,
             peers: Mutex::new(BTreeMap::new()),
             metrics: Metrics::default(),
+            bridge: Default::default(),
             next_conn: AtomicU64::new(1),
             connections,
         })

@@ -14,7 +14,7 @@ use crate::keyspace as key;
 use crate::op::{SignedOp, UnverifiedOp};
 use crate::oplog;
 use crate::pipeline::StageKind;
-use crate::projection::{Lease, PresenceRecord, StoryRecord};
+use crate::projection::{Lease, PresenceRecord, Stamp, StoryRecord};
 use crate::record::decode_story;
 use crate::storage::{self, Store};
 use crate::time::Timestamp;
@@ -66,6 +66,17 @@ impl<S: Store> Node<S> {
         };
         let hb = self.presence_record(&lease.node)?.map(|p| p.heartbeat_at);
         Ok(self.live(lease, hb, now).then(|| lease.clone()))
+    }
+
+    /// The story's newest claim entry (its stamp and lease) whether or not it is live at
+    /// `now`, and whether it is: what the claim-expired signal needs (`envelope::signals`).
+    pub fn claim_entry(&self, id: &StoryId, now: Timestamp) -> Result<Option<(Stamp, Lease, bool)>, Error> {
+        let rec = self.record(id)?;
+        let Some((stamp, lease)) = rec.claims.current() else {
+            return Ok(None);
+        };
+        let hb = self.presence_record(&lease.node)?.map(|p| p.heartbeat_at);
+        Ok(Some((stamp, lease.clone(), self.live(lease, hb, now))))
     }
 
     /// One story (deleted stories are returned with `deleted: true`). `now` decides whether
