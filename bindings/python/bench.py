@@ -7,8 +7,7 @@ Measures, in temporary homes:
     `huskies story add`), over N/20 commands;
   - `python_batch512_per_s`: the same command mix in `node.batch()` blocks of 512 (one
     atomic write and one flush per block), over N commands;
-  - `append_per_s` and `interactive_append_per_s` from `huskies bench --json --ops N`
-    (Rust, group commit of 512 / one command per flush);
+  - `append_per_s` from `huskies bench --json --ops N` (Rust, group commit);
 and the ratios. Needs the installed `huskies` package and the release `huskies` binary.
 """
 
@@ -25,7 +24,12 @@ import tempfile
 import time
 from typing import Dict, List, Tuple
 
-import huskies
+# This file sits beside the package's source: import the installed package, not the source
+# tree (which has no compiled library).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import huskies  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -87,7 +91,7 @@ def python_batch(tmp: pathlib.Path, n: int, size: int = 512) -> float:
 def rust_bench(binary: str, n: int) -> Dict[str, float]:
     out = subprocess.run([binary, "bench", "--json", "--ops", str(n)], capture_output=True, check=True, timeout=1800)
     figures = json.loads(out.stdout)
-    return {k: float(figures[k]) for k in ("append_per_s", "interactive_append_per_s", "raw_sign_per_s")}
+    return {k: float(figures[k]) for k in ("append_per_s", "raw_sign_per_s")}
 
 
 def main() -> int:
@@ -109,9 +113,7 @@ def main() -> int:
         "python_single_per_s": round(single),
         "python_batch512_per_s": round(batch),
         "append_per_s": round(rust["append_per_s"]),
-        "interactive_append_per_s": round(rust["interactive_append_per_s"]),
         "python_batch_vs_append": round(batch / rust["append_per_s"], 3),
-        "python_single_vs_interactive": round(single / rust["interactive_append_per_s"], 3),
     }
     if args.json:
         print(json.dumps(result))
