@@ -23,12 +23,14 @@
 //! # Ok::<(), huskies_core::Error>(())
 //! ```
 
+mod builders;
 mod bundle;
 mod clock;
 mod codec;
 mod error;
 mod event;
 mod execution;
+mod export;
 #[cfg(feature = "bench")]
 pub mod floor;
 mod home;
@@ -57,11 +59,16 @@ mod time;
 mod version;
 mod view;
 
-pub use bundle::{decode_bundle, encode_bundle};
+pub use builders::NewStory;
+pub use bundle::{
+    decode_bundle, encode_bundle, read_bundle, split_bundles, BUNDLE_FRAME_BYTES, BUNDLE_HEADER_BYTES,
+    MIN_BUNDLE_BYTES,
+};
 pub use clock::{ClockJump, LamportClock, MAX_LAMPORT_JUMP};
 pub use error::{Error, ErrorKind};
 pub use event::{Event, Subscription, TransitionEvent};
 pub use execution::{apply_execution_event, ExecutionEvent, ExecutionState, InvalidExecutionEvent};
+pub use export::{ExportChunks, EXPORT_BUNDLE_BYTES};
 pub use id::{ClusterId, NodeId, OpId, StoryId, MAX_STORY_ID_LEN};
 pub use import::IMPORT_CHUNK_OPS;
 pub use key::NodeKey;
@@ -86,4 +93,10 @@ pub use storage::{
 };
 pub use time::Timestamp;
 pub use version::VersionVector;
+
+/// The RNG traits the core takes (`rand_core` 0.6, with its `getrandom` feature), re-exported
+/// so a caller needs no dependency of its own: pass `&mut huskies_core::rand_core::OsRng`.
+/// A caller that depends on `rand_core` itself must pick 0.6 (`rand_core = { version = "0.6",
+/// features = ["getrandom"] }`); later versions are other, incompatible traits.
+pub use rand_core;
 pub use view::{Conflict, ForkInfo, Member, NodeInfo, OpSummary, Story, Transition, VerifyReport};

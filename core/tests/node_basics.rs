@@ -442,8 +442,10 @@ fn subscribers_get_one_event_per_committed_transition_and_replays() {
 
     // Remote transitions are announced once on the receiving node, even if re-sent.
     let all = a.ops_since(&Default::default()).unwrap();
-    b.ingest(unverified(all.clone())).unwrap();
-    b.ingest(unverified(all)).unwrap();
+    let report = b.ingest(unverified(all.clone())).unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    let report = b.ingest(unverified(all)).unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     {
         let seen = seen_b.lock().unwrap();
         let transitions: Vec<_> = seen

@@ -123,9 +123,10 @@ impl Receipt {
 
 impl<S: Store> Node<S> {
     /// Applies one command: validated against the projection, signed, stored durably
-    /// (flushed) before it returns. An invalid command writes nothing.
-    pub fn execute(&mut self, now: Timestamp, cmd: Command) -> Result<Receipt, Error> {
-        self.execute_group(now, vec![cmd])?
+    /// (flushed) before it returns. An invalid command writes nothing. Takes a [`Command`]
+    /// or anything that becomes one (a [`crate::NewStory`] from [`Command::add_story`]).
+    pub fn execute(&mut self, now: Timestamp, cmd: impl Into<Command>) -> Result<Receipt, Error> {
+        self.execute_group(now, vec![cmd.into()])?
             .pop()
             .expect("one result per command")
     }
@@ -134,6 +135,28 @@ impl<S: Store> Node<S> {
     /// those before it), and all that succeed are stored in one atomic batch with one
     /// flush. Each command gets its own result; a refused command writes nothing. A
     /// storage failure (an `io` error) fails the whole call and writes nothing.
+    ///
+    /// Hence the two levels of `Result`: the outer one is the call (`Err` only for a storage
+    /// failure, and then nothing was written), the inner ones are the commands, in order
+    /// (`Err` for a refused command, which wrote nothing while the others were stored).
+    /// Look at each inner result; `?` on the outer one alone drops the refusals.
+    ///
+    /// ```
+    /// use huskies_core::{Command, InitMode, Node, NodeConfig, StoryId, Timestamp};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let now = Timestamp::from_millis(1_763_700_000_000);
+    /// let mut node = Node::init(dir.path(), InitMode::NewCluster { name: "demo".into() },
+    ///                           &mut huskies_core::rand_core::OsRng, now, NodeConfig::default())?;
+    /// let a = StoryId::new("a")?;
+    /// let cmds = vec![
+    ///     Command::add_story(a.clone(), "A").into(),
+    ///     Command::add_story(a.clone(), "A again").into(), // refused: already exists
+    /// ];
+    /// let results = node.execute_group(now, cmds)?; // outer: the store did not fail
+    /// assert!(results[0].is_ok());
+    /// assert_eq!(results[1].as_ref().unwrap_err().kind().as_str(), "already_exists");
+    /// # Ok::<(), huskies_core::Error>(())
+    /// ```
     pub fn execute_group(
         &mut self,
         now: Timestamp,
