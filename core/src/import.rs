@@ -53,6 +53,9 @@ impl<S: Store> Node<S> {
     /// Unlike [`Node::import_bundle`], a broken bundle is found only when it is reached: the
     /// bundles before it stay stored (each stored op is valid on its own; importing again
     /// skips them as duplicates) and the error is returned.
+    ///
+    /// The report's `events` stay empty: subscribers hear every event as usual, but a
+    /// report holding one event per transition of a whole history would not be bounded.
     pub fn import_reader(
         &mut self,
         r: &mut impl std::io::Read,
@@ -63,7 +66,7 @@ impl<S: Store> Node<S> {
         while let Some(bundle) = read_bundle(r)? {
             total = total.saturating_add(op_count(&bundle));
             progress(done, total);
-            import_in_chunks(self, &bundle, IMPORT_CHUNK_OPS, &mut report, |n| {
+            import_in_chunks(self, &bundle, IMPORT_CHUNK_OPS, Events::Drop, &mut report, |n| {
                 done = done.saturating_add(n);
                 progress(done, total);
             })?;
@@ -89,7 +92,7 @@ fn import_slice<S: Store>(
     let mut done = 0u64;
     progress(done, total);
     for bundle in bundles {
-        import_in_chunks(node, bundle, chunk_ops, &mut report, |n| {
+        import_in_chunks(node, bundle, chunk_ops, Events::Keep, &mut report, |n| {
             done = done.saturating_add(n);
             progress(done, total);
         })?;
@@ -107,10 +110,18 @@ fn op_count(bundle: &[u8]) -> u64 {
 
 /// Decodes one bundle and ingests it in chunks of `chunk_ops` into `report`, calling
 /// `ingested(n)` after each chunk of `n` ops.
+/// Whether an import's report collects the events its ingests published.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Events {
+    Keep,
+    Drop,
+}
+
 fn import_in_chunks<S: Store>(
     node: &mut Node<S>,
     bytes: &[u8],
     chunk_ops: usize,
+    events: Events,
     report: &mut IngestReport,
     mut ingested: impl FnMut(u64),
 ) -> Result<(), Error> {
@@ -131,7 +142,11 @@ fn import_in_chunks<S: Store>(
     while rest.peek().is_some() {
         let chunk: Vec<_> = rest.by_ref().take(chunk_ops.max(1)).collect();
         let n = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
-        report.absorb(node.ingest(chunk)?);
+        let mut chunk_report = node.ingest(chunk)?;
+        if events == Events::Drop {
+            chunk_report.events = Vec::new();
+        }
+        report.absorb(chunk_report);
         ingested(n);
     }
     Ok(())

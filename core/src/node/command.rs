@@ -22,6 +22,13 @@ use crate::time::Timestamp;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// New story in the backlog.
+    ///
+    /// Refused locally (nothing is signed): an id already used, an empty or blank `name`
+    /// (`invalid_argument`), a dependency that is not a live story on this node
+    /// (`not_found`) or the story itself. An op from a peer is accepted whatever its
+    /// dependencies and name say: a dependency may simply not have reached this node yet,
+    /// and an op's validity must not depend on arrival order; the projection keeps the ids
+    /// as given.
     AddStory {
         /// Id.
         id: StoryId,
@@ -32,7 +39,8 @@ pub enum Command {
         /// Dependencies.
         depends_on: Vec<StoryId>,
     },
-    /// Change one field.
+    /// Change one field. A new name or dependency list is checked as in
+    /// [`Command::AddStory`].
     UpdateStory {
         /// Story.
         id: StoryId,
@@ -220,6 +228,24 @@ impl<S: Store> Node<S> {
         Ok(rec)
     }
 
+    /// A local command may only name dependencies this node knows as live stories (and not
+    /// the story itself). Ops from peers are not held to this: whether a dependency exists
+    /// can depend on arrival order, and validity must not (see [`Command::AddStory`]).
+    fn check_depends_on(w: &mut Working<'_, S>, id: &StoryId, deps: &[StoryId]) -> Result<(), Error> {
+        for dep in deps {
+            if dep == id {
+                return Err(Error::InvalidArgument(format!(
+                    "story {id} cannot depend on itself"
+                )));
+            }
+            Self::visible_story(w, dep).map_err(|e| match e {
+                Error::NotFound(why) => Error::NotFound(format!("story {id} depends on {dep}: {why}")),
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+
     fn my_role(&self, w: &Working<'_, S>) -> Option<Role> {
         w.state.members.get(&self.node_id()).and_then(|m| m.role())
     }
@@ -243,6 +269,8 @@ impl<S: Store> Node<S> {
                     };
                     return Err(Error::AlreadyExists(format!("story {id} {what}")));
                 }
+                check_name(&name)?;
+                Self::check_depends_on(w, &id, &depends_on)?;
                 Payload::StoryCreate {
                     story: id,
                     name,
@@ -252,6 +280,11 @@ impl<S: Store> Node<S> {
             }
             Command::UpdateStory { id, field } => {
                 Self::visible_story(w, &id)?;
+                match &field {
+                    StoryField::Name(name) => check_name(name)?,
+                    StoryField::DependsOn(deps) => Self::check_depends_on(w, &id, deps)?,
+                    StoryField::Body(_) => {}
+                }
                 Payload::StoryUpdate { story: id, field }
             }
             Command::Event { id, event } => {
@@ -439,4 +472,12 @@ impl<S: Store> Node<S> {
         self.commit(w, batch)?;
         Ok(receipt)
     }
+}
+
+/// A local story name must say something: empty or whitespace-only names are refused.
+fn check_name(name: &str) -> Result<(), Error> {
+    if name.trim().is_empty() {
+        return Err(Error::InvalidArgument("a story name cannot be empty".into()));
+    }
+    Ok(())
 }
