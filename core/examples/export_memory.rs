@@ -7,6 +7,7 @@
 //! $X build  /tmp/hx 100000                 # an admin with 100k stories x 8 changes
 //! $X export /tmp/hx /tmp/hx.hsk            # its history as a bundle stream (4 MiB bundles)
 //! $X import /tmp/hx /tmp/hx.hsk /tmp/hx/b  # a new node of the cluster imports it
+//! $X import-whole /tmp/hx /tmp/hx.hsk /tmp/hx/c  # the same from one slice, for comparison
 //! ```
 //!
 //! Each step prints its figures and the process's peak resident memory (`VmHWM`, Linux).
@@ -105,7 +106,7 @@ fn export(dir: &Path, file: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn import(dir: &Path, file: &Path, home: &Path) -> Result<(), Error> {
+fn import(dir: &Path, file: &Path, home: &Path, whole: bool) -> Result<(), Error> {
     let start = Instant::now();
     let cluster = std::fs::read_to_string(dir.join("cluster")).map_err(|e| io(dir, e))?;
     let cluster: ClusterId = cluster.trim().parse()?;
@@ -116,8 +117,14 @@ fn import(dir: &Path, file: &Path, home: &Path) -> Result<(), Error> {
         now(),
         NodeConfig::default(),
     )?;
-    let mut input = BufReader::new(File::open(file).map_err(|e| io(file, e))?);
-    let report = member.import_reader(&mut input, |_, _| {})?;
+    let report = if whole {
+        // For comparison: the whole stream read into memory and imported from one slice.
+        let bytes = std::fs::read(file).map_err(|e| io(file, e))?;
+        member.import_bundle(&bytes, |_, _| {})?
+    } else {
+        let mut input = BufReader::new(File::open(file).map_err(|e| io(file, e))?);
+        member.import_reader(&mut input, |_, _| {})?
+    };
     println!(
         "import: {} applied, {} rejected, {} buffered in {:.1} s; ops held {}; peak RSS {}",
         report.applied,
@@ -150,13 +157,14 @@ fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || {
         Error::InvalidArgument(
-            "usage: export_memory build DIR STORIES | export DIR FILE | import DIR FILE HOME".into(),
+            "usage: export_memory build DIR STORIES | export DIR FILE | import DIR FILE HOME | import-whole DIR FILE HOME".into(),
         )
     };
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["build", dir, n] => build(Path::new(dir), n.parse().map_err(|_| usage())?),
         ["export", dir, file] => export(Path::new(dir), Path::new(file)),
-        ["import", dir, file, home] => import(Path::new(dir), Path::new(file), Path::new(home)),
+        ["import", dir, file, home] => import(Path::new(dir), Path::new(file), Path::new(home), false),
+        ["import-whole", dir, file, home] => import(Path::new(dir), Path::new(file), Path::new(home), true),
         _ => Err(usage()),
     }
 }

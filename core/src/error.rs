@@ -168,7 +168,15 @@ pub enum Error {
 }
 
 impl Error {
-    /// The contract's kind for this error.
+    /// The contract's kind for this error: the stable name a host matches on or prints
+    /// (the CLI's `{"error": {"kind", ...}}`), while the variant and message carry detail.
+    ///
+    /// ```
+    /// use huskies_core::{ErrorKind, StoryId};
+    /// let err = StoryId::new("no spaces").unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    /// assert_eq!(err.kind().as_str(), "invalid_argument");
+    /// ```
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::NotFound(_) => ErrorKind::NotFound,

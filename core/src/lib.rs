@@ -10,18 +10,31 @@
 //! [`MemoryStore`] for tests and tools, [`FailingStore`] to fail a chosen storage operation.
 //!
 //! ```
-//! use huskies_core::{Command, InitMode, Node, NodeConfig, PipelineEvent, StoryId, Timestamp};
+//! use std::time::SystemTime;
+//! use huskies_core::{Command, ErrorKind, InitMode, Node, NodeConfig, PipelineEvent, StoryId, Timestamp};
 //! # let dir = tempfile::tempdir().unwrap();
-//! let now = Timestamp::from_millis(1_763_700_000_000);
+//! // `now` is always an argument: a host reads its clock, a test passes a fixed time.
+//! let now = Timestamp::from_system_time(SystemTime::now());
 //! let mut node = Node::init(dir.path(), InitMode::NewCluster { name: "demo".into() },
-//!                           &mut rand_core::OsRng, now, NodeConfig::default())?;
+//!                           &mut huskies_core::rand_core::OsRng, now, NodeConfig::default())?;
 //! let id = StoryId::new("42_fix_login")?;
-//! node.execute(now, Command::AddStory { id: id.clone(), name: "Fix login".into(),
-//!                                       body: None, depends_on: vec![] })?;
-//! node.execute(now, Command::Event { id: id.clone(), event: PipelineEvent::DepsMet })?;
+//! node.execute(now, Command::add_story(id.clone(), "Fix login"))?;
+//! node.execute(now, Command::event(id.clone(), PipelineEvent::DepsMet))?;
 //! assert_eq!(node.story(&id, now)?.stage.kind().as_str(), "coding");
+//!
+//! // Every error has a stable kind (the CLI contract's names).
+//! let err = node.execute(now, Command::event(id, PipelineEvent::Accepted)).unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::InvalidTransition);
+//! assert_eq!(err.kind().as_str(), "invalid_transition");
 //! # Ok::<(), huskies_core::Error>(())
 //! ```
+//!
+//! Runnable programs are in `core/examples/` (`cargo run -p huskies-core --example
+//! quick_start`; also `two_nodes_bundles`, `join_cluster`, `subscribe`,
+//! `streaming_catch_up`). Large histories move as bounded bundles: [`Node::export_chunks`]
+//! and [`Node::import_reader`].
+
+#![deny(missing_docs)]
 
 mod builders;
 mod bundle;

@@ -14,5 +14,8 @@ fn the_readme_rust_block_is_the_quick_start_example() {
         .nth(1)
         .and_then(|rest| rest.split("```").next())
         .expect("the Rust section has a rust code block");
-    assert_eq!(block, example, "README.md's Rust block differs from core/examples/quick_start.rs");
+    assert_eq!(
+        block, example,
+        "README.md's Rust block differs from core/examples/quick_start.rs"
+    );
 }
