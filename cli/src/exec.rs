@@ -6,6 +6,7 @@ use std::path::Path;
 
 use huskies_core::{
     Command as Cmd, Node, NodeConfig, NodeId, PipelineEvent, StageKind, StoryId, Timestamp, VersionVector,
+    EXPORT_BUNDLE_BYTES,
 };
 
 use crate::args::{Cli, Commands, KeyCmd, MemberCmd, StoryCmd, TicketCmd};
@@ -143,12 +144,14 @@ pub(crate) fn run(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Option<Out>, Cli
         }
         Commands::Export { out } => {
             let node = slot.get(cli)?;
-            let bytes = node.export_since(&VersionVector::default())?;
             let count = node.version_vector().total();
+            // A bundle stream (docs/format.md): bounded bundles read from the store one at a
+            // time, written one after another.
+            let chunks = node.export_chunks(&VersionVector::default(), EXPORT_BUNDLE_BYTES)?;
             match out {
                 Some(path) => {
-                    write_file_atomically(path, &bytes)?;
-                    render::exported(count, bytes.len(), path)
+                    let bytes = write_file_atomically(path, chunks)?;
+                    render::exported(count, bytes, path)
                 }
                 None => {
                     if cli.json {
@@ -156,17 +159,23 @@ pub(crate) fn run(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Option<Out>, Cli
                             "--json needs --out FILE: the export itself is binary",
                         ));
                     }
+                    let mut bytes = Vec::new();
+                    for chunk in chunks {
+                        bytes.extend(chunk?);
+                    }
                     return Ok(Some(render::raw(bytes)));
                 }
             }
         }
         Commands::Import { file } => {
-            let bytes = std::fs::read(file)
+            let input = std::fs::File::open(file)
                 .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
             let show = progress_enabled(cli) && slot.health().is_none();
             let node = slot.get(cli)?;
             let bar = progress::bar(show, 0, "importing");
-            let report = node.import_bundle(&bytes, |done, total| {
+            // One bundle of the stream in memory at a time.
+            let mut input = std::io::BufReader::new(input);
+            let report = node.import_reader(&mut input, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
             })?;
@@ -212,15 +221,39 @@ pub(crate) fn own_label(node: &Node) -> Result<String, CliError> {
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename: never a half file.
-pub(crate) fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+/// Writes `chunks` one after another to `path` through a temporary file renamed into place
+/// once complete; returns the bytes written. A failed chunk leaves `path` untouched.
+pub(crate) fn write_file_atomically(
+    path: &Path,
+    chunks: impl IntoIterator<Item = Result<Vec<u8>, huskies_core::Error>>,
+) -> Result<usize, CliError> {
+    use std::io::Write;
     let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes)
+    let io_err = |e: std::io::Error| CliError {
+        kind: "io",
+        message: format!("writing {}: {e}", path.display()),
+        code: EXIT_ENV,
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io_err)?);
+    let mut written = 0usize;
+    for chunk in chunks {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                drop(out);
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
+        out.write_all(&chunk).map_err(io_err)?;
+        written += chunk.len();
+    }
+    out.into_inner()
+        .map_err(|e| io_err(e.into_error()))?
+        .sync_all()
         .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| CliError {
-            kind: "io",
-            message: format!("writing {}: {e}", path.display()),
-            code: EXIT_ENV,
-        })
+        .map_err(io_err)?;
+    Ok(written)
 }
 
 fn parse_event(

@@ -102,7 +102,7 @@ pub(crate) fn run(cli: &Cli, root: &Path, argv: &[String]) -> ExitCode {
                     return ExitCode::SUCCESS; // the reader went away
                 }
             }
-            Err(Error::HomeLocked(_)) => {} // a writer holds it for a moment, or a daemon is starting
+            Err(Error::HomeLocked(_) | Error::HomeLockedByDaemon(_)) => {} // a writer holds it for a moment, or a daemon is starting
             Err(e) => return emit(render(cli, Err(e.into()))),
         }
         std::thread::sleep(POLL);

@@ -275,7 +275,9 @@ pub(crate) fn open_for_daemon(root: &std::path::Path) -> Result<Node, CliError> 
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         match Node::open(root, NodeConfig::default()) {
-            Err(huskies_core::Error::HomeLocked(_)) if std::time::Instant::now() < deadline => {
+            Err(huskies_core::Error::HomeLocked(_) | huskies_core::Error::HomeLockedByDaemon(_))
+                if std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(50));
             }
             other => return Ok(other?),

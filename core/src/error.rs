@@ -99,9 +99,19 @@ pub enum Error {
     /// No home at the path.
     #[error("no huskies home at {0}; run `huskies init` first")]
     HomeNotFound(PathBuf),
-    /// Another process owns the home.
-    #[error("home {0} is in use by another process (a running daemon?)")]
+    /// Another process owns the home, and it has no daemon control socket: another CLI
+    /// command, a program using the core, or a daemon starting or stopping.
+    #[error("home {0} is in use by another process")]
     HomeLocked(PathBuf),
+    /// Another process owns the home and `<home>/daemon.sock` exists: most likely a running
+    /// `huskies daemon` (CLI commands reach it through that socket; a Rust program should
+    /// go through the daemon too, or stop it).
+    #[error("home {0} is in use by another process, most likely a running daemon (its control socket {0}/daemon.sock exists)")]
+    HomeLockedByDaemon(PathBuf),
+    /// A `Node` of this same process already holds the home: use that one (one `Node` per
+    /// home per process), or drop it first.
+    #[error("home {0} is already open in this process: one Node per home; use that Node or drop it first")]
+    HomeOpenInThisProcess(PathBuf),
     /// Stored data failed an integrity check, or a file is malformed.
     #[error("corrupt: {0}")]
     Corrupt(String),
@@ -158,7 +168,15 @@ pub enum Error {
 }
 
 impl Error {
-    /// The contract's kind for this error.
+    /// The contract's kind for this error: the stable name a host matches on or prints
+    /// (the CLI's `{"error": {"kind", ...}}`), while the variant and message carry detail.
+    ///
+    /// ```
+    /// use huskies_core::{ErrorKind, StoryId};
+    /// let err = StoryId::new("no spaces").unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    /// assert_eq!(err.kind().as_str(), "invalid_argument");
+    /// ```
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::NotFound(_) => ErrorKind::NotFound,
@@ -167,7 +185,9 @@ impl Error {
             Error::InvalidArgument(_) | Error::Decode(_) => ErrorKind::InvalidArgument,
             Error::ClaimConflict { .. } => ErrorKind::ClaimConflict,
             Error::HomeNotFound(_) => ErrorKind::HomeNotFound,
-            Error::HomeLocked(_) => ErrorKind::HomeLocked,
+            Error::HomeLocked(_) | Error::HomeLockedByDaemon(_) | Error::HomeOpenInThisProcess(_) => {
+                ErrorKind::HomeLocked
+            }
             Error::Corrupt(_) => ErrorKind::Corrupt,
             Error::Io { .. } => ErrorKind::Io,
             Error::Unauthorized(_) => ErrorKind::Unauthorized,

@@ -2,7 +2,7 @@
 //! decoded once and ingested in bounded chunks, with progress after each, and the chunks'
 //! reports are merged into one.
 
-use crate::{decode_bundle, Error, IngestReport, Node, Rejection, Store};
+use crate::{decode_bundle, read_bundle, split_bundles, Error, IngestReport, Node, Rejection, Store};
 
 /// Ops per ingest call when importing a bundle. Bounds the verified ops held at once (a
 /// bundle can hold a whole cluster's history) and sets how often progress is reported.
@@ -30,31 +30,102 @@ impl IngestReport {
 }
 
 impl<S: Store> Node<S> {
-    /// Decodes a bundle (see [`crate::encode_bundle`]) and ingests it in chunks of
-    /// [`IMPORT_CHUNK_OPS`], calling `progress(ops_ingested, ops_in_bundle)` once decoded
-    /// and after each chunk.
+    /// Decodes a bundle (see [`crate::encode_bundle`]), or a bundle stream (bundles back to
+    /// back, as `huskies export` writes them), and ingests it in chunks of
+    /// [`IMPORT_CHUNK_OPS`], calling `progress(ops_ingested, ops_in_input)` once the
+    /// framing is checked and after each chunk.
     ///
-    /// The report lists the ops that do not decode first (as rejections), then what the
-    /// chunks did; its `buffered` is the number of ops this node holds back after the import
-    /// (waiting for predecessors). A broken bundle is an error and ingests nothing.
+    /// The report lists the ops that do not decode first (as rejections; per bundle), then
+    /// what the chunks did; its `buffered` is the number of ops this node holds back after
+    /// the import (waiting for predecessors). A broken bundle anywhere in `bytes` is an
+    /// error and ingests nothing. Only one bundle's ops are decoded at a time.
     pub fn import_bundle(
         &mut self,
         bytes: &[u8],
         progress: impl FnMut(u64, u64),
     ) -> Result<IngestReport, Error> {
-        import_in_chunks(self, bytes, IMPORT_CHUNK_OPS, progress)
+        import_slice(self, bytes, IMPORT_CHUNK_OPS, progress)
     }
+
+    /// Imports a bundle stream read from `r` one bundle at a time (see
+    /// [`crate::read_bundle`]), so an export of any size is imported in bounded memory.
+    /// `progress(ops_ingested, ops_in_bundles_read_so_far)` is called after each chunk.
+    /// Unlike [`Node::import_bundle`], a broken bundle is found only when it is reached: the
+    /// bundles before it stay stored (each stored op is valid on its own; importing again
+    /// skips them as duplicates) and the error is returned.
+    ///
+    /// The report's `events` stay empty: subscribers hear every event as usual, but a
+    /// report holding one event per transition of a whole history would not be bounded.
+    pub fn import_reader(
+        &mut self,
+        r: &mut impl std::io::Read,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<IngestReport, Error> {
+        let mut report = IngestReport::default();
+        let (mut done, mut total) = (0u64, 0u64);
+        while let Some(bundle) = read_bundle(r)? {
+            total = total.saturating_add(op_count(&bundle));
+            progress(done, total);
+            import_in_chunks(self, &bundle, IMPORT_CHUNK_OPS, Events::Drop, &mut report, |n| {
+                done = done.saturating_add(n);
+                progress(done, total);
+            })?;
+        }
+        report.buffered = self.buffered_ops();
+        Ok(report)
+    }
+}
+
+/// [`Node::import_bundle`] with chunks of `chunk_ops`.
+fn import_slice<S: Store>(
+    node: &mut Node<S>,
+    bytes: &[u8],
+    chunk_ops: usize,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<IngestReport, Error> {
+    let bundles = split_bundles(bytes)?;
+    let total = bundles
+        .iter()
+        .map(|b| op_count(b))
+        .fold(0u64, u64::saturating_add);
+    let mut report = IngestReport::default();
+    let mut done = 0u64;
+    progress(done, total);
+    for bundle in bundles {
+        import_in_chunks(node, bundle, chunk_ops, Events::Keep, &mut report, |n| {
+            done = done.saturating_add(n);
+            progress(done, total);
+        })?;
+    }
+    report.buffered = node.buffered_ops();
+    Ok(report)
+}
+
+/// The op count in a framed bundle's header.
+fn op_count(bundle: &[u8]) -> u64 {
+    u64::from(u32::from_le_bytes(
+        bundle[5..9].try_into().expect("a framed bundle"),
+    ))
+}
+
+/// Decodes one bundle and ingests it in chunks of `chunk_ops` into `report`, calling
+/// `ingested(n)` after each chunk of `n` ops.
+/// Whether an import's report collects the events its ingests published.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Events {
+    Keep,
+    Drop,
 }
 
 fn import_in_chunks<S: Store>(
     node: &mut Node<S>,
     bytes: &[u8],
     chunk_ops: usize,
-    mut progress: impl FnMut(u64, u64),
-) -> Result<IngestReport, Error> {
+    events: Events,
+    report: &mut IngestReport,
+    mut ingested: impl FnMut(u64),
+) -> Result<(), Error> {
     let decoded = decode_bundle(bytes)?;
-    let total = u64::try_from(decoded.len()).unwrap_or(u64::MAX);
-    let mut report = IngestReport::default();
     let mut good = Vec::with_capacity(decoded.len());
     for op in decoded {
         match op {
@@ -67,17 +138,18 @@ fn import_in_chunks<S: Store>(
             }),
         }
     }
-    let mut done = 0u64;
-    progress(done, total);
     let mut rest = good.into_iter().peekable();
     while rest.peek().is_some() {
         let chunk: Vec<_> = rest.by_ref().take(chunk_ops.max(1)).collect();
-        done = done.saturating_add(u64::try_from(chunk.len()).unwrap_or(u64::MAX));
-        report.absorb(node.ingest(chunk)?);
-        progress(done, total);
+        let n = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+        let mut chunk_report = node.ingest(chunk)?;
+        if events == Events::Drop {
+            chunk_report.events = Vec::new();
+        }
+        report.absorb(chunk_report);
+        ingested(n);
     }
-    report.buffered = node.buffered_ops();
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -135,7 +207,7 @@ mod tests {
         let ops = a.ops_since(&VersionVector::default()).unwrap();
         let bundle = with_junk_first(&encode_bundle(ops.iter()), &[0xff; 40]);
         let mut calls = Vec::new();
-        let report = import_in_chunks(&mut b, &bundle, 3, |done, total| calls.push((done, total))).unwrap();
+        let report = import_slice(&mut b, &bundle, 3, |done, total| calls.push((done, total))).unwrap();
         let n = ops.len() as u64;
         assert_eq!(report.applied, ops.len());
         assert_eq!(report.duplicates, 0);
@@ -159,7 +231,7 @@ mod tests {
         let (a, mut b) = pair(dir.path(), 4);
         let mut ops = a.ops_since(&VersionVector::default()).unwrap();
         ops.reverse();
-        let report = import_in_chunks(&mut b, &encode_bundle(ops.iter()), 2, |_, _| {}).unwrap();
+        let report = import_slice(&mut b, &encode_bundle(ops.iter()), 2, |_, _| {}).unwrap();
         assert_eq!(report.applied, ops.len());
         assert_eq!(report.buffered, 0, "nothing is left waiting");
         assert_eq!(b.version_vector(), a.version_vector());

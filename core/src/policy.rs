@@ -342,8 +342,10 @@ mod tests {
         };
         a.execute(t(0), member).unwrap();
         let sync = |from: &Node, to: &mut Node| {
-            to.ingest_bundle(&from.export_since(&to.version_vector()).unwrap())
+            let report = to
+                .ingest_bundle(&from.export_since(&to.version_vector()).unwrap())
                 .unwrap();
+            assert!(report.rejected.is_empty(), "{:?}", report.rejected);
         };
         sync(&a, &mut b);
         heartbeat(&mut b, 1, "b");

@@ -579,3 +579,93 @@ fn the_out_of_order_buffer_is_bounded() {
     assert_eq!(small.buffered_ops(), 0);
     assert_eq!(small.version_vector(), b.version_vector());
 }
+
+#[test]
+fn local_stories_need_a_name_and_live_dependencies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = TestRng::new(test_seed());
+    let mut a = new_cluster(&dir.path().join("a"), &mut rng, at(0));
+    let before = a.version_vector();
+    for name in ["", "   "] {
+        let err = a.execute(at(1), Command::add_story(sid("s1"), name)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name:?}: {err}");
+    }
+    let err = a
+        .execute(
+            at(1),
+            Command::add_story(sid("s1"), "One").depends_on([sid("nope")]),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("nope"), "{err}");
+    let err = a
+        .execute(
+            at(1),
+            Command::add_story(sid("s1"), "One").depends_on([sid("s1")]),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert_eq!(a.version_vector(), before, "a refused command signs nothing");
+    // A dependency created earlier in the same group counts; a deleted one does not.
+    let results = a
+        .execute_group(
+            at(2),
+            vec![
+                Command::add_story(sid("base"), "Base").into(),
+                Command::add_story(sid("s1"), "One")
+                    .depends_on([sid("base")])
+                    .into(),
+                Command::add_story(sid("gone"), "Gone").into(),
+                Command::delete_story(sid("gone")),
+            ],
+        )
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let err = a
+        .execute(
+            at(3),
+            Command::add_story(sid("s2"), "Two").depends_on([sid("gone")]),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    // Updates are held to the same rules.
+    let err = a
+        .execute(at(3), Command::update(sid("s1"), StoryField::Name(" ".into())))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    let err = a
+        .execute(
+            at(3),
+            Command::update(sid("s1"), StoryField::DependsOn(vec![sid("nope")])),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+#[test]
+fn peer_ops_with_unknown_dependencies_or_empty_names_are_accepted() {
+    // Whether a dependency exists may depend on arrival order; an op's validity must not.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = TestRng::new(test_seed());
+    let mut a = new_cluster(&dir.path().join("a"), &mut rng, at(0));
+    let mut peer = RawAuthor::new(rng.seed32(), a.cluster_id());
+    a.execute(at(1), Command::add_member(peer.id(), Role::Member))
+        .unwrap();
+    let op = peer.next(
+        a.lamport() + 1,
+        at(2),
+        Payload::StoryCreate {
+            story: sid("s1"),
+            name: String::new(),
+            body: None,
+            depends_on: vec![sid("not_here_yet")],
+        },
+    );
+    let report = a.ingest(vec![op.into_unverified()]).unwrap();
+    assert_eq!((report.applied, report.rejected.len()), (1, 0), "{report:?}");
+    let story = a.story(&sid("s1"), at(3)).unwrap();
+    assert_eq!(
+        (story.name.as_str(), story.depends_on.clone()),
+        ("", vec![sid("not_here_yet")])
+    );
+}

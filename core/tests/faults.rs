@@ -365,8 +365,8 @@ fn before_a_rebuild(dir: &Path) -> (Vec<UnverifiedOp>, Base) {
     // B writes on; only T hears of it before A removes B.
     add_story(&mut b, at(2), "2_b");
     event(&mut b, at(2), "1_b", PipelineEvent::DepsMet);
-    t.ingest(everything_of(&a)).unwrap();
-    t.ingest(everything_of(&b)).unwrap();
+    let _report = t.ingest(everything_of(&a)).unwrap();
+    let _report = t.ingest(everything_of(&b)).unwrap();
     assert_eq!(t.stories(None, at(3)).unwrap().len(), 2);
     let have = a.version_vector();
     a.execute(at(3), Command::RemoveMember { node: b.node_id() })
@@ -380,7 +380,7 @@ fn a_failing_rebuild_returns_the_error_and_is_resumed_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let (removal, base) = before_a_rebuild(dir.path());
     let ingest = |n: &mut Node<Mem>| -> Result<(), Error> {
-        n.ingest(removal.clone())?;
+        let _report = n.ingest(removal.clone())?;
         Ok(())
     };
     let ops = count(&base, dir.path(), &ingest);

@@ -129,7 +129,7 @@ fn equivocation_quarantines_the_author_identically_in_any_order() {
     push(&a, &mut c);
     let all = b.ops_since(&d.version_vector()).unwrap();
     for op in all.into_iter().rev() {
-        d.ingest(unverified(vec![op])).unwrap();
+        let _report = d.ingest(unverified(vec![op])).unwrap();
     }
     push(&b, &mut d);
     for n in [&c, &d] {

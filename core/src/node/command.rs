@@ -22,6 +22,13 @@ use crate::time::Timestamp;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// New story in the backlog.
+    ///
+    /// Refused locally (nothing is signed): an id already used, an empty or blank `name`
+    /// (`invalid_argument`), a dependency that is not a live story on this node
+    /// (`not_found`) or the story itself. An op from a peer is accepted whatever its
+    /// dependencies and name say: a dependency may simply not have reached this node yet,
+    /// and an op's validity must not depend on arrival order; the projection keeps the ids
+    /// as given.
     AddStory {
         /// Id.
         id: StoryId,
@@ -32,7 +39,8 @@ pub enum Command {
         /// Dependencies.
         depends_on: Vec<StoryId>,
     },
-    /// Change one field.
+    /// Change one field. A new name or dependency list is checked as in
+    /// [`Command::AddStory`].
     UpdateStory {
         /// Story.
         id: StoryId,
@@ -123,9 +131,10 @@ impl Receipt {
 
 impl<S: Store> Node<S> {
     /// Applies one command: validated against the projection, signed, stored durably
-    /// (flushed) before it returns. An invalid command writes nothing.
-    pub fn execute(&mut self, now: Timestamp, cmd: Command) -> Result<Receipt, Error> {
-        self.execute_group(now, vec![cmd])?
+    /// (flushed) before it returns. An invalid command writes nothing. Takes a [`Command`]
+    /// or anything that becomes one (a [`crate::NewStory`] from [`Command::add_story`]).
+    pub fn execute(&mut self, now: Timestamp, cmd: impl Into<Command>) -> Result<Receipt, Error> {
+        self.execute_group(now, vec![cmd.into()])?
             .pop()
             .expect("one result per command")
     }
@@ -134,6 +143,28 @@ impl<S: Store> Node<S> {
     /// those before it), and all that succeed are stored in one atomic batch with one
     /// flush. Each command gets its own result; a refused command writes nothing. A
     /// storage failure (an `io` error) fails the whole call and writes nothing.
+    ///
+    /// Hence the two levels of `Result`: the outer one is the call (`Err` only for a storage
+    /// failure, and then nothing was written), the inner ones are the commands, in order
+    /// (`Err` for a refused command, which wrote nothing while the others were stored).
+    /// Look at each inner result; `?` on the outer one alone drops the refusals.
+    ///
+    /// ```
+    /// use huskies_core::{Command, InitMode, Node, NodeConfig, StoryId, Timestamp};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let now = Timestamp::from_millis(1_763_700_000_000);
+    /// let mut node = Node::init(dir.path(), InitMode::NewCluster { name: "demo".into() },
+    ///                           &mut huskies_core::rand_core::OsRng, now, NodeConfig::default())?;
+    /// let a = StoryId::new("a")?;
+    /// let cmds = vec![
+    ///     Command::add_story(a.clone(), "A").into(),
+    ///     Command::add_story(a.clone(), "A again").into(), // refused: already exists
+    /// ];
+    /// let results = node.execute_group(now, cmds)?; // outer: the store did not fail
+    /// assert!(results[0].is_ok());
+    /// assert_eq!(results[1].as_ref().unwrap_err().kind().as_str(), "already_exists");
+    /// # Ok::<(), huskies_core::Error>(())
+    /// ```
     pub fn execute_group(
         &mut self,
         now: Timestamp,
@@ -197,6 +228,24 @@ impl<S: Store> Node<S> {
         Ok(rec)
     }
 
+    /// A local command may only name dependencies this node knows as live stories (and not
+    /// the story itself). Ops from peers are not held to this: whether a dependency exists
+    /// can depend on arrival order, and validity must not (see [`Command::AddStory`]).
+    fn check_depends_on(w: &mut Working<'_, S>, id: &StoryId, deps: &[StoryId]) -> Result<(), Error> {
+        for dep in deps {
+            if dep == id {
+                return Err(Error::InvalidArgument(format!(
+                    "story {id} cannot depend on itself"
+                )));
+            }
+            Self::visible_story(w, dep).map_err(|e| match e {
+                Error::NotFound(why) => Error::NotFound(format!("story {id} depends on {dep}: {why}")),
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+
     fn my_role(&self, w: &Working<'_, S>) -> Option<Role> {
         w.state.members.get(&self.node_id()).and_then(|m| m.role())
     }
@@ -220,6 +269,8 @@ impl<S: Store> Node<S> {
                     };
                     return Err(Error::AlreadyExists(format!("story {id} {what}")));
                 }
+                check_name(&name)?;
+                Self::check_depends_on(w, &id, &depends_on)?;
                 Payload::StoryCreate {
                     story: id,
                     name,
@@ -229,6 +280,11 @@ impl<S: Store> Node<S> {
             }
             Command::UpdateStory { id, field } => {
                 Self::visible_story(w, &id)?;
+                match &field {
+                    StoryField::Name(name) => check_name(name)?,
+                    StoryField::DependsOn(deps) => Self::check_depends_on(w, &id, deps)?,
+                    StoryField::Body(_) => {}
+                }
                 Payload::StoryUpdate { story: id, field }
             }
             Command::Event { id, event } => {
@@ -416,4 +472,12 @@ impl<S: Store> Node<S> {
         self.commit(w, batch)?;
         Ok(receipt)
     }
+}
+
+/// A local story name must say something: empty or whitespace-only names are refused.
+fn check_name(name: &str) -> Result<(), Error> {
+    if name.trim().is_empty() {
+        return Err(Error::InvalidArgument("a story name cannot be empty".into()));
+    }
+    Ok(())
 }

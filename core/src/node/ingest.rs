@@ -28,6 +28,11 @@ pub struct Rejection {
 }
 
 /// What an ingest did.
+///
+/// An ingest that refuses ops still returns `Ok`: the refusals are in
+/// [`IngestReport::rejected`] (for instance every op of another cluster's bundle, with
+/// `applied == 0`). Look at it.
+#[must_use = "refused ops are reported in IngestReport::rejected, not as an Err"]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IngestReport {
     /// New ops merged and stored.
@@ -86,9 +91,23 @@ impl<S: Store> Node<S> {
         Ok(report)
     }
 
-    /// Decodes a bundle (see [`crate::encode_bundle`]) and ingests it. Ops that do not
-    /// decode are reported as rejections; a broken bundle is an error and ingests nothing.
+    /// Decodes a bundle (see [`crate::encode_bundle`]), or a bundle stream (bundles back to
+    /// back, as [`Node::export_chunks`] yields them and `huskies export` writes them), and
+    /// ingests it bundle by bundle. Ops that do not decode are reported as rejections; a
+    /// broken bundle anywhere in `bytes` is an error and ingests nothing.
+    ///
+    /// Refused ops (another cluster's, bad signatures, ...) do not make this an `Err`: they
+    /// are in the report's `rejected`, with `applied` counting what was merged.
     pub fn ingest_bundle(&mut self, bytes: &[u8]) -> Result<IngestReport, Error> {
+        let bundles = crate::bundle::split_bundles(bytes)?;
+        let mut report = IngestReport::default();
+        for bundle in bundles {
+            report.absorb(self.ingest_one_bundle(bundle)?);
+        }
+        Ok(report)
+    }
+
+    fn ingest_one_bundle(&mut self, bytes: &[u8]) -> Result<IngestReport, Error> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         for r in decode_bundle(bytes)? {

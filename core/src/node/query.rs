@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use super::Node;
-use crate::bundle::encode_bundle;
 use crate::codec;
 use crate::error::Error;
 use crate::event::{self, Event, TransitionEvent};
@@ -241,9 +240,14 @@ impl<S: Store> Node<S> {
         Ok(out)
     }
 
-    /// [`Node::ops_since`] as a bundle.
+    /// What a holder of `vv` lacks as one bundle: [`Node::export_chunks`] with no size
+    /// bound (the valid ops in Lamport order, then fork evidence). The whole export is in
+    /// memory; for a large history use `export_chunks` and move the bundles one by one.
     pub fn export_since(&self, vv: &VersionVector) -> Result<Vec<u8>, Error> {
-        Ok(encode_bundle(&self.ops_since(vv)?))
+        let chunks = self
+            .export_chunks(vv, usize::MAX)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::bundle::join_bundles(&chunks))
     }
 
     /// Stored ops, optionally of one author, in Lamport order.
