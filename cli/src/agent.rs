@@ -22,7 +22,10 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command as Process};
 
-use crate::{config, default_label, home, now, Cli, CliError};
+use crate::args::Cli;
+use crate::exec::{default_label, now};
+use crate::render::CliError;
+use crate::{config, home};
 
 /// Agent settings from the command line.
 pub(crate) struct AgentOptions {
@@ -76,14 +79,14 @@ pub(crate) fn run(cli: &Cli, opts: AgentOptions) -> Result<(), CliError> {
             .map_err(|e| CliError {
                 kind: "network",
                 message: e.to_string(),
-                code: crate::EXIT_ENV,
+                code: crate::render::EXIT_ENV,
             })?;
         tracing::info!(rendezvous = %opts.rendezvous, exec = %opts.exec, "agent started at {}", daemon.url());
         let result = agent_loop(&daemon, &opts, &root, &label).await;
         daemon.shutdown().await.map_err(|e| CliError {
             kind: "io",
             message: e.to_string(),
-            code: crate::EXIT_ENV,
+            code: crate::render::EXIT_ENV,
         })?;
         result
     })

@@ -10,6 +10,11 @@
 //! heartbeat_secs = 10
 //! retention_secs = 14400
 //! block_after_merge_failures = 3
+//!
+//! [events]                      # the NATS JetStream bridge (docs/events.md); off without a URL
+//! nats_url = "nats://127.0.0.1:4222"   # $NATS_URL wins over this
+//! stream = "HUSKIES_EVENTS"            # default HUSKIES_<first 16 hex of the cluster id>
+//! max_in_flight = 256
 //! ```
 
 use std::net::SocketAddr;
@@ -17,7 +22,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::CliError;
+use crate::render::CliError;
 
 const FILE: &str = "config.toml";
 
@@ -28,6 +33,35 @@ pub struct FileConfig {
     /// `[daemon]`
     #[serde(default)]
     pub daemon: DaemonSection,
+    /// `[events]`
+    #[serde(default, skip_serializing_if = "EventsSection::is_empty")]
+    pub events: EventsSection,
+}
+
+/// `[events]`: the NATS JetStream bridge; every key optional.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    pub nats_url: Option<String>,
+    pub stream: Option<String>,
+    pub max_in_flight: Option<usize>,
+}
+
+impl EventsSection {
+    fn is_empty(&self) -> bool {
+        self.nats_url.is_none() && self.stream.is_none() && self.max_in_flight.is_none()
+    }
+
+    /// The bridge's settings: `NATS_URL` (when set and not empty) wins over `nats_url`.
+    pub fn bridge(&self, env_url: Option<String>) -> huskies_daemon::EventsConfig {
+        let defaults = huskies_daemon::EventsConfig::default();
+        huskies_daemon::EventsConfig {
+            nats_url: env_url.filter(|u| !u.trim().is_empty()).or(self.nats_url.clone()),
+            stream: self.stream.clone(),
+            max_in_flight: self.max_in_flight.unwrap_or(defaults.max_in_flight).max(1),
+            ..defaults
+        }
+    }
 }
 
 /// `[daemon]`: every key optional.
@@ -53,7 +87,7 @@ pub fn load(home: &Path) -> Result<FileConfig, CliError> {
         Err(e) => Err(CliError {
             kind: "io",
             message: format!("reading {}: {e}", path.display()),
-            code: crate::EXIT_ENV,
+            code: crate::render::EXIT_ENV,
         }),
     }
 }
@@ -68,7 +102,7 @@ pub fn save(home: &Path, config: &FileConfig) -> Result<(), CliError> {
     std::fs::write(&path, text).map_err(|e| CliError {
         kind: "io",
         message: format!("writing {}: {e}", path.display()),
-        code: crate::EXIT_ENV,
+        code: crate::render::EXIT_ENV,
     })
 }
 
@@ -86,5 +120,34 @@ impl FileConfig {
             .advertise
             .clone()
             .unwrap_or_else(|| format!("ws://{}/crdt-sync", self.listen()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_section_parses_and_nats_url_wins() {
+        let file: FileConfig =
+            toml::from_str("[events]\nnats_url = \"nats://file:4222\"\nstream = \"S\"\nmax_in_flight = 0\n")
+                .unwrap();
+        let from_file = file.events.bridge(None);
+        assert_eq!(from_file.nats_url.as_deref(), Some("nats://file:4222"));
+        assert_eq!(from_file.stream.as_deref(), Some("S"));
+        assert_eq!(from_file.max_in_flight, 1, "at least one publish in flight");
+        let env = file.events.bridge(Some("nats://env:4222".into()));
+        assert_eq!(env.nats_url.as_deref(), Some("nats://env:4222"));
+        assert_eq!(
+            file.events.bridge(Some("  ".into())).nats_url.as_deref(),
+            Some("nats://file:4222"),
+            "an empty NATS_URL does not count"
+        );
+        let off = FileConfig::default().events.bridge(None);
+        assert!(off.nats_url.is_none(), "nothing configured: off");
+        assert!(
+            toml::from_str::<FileConfig>("[events]\nurl = \"x\"\n").is_err(),
+            "unknown keys are refused"
+        );
     }
 }

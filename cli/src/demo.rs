@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use huskies_core::{Command, Event, InitMode, Node, NodeConfig, PipelineEvent, StageKind, StoryId};
 use huskies_daemon::{Daemon, DaemonConfig};
 
-use crate::now;
+use crate::exec::now;
 use crate::output::stage_line;
 
 fn id(s: &str) -> StoryId {

@@ -11,45 +11,9 @@ pub fn time(t: Timestamp) -> Value {
     Value::String(t.to_rfc3339())
 }
 
-/// `{"kind": ..., fields}`. `merge_failure`'s own failure kind is `failure_kind`, because
-/// `kind` names the stage (see the README's note on the contract).
+/// `{"kind": ..., fields}` (the shape lives in core, shared with the event envelopes).
 pub fn stage(s: &Stage) -> Value {
-    let kind = s.kind().as_str();
-    match s {
-        Stage::Backlog | Stage::Coding | Stage::Qa => json!({ "kind": kind }),
-        Stage::Merge {
-            feature_branch,
-            commits_ahead,
-        } => {
-            json!({ "kind": kind, "feature_branch": feature_branch, "commits_ahead": commits_ahead.get() })
-        }
-        Stage::MergeFailure {
-            kind: failure,
-            reason,
-        } => {
-            json!({ "kind": kind, "failure_kind": failure, "reason": reason })
-        }
-        Stage::Done {
-            merged_at,
-            merge_commit,
-        } => {
-            json!({ "kind": kind, "merged_at": time(*merged_at), "merge_commit": merge_commit })
-        }
-        Stage::Archived { archived_at, reason } => {
-            json!({ "kind": kind, "archived_at": time(*archived_at), "reason": archive_reason(reason) })
-        }
-    }
-}
-
-fn archive_reason(r: &ArchiveReason) -> Value {
-    let kind = r.kind_str();
-    match r {
-        ArchiveReason::Completed | ArchiveReason::Abandoned => json!({ "kind": kind }),
-        ArchiveReason::Superseded { by } => json!({ "kind": kind, "by": by.as_str() }),
-        ArchiveReason::Blocked { reason }
-        | ArchiveReason::MergeFailed { reason }
-        | ArchiveReason::ReviewHeld { reason } => json!({ "kind": kind, "reason": reason }),
-    }
+    huskies_core::stage_json(s)
 }
 
 /// A live claim or lock.

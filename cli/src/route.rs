@@ -3,11 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use huskies_core::{Node, OpSummary, VersionVector};
+use huskies_core::{Node, VersionVector};
 use huskies_daemon::{ControlHandler, ControlRequest, ControlResponse, HealthReport};
 use serde_json::json;
 
-use crate::{parse, render, run, Cli, Commands, NodeSlot, Rendered, StoryCmd};
+use crate::args::{parse, Cli, Commands, StoryCmd};
+use crate::exec::{run, NodeSlot};
+use crate::render::{render, Rendered};
 
 /// Runs the command in the daemon that owns `root`, if one is running.
 pub(crate) fn through_daemon(cli: &Cli, root: &Path, argv: &[String]) -> Option<Rendered> {
@@ -49,14 +51,14 @@ pub(crate) fn through_daemon(cli: &Cli, root: &Path, argv: &[String]) -> Option<
                     Vec::new()
                 },
                 stderr: format!("huskies: {message}\n"),
-                code: crate::EXIT_ENV,
+                code: crate::render::EXIT_ENV,
             }
         }
     })
 }
 
 /// Makes file arguments absolute (the daemon runs elsewhere) and reads stdin if needed.
-fn prepare(cli: &Cli, argv: &[String]) -> Result<(Vec<String>, Option<String>), crate::CliError> {
+fn prepare(cli: &Cli, argv: &[String]) -> Result<(Vec<String>, Option<String>), crate::render::CliError> {
     let cwd = std::env::current_dir()?;
     let mut paths: Vec<&PathBuf> = Vec::new();
     let mut stdin = None;
@@ -101,13 +103,16 @@ impl ControlHandler for CliControl {
         if cli.command.is_standalone() {
             let r = render(
                 &cli,
-                Err(crate::CliError::usage(
+                Err(crate::render::CliError::usage(
                     "this command does not run inside a daemon",
                 )),
             );
             return response(r, false, false);
         }
-        let follow = matches!(cli.command, Commands::Log { follow: true, .. });
+        let follow = matches!(
+            cli.command,
+            Commands::Log { follow: true, .. } | Commands::Events { follow: true, .. }
+        );
         let binary = matches!(cli.command, Commands::Export { out: None });
         let mut slot = NodeSlot::Daemon(node, health, request.stdin.as_deref());
         let r = run(&cli, &mut slot);
@@ -123,17 +128,7 @@ impl ControlHandler for CliControl {
         let Ok(cli) = parse(&request.argv) else {
             return (String::new(), since.clone());
         };
-        let author = match &cli.command {
-            Commands::Log { author: Some(a), .. } => a.parse().ok(),
-            _ => None,
-        };
-        let ops = node.ops_since(since).unwrap_or_default();
-        let summaries: Vec<OpSummary> = ops
-            .iter()
-            .filter(|o| author.is_none_or(|a| o.content().author == a))
-            .map(OpSummary::of)
-            .collect();
-        (crate::op_lines(&cli, &summaries), node.version_vector())
+        crate::follow::daemon_step(&cli, node, since)
     }
 }
 

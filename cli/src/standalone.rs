@@ -10,9 +10,10 @@ use huskies_core::{Command as Cmd, InitMode, Node, NodeConfig};
 use huskies_daemon::DaemonConfig;
 use serde_json::Value;
 
-use crate::{
-    bench, config, default_label, demo, home, id_out, now, progress_enabled, Cli, CliError, Commands, Out,
-};
+use crate::args::{Cli, Commands};
+use crate::exec::{default_label, now, progress_enabled};
+use crate::render::{self, CliError, Out};
+use crate::{bench, config, demo, home};
 
 pub(crate) fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
     Ok(Some(match &cli.command {
@@ -119,8 +120,9 @@ fn init_new(root: &std::path::Path, cluster_name: &str, label: &str) -> Result<O
             address: None,
         },
     )?;
-    Ok(id_out(
-        &node,
+    Ok(render::id(
+        node.node_id(),
+        node.cluster_id(),
         label,
         &format!(
             "initialised home {} (new cluster {cluster_name:?})\n",
@@ -146,7 +148,7 @@ fn init_join(cli: &Cli, root: &std::path::Path, ticket: &str, label: &str) -> Re
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let bar = crate::progress::bar(crate::progress_enabled(cli), 0, "catching up");
+    let bar = crate::render::progress::bar(crate::exec::progress_enabled(cli), 0, "catching up");
     let joined = runtime.block_on(huskies_daemon::join_cluster(
         &mut node,
         &ticket,
@@ -159,8 +161,9 @@ fn init_join(cli: &Cli, root: &std::path::Path, ticket: &str, label: &str) -> Re
     ));
     bar.finish_and_clear();
     match joined {
-        Ok(outcome) => Ok(id_out(
-            &node,
+        Ok(outcome) => Ok(render::id(
+            node.node_id(),
+            node.cluster_id(),
             label,
             &format!(
                 "joined cluster {} via {} ({} ops received); home {}\n",
@@ -179,7 +182,7 @@ fn init_join(cli: &Cli, root: &std::path::Path, ticket: &str, label: &str) -> Re
             Err(CliError {
                 kind: "network",
                 message: format!("joining failed: {e}"),
-                code: crate::EXIT_ENV,
+                code: crate::render::EXIT_ENV,
             })
         }
     }
@@ -199,7 +202,7 @@ fn run_daemon(
     let node = open_for_daemon(&root)?;
     let defaults = DaemonConfig::default();
     let d = &file.daemon;
-    let presence_label = crate::own_label(&node).ok().filter(|l| !l.is_empty());
+    let presence_label = crate::exec::own_label(&node).ok().filter(|l| !l.is_empty());
     let config = DaemonConfig {
         listen: listen.or(d.listen).unwrap_or(defaults.listen),
         peers: if peers.is_empty() {
@@ -220,6 +223,7 @@ fn run_daemon(
         block_after_merge_failures: d
             .block_after_merge_failures
             .unwrap_or(defaults.block_after_merge_failures),
+        events: file.events.bridge(std::env::var("NATS_URL").ok()),
         ..defaults
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -234,7 +238,7 @@ fn run_daemon(
             other => CliError {
                 kind: "network",
                 message: other.to_string(),
-                code: crate::EXIT_ENV,
+                code: crate::render::EXIT_ENV,
             },
         })
 }
@@ -252,9 +256,9 @@ pub(crate) fn init_logging(cli: &Cli) {
         tracing_subscriber::EnvFilter::new(format!("warn,huskies_daemon={level},huskies={level}"))
     });
     let ansi = match cli.color {
-        crate::ColorChoice::Always => true,
-        crate::ColorChoice::Never => false,
-        crate::ColorChoice::Auto => {
+        crate::args::ColorChoice::Always => true,
+        crate::args::ColorChoice::Never => false,
+        crate::args::ColorChoice::Auto => {
             std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr())
         }
     };
@@ -271,7 +275,9 @@ pub(crate) fn open_for_daemon(root: &std::path::Path) -> Result<Node, CliError> 
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         match Node::open(root, NodeConfig::default()) {
-            Err(huskies_core::Error::HomeLocked(_)) if std::time::Instant::now() < deadline => {
+            Err(huskies_core::Error::HomeLocked(_) | huskies_core::Error::HomeLockedByDaemon(_))
+                if std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(50));
             }
             other => return Ok(other?),

@@ -389,3 +389,109 @@ fn member_removal_key_rotation_and_completions() {
         );
     }
 }
+
+fn event_lines(home: &Path, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["--json", "events"];
+    all.extend_from_slice(args);
+    let out = huskies(home, &all);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+        .collect()
+}
+
+/// `huskies events`: the same lines with and without a daemon, resumable from each line's
+/// cursor, and `--follow` through the daemon streams new transitions.
+#[test]
+fn events_are_the_same_with_and_without_a_daemon_and_resume_from_a_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("a");
+    init(&home, "a");
+    ok_json(&home, &["story", "add", "1_ev"]);
+    ok_json(&home, &["story", "event", "1_ev", "deps-met"]);
+    ok_json(&home, &["claim", "1_ev"]);
+    let direct = event_lines(&home, &[]);
+    let types: Vec<_> = direct.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "org.huskies.story.added",
+            "org.huskies.story.transitioned",
+            "org.huskies.claim.taken"
+        ]
+    );
+    assert_eq!(direct[1]["attributes"]["to"]["kind"], "coding");
+    assert_eq!(direct[1]["version"], "1.0");
+    let cursor = direct[0]["cursor"].as_str().unwrap();
+    let rest = event_lines(&home, &["--since", cursor]);
+    assert_eq!(rest, direct[1..]);
+    let (code, kind) = err_kind(&home, &["events", "--since", "not-a-cursor"]);
+    assert_eq!((code, kind.as_str()), (2, "invalid_argument"));
+
+    let (_d, _) = start_daemon(&home, &[]);
+    assert_eq!(
+        event_lines(&home, &[]),
+        direct,
+        "through the daemon: the same lines"
+    );
+    let last = direct[2]["cursor"].as_str().unwrap().to_string();
+    let mut follow = Command::new(bin())
+        .args([
+            "--home",
+            home.to_str().unwrap(),
+            "--json",
+            "events",
+            "--follow",
+            "--since",
+            &last,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    ok_json(&home, &["story", "event", "1_ev", "gates-started"]);
+    let mut seen = None;
+    for line in BufReader::new(stdout).lines() {
+        let v: Value = serde_json::from_str(&line.unwrap()).expect("each line is one JSON object");
+        if v["type"] == "org.huskies.story.transitioned" {
+            seen = Some(v);
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let v = seen.expect("the new transition was streamed");
+    assert_eq!(v["attributes"]["event"], "gates-started");
+    assert_eq!(v["attributes"]["from"]["kind"], "coding");
+}
+
+/// `[events] nats_url` turns the bridge on; a NATS that is not there costs commands
+/// nothing, and `status` shows the bridge's counters.
+#[test]
+fn an_unreachable_nats_fails_no_command_and_shows_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("a");
+    init(&home, "a");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(
+        home.join("config.toml"),
+        format!("[events]\nnats_url = \"nats://{dead}\"\n"),
+    )
+    .unwrap();
+    let (_d, _) = start_daemon(&home, &[]);
+    ok_json(&home, &["story", "add", "1_n"]);
+    ok_json(&home, &["story", "event", "1_n", "deps-met"]);
+    let v = wait_for(20, "the bridge reports its failure", || {
+        let v = ok_json(&home, &["status"]);
+        (v["events"]["failed"].as_u64()? > 0).then_some(v)
+    });
+    assert_eq!(v["events"]["enabled"], true);
+    assert_eq!(v["events"]["connected"], false);
+    assert!(v["events"]["pending"].as_u64().unwrap() >= 2, "{v}");
+    let out = huskies(&home, &["status"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("events   bridge NOT connected"));
+}

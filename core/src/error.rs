@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use crate::execution::InvalidExecutionEvent;
 use crate::id::{NodeId, StoryId};
-use crate::op::DecodeError;
+use crate::op_format::DecodeError;
 use crate::pipeline::InvalidTransition;
+use crate::reject::RejectReason;
 use crate::time::Timestamp;
 
 /// The contract's error kinds (`{"error": {"kind": ...}}`).
@@ -98,9 +99,19 @@ pub enum Error {
     /// No home at the path.
     #[error("no huskies home at {0}; run `huskies init` first")]
     HomeNotFound(PathBuf),
-    /// Another process owns the home.
-    #[error("home {0} is in use by another process (a running daemon?)")]
+    /// Another process owns the home, and it has no daemon control socket: another CLI
+    /// command, a program using the core, or a daemon starting or stopping.
+    #[error("home {0} is in use by another process")]
     HomeLocked(PathBuf),
+    /// Another process owns the home and `<home>/daemon.sock` exists: most likely a running
+    /// `huskies daemon` (CLI commands reach it through that socket; a Rust program should
+    /// go through the daemon too, or stop it).
+    #[error("home {0} is in use by another process, most likely a running daemon (its control socket {0}/daemon.sock exists)")]
+    HomeLockedByDaemon(PathBuf),
+    /// A `Node` of this same process already holds the home: use that one (one `Node` per
+    /// home per process), or drop it first.
+    #[error("home {0} is already open in this process: one Node per home; use that Node or drop it first")]
+    HomeOpenInThisProcess(PathBuf),
     /// Stored data failed an integrity check, or a file is malformed.
     #[error("corrupt: {0}")]
     Corrupt(String),
@@ -118,10 +129,54 @@ pub enum Error {
     /// Op bytes that do not decode.
     #[error("malformed op: {0}")]
     Decode(#[from] DecodeError),
+    /// Admission refused an op this node was about to write (it is not a member, not an
+    /// admin, or the payload is not valid); nothing was written. The same reasons as for
+    /// a remote op, from the same rules.
+    #[error("{0}")]
+    Rejected(RejectReason),
+    /// This node's store holds fewer ops of its own chain than it had acknowledged (sled
+    /// recovered a damaged log by dropping its tail, or the store was replaced by an older
+    /// copy). It writes nothing until a peer has sent the missing ops back.
+    #[error(
+        "this node's store holds {held} of the {acknowledged} ops of its own chain that it had \
+         acknowledged (the store was damaged, or replaced by an older copy). It will not \
+         write until a peer has sent the missing ops back (run `huskies daemon` with a \
+         connection to the cluster): writing now would reuse sequence numbers and fork \
+         its chain"
+    )]
+    OwnChainBehind {
+        /// Ops of its own chain the store holds.
+        held: u64,
+        /// Ops of its own chain the node had acknowledged.
+        acknowledged: u64,
+    },
+    /// The store was written in a format this build does not read (a newer build wrote
+    /// it); nothing was changed.
+    #[error(
+        "store format {found} is not supported (this build reads formats 1 to {writes} and \
+         writes {writes})"
+    )]
+    UnsupportedFormat {
+        /// The store's format.
+        found: u32,
+        /// The format this build writes (and the newest it reads).
+        writes: u32,
+    },
+    /// The Lamport clock reached its maximum; this node cannot write.
+    #[error("the Lamport clock is exhausted; this node cannot write")]
+    ClockExhausted,
 }
 
 impl Error {
-    /// The contract's kind for this error.
+    /// The contract's kind for this error: the stable name a host matches on or prints
+    /// (the CLI's `{"error": {"kind", ...}}`), while the variant and message carry detail.
+    ///
+    /// ```
+    /// use huskies_core::{ErrorKind, StoryId};
+    /// let err = StoryId::new("no spaces").unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    /// assert_eq!(err.kind().as_str(), "invalid_argument");
+    /// ```
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::NotFound(_) => ErrorKind::NotFound,
@@ -130,10 +185,29 @@ impl Error {
             Error::InvalidArgument(_) | Error::Decode(_) => ErrorKind::InvalidArgument,
             Error::ClaimConflict { .. } => ErrorKind::ClaimConflict,
             Error::HomeNotFound(_) => ErrorKind::HomeNotFound,
-            Error::HomeLocked(_) => ErrorKind::HomeLocked,
+            Error::HomeLocked(_) | Error::HomeLockedByDaemon(_) | Error::HomeOpenInThisProcess(_) => {
+                ErrorKind::HomeLocked
+            }
             Error::Corrupt(_) => ErrorKind::Corrupt,
             Error::Io { .. } => ErrorKind::Io,
             Error::Unauthorized(_) => ErrorKind::Unauthorized,
+            Error::Rejected(r) => match r {
+                RejectReason::Malformed(_)
+                | RejectReason::InvalidPayload(_)
+                | RejectReason::LamportJump(_)
+                | RejectReason::LamportNotIncreasing { .. }
+                | RejectReason::BufferFull => ErrorKind::InvalidArgument,
+                RejectReason::BadSignature(_)
+                | RejectReason::WrongCluster { .. }
+                | RejectReason::UnknownAuthor(_)
+                | RejectReason::Quarantined(_)
+                | RejectReason::Voided { .. }
+                | RejectReason::Unauthorized(_) => ErrorKind::Unauthorized,
+            },
+            // The store cannot be written on (safely, or by this build): the contract's `corrupt`.
+            Error::OwnChainBehind { .. } | Error::ClockExhausted | Error::UnsupportedFormat { .. } => {
+                ErrorKind::Corrupt
+            }
         }
     }
 
@@ -141,22 +215,6 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
-        }
-    }
-}
-
-impl From<sled::Error> for Error {
-    fn from(e: sled::Error) -> Self {
-        match e {
-            sled::Error::Io(source) => Error::Io {
-                context: "store write failed".into(),
-                source,
-            },
-            sled::Error::Corruption { at, .. } => Error::Corrupt(format!("store is corrupt at {at:?}")),
-            other => Error::Io {
-                context: "store failure".into(),
-                source: io::Error::other(other.to_string()),
-            },
         }
     }
 }

@@ -53,6 +53,10 @@ pub(crate) struct Subscribers {
 }
 
 /// A handle on a subscription; dropping it (or [`Subscription::cancel`]) unsubscribes.
+///
+/// Keep it for as long as events should arrive: `let _sub = node.subscribe(..);`. A
+/// statement `node.subscribe(..);` drops it at once (the compiler warns: `must_use`).
+#[must_use = "dropping the Subscription unsubscribes at once; bind it (`let _sub = ...`) for as long as events should arrive"]
 pub struct Subscription {
     id: u64,
     registry: Weak<Mutex<Subscribers>>,

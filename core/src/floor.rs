@@ -8,28 +8,32 @@
 //! slower; the bench reports both beside raw signing, so the share of the time that the
 //! projection costs is visible, and so is the share that no projection work can win back.
 //!
-//! It writes to its own sled database, with the settings and the segment layout of a home's
-//! store. It is not a home and cannot be opened as one.
+//! It writes to its own sled database, with the settings of a home's store, through the op
+//! log's own writer (`oplog.rs`): the same op construction and the same segments.
+//! It is not a home and cannot be opened as one. Built only with the `bench` feature.
 
 use std::path::Path;
 
 use rand_core::CryptoRngCore;
 
+use crate::codec;
 use crate::error::Error;
 use crate::id::{ClusterId, OpId};
 use crate::key::NodeKey;
-use crate::op::{OpContent, SignedOp, OP_FORMAT_VERSION};
+use crate::keyspace as key;
+use crate::oplog::{self, SegmentTail};
 use crate::payload::Payload;
-use crate::store::{self, key, SEGMENT_MAX_OPS};
+use crate::storage::{self, SledStore, Store, WriteBatch};
 use crate::time::Timestamp;
 
 /// Signs and durably stores ops, with nothing of the node around it (see the module docs).
 pub struct StorageFloor {
-    db: sled::Db,
+    db: SledStore,
     key: NodeKey,
     cluster: ClusterId,
     seq: u64,
     prev: Option<OpId>,
+    tail: SegmentTail,
 }
 
 impl std::fmt::Debug for StorageFloor {
@@ -43,7 +47,7 @@ impl std::fmt::Debug for StorageFloor {
 impl StorageFloor {
     /// Creates an empty floor store in `dir`, with a fresh key.
     pub fn create(dir: &Path, rng: &mut impl CryptoRngCore) -> Result<Self, Error> {
-        let db = store::open_db(dir)?;
+        let db = SledStore::open(dir)?;
         if !db.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "{} already holds a store; the floor needs an empty directory",
@@ -59,6 +63,7 @@ impl StorageFloor {
             cluster: ClusterId::from_bytes(cluster),
             seq: 0,
             prev: None,
+            tail: None,
         })
     }
 
@@ -77,44 +82,29 @@ impl StorageFloor {
     /// head, in one sled batch and one flush. An invalid payload is an error and stores
     /// nothing.
     pub fn append(&mut self, now: Timestamp, payloads: Vec<Payload>) -> Result<(), Error> {
-        let first = self.seq + 1;
-        let mut prev = self.prev;
+        let (mut seq, mut prev) = (self.seq, self.prev);
         let mut ops = Vec::with_capacity(payloads.len());
-        for (i, payload) in payloads.into_iter().enumerate() {
-            let seq = first + i as u64;
-            let content = OpContent {
-                version: OP_FORMAT_VERSION,
-                cluster: self.cluster,
-                author: self.key.node_id(),
-                seq,
-                lamport: seq,
-                prev,
-                wall: now,
-                payload,
-            };
-            let op = SignedOp::sign(content, &self.key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-            prev = Some(op.id());
+        for payload in payloads {
+            let op = oplog::sign_next(&self.key, self.cluster, seq, prev, seq + 1, now, payload)?;
+            (seq, prev) = (op.content().seq, Some(op.id()));
             ops.push(op);
         }
-        let Some(last) = ops.last() else {
+        if ops.is_empty() {
             return Ok(());
-        };
-        let head = (last.content().seq, last.id());
-        let mut batch = sled::Batch::default();
-        for chunk in ops.chunks(SEGMENT_MAX_OPS) {
-            let seg = store::encode_segment(chunk.iter().map(|o| o.bytes()));
-            batch.insert(&key::segment(0, chunk[0].content().seq)[..], seg);
         }
-        batch.insert(&key::author(&self.key.node_id())[..], store::encode(&head));
-        self.db.apply_batch(batch)?;
-        self.db.flush()?;
-        (self.seq, self.prev) = (head.0, Some(head.1));
+        let mut tail = self.tail;
+        let mut batch = crate::storage::SledBatch::default();
+        oplog::write_ops(&self.db, &mut batch, 0, &mut tail, &ops)?;
+        let head = (seq, prev.expect("at least one op"));
+        batch.insert(&key::author(&self.key.node_id()), &codec::encode(&head));
+        storage::commit(&self.db, batch)?;
+        (self.seq, self.prev, self.tail) = (seq, prev, tail);
         Ok(())
     }
 
     /// Bytes the store holds on disk, as sled counts them.
     pub fn size_on_disk(&self) -> Result<u64, Error> {
-        Ok(self.db.size_on_disk()?)
+        self.db.size_on_disk()
     }
 }
 
@@ -122,6 +112,7 @@ impl StorageFloor {
 mod tests {
     use super::*;
     use crate::id::StoryId;
+    use crate::oplog::SEGMENT_MAX_OPS;
 
     fn payloads(n: usize) -> Vec<Payload> {
         (0..n)
@@ -140,17 +131,17 @@ mod tests {
         floor.append(now, payloads(SEGMENT_MAX_OPS + 5)).unwrap();
         assert_eq!(floor.len(), 3 + SEGMENT_MAX_OPS as u64 + 5);
         let mut ops = Vec::new();
-        for entry in floor.db.scan_prefix(key::segment_prefix(0)) {
-            let (_, v) = entry.unwrap();
-            for bytes in store::decode_segment(&v).unwrap() {
-                ops.push(crate::op::UnverifiedOp::decode(&bytes).unwrap().verify().unwrap());
-            }
-        }
-        assert_eq!(
-            ops.len() as u64,
-            floor.len(),
-            "every op is stored, in three segments"
-        );
+        oplog::for_each_op(&floor.db, 0, 1, |op| {
+            ops.push(
+                crate::op::UnverifiedOp::decode(op.bytes())
+                    .unwrap()
+                    .verify()
+                    .unwrap(),
+            );
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(ops.len() as u64, floor.len(), "every op is stored");
         for (i, op) in ops.iter().enumerate() {
             assert_eq!(op.content().seq, i as u64 + 1);
             let prev = i.checked_sub(1).map(|p| ops[p].id());
@@ -173,7 +164,7 @@ mod tests {
         group.push(bad);
         assert!(matches!(floor.append(now, group), Err(Error::InvalidArgument(_))));
         assert_eq!(floor.len(), 2);
-        assert_eq!(floor.db.scan_prefix(key::segment_prefix(0)).count(), 1);
+        assert_eq!(floor.db.scan_prefix(&key::segment_prefix(0)).count(), 1);
     }
 
     #[test]

@@ -1,12 +1,9 @@
 //! Identifiers: nodes, clusters, ops and stories.
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-
-use crate::error::Error;
 
 /// Defines a 32-byte identifier shown as lowercase hex.
 macro_rules! hex_id {
@@ -49,21 +46,6 @@ macro_rules! hex_id {
             }
         }
 
-        impl FromStr for $name {
-            type Err = Error;
-
-            fn from_str(s: &str) -> Result<Self, Error> {
-                let mut bytes = [0u8; 32];
-                hex::decode_to_slice(s.trim(), &mut bytes).map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "{} must be 64 hex characters, got {:?}",
-                        stringify!($name),
-                        s
-                    ))
-                })?;
-                Ok(Self(bytes))
-            }
-        }
     };
 }
 
@@ -92,26 +74,28 @@ pub const MAX_STORY_ID_LEN: usize = 128;
 pub struct StoryId(Arc<str>);
 
 impl StoryId {
-    /// Validates and wraps a story id.
-    pub fn new(id: impl Into<String>) -> Result<Self, Error> {
-        Self::from_text(&id.into())
-    }
-
-    fn from_text(id: &str) -> Result<Self, Error> {
+    /// Checks a story id's text: `Err` says what is wrong with it.
+    pub(crate) fn check(id: &str) -> Result<(), String> {
         if id.is_empty() || id.len() > MAX_STORY_ID_LEN {
-            return Err(Error::InvalidArgument(format!(
+            return Err(format!(
                 "story id must be 1 to {MAX_STORY_ID_LEN} bytes long, got {} bytes",
                 id.len()
-            )));
+            ));
         }
         if let Some(bad) = id
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(format!(
                 "story id {id:?} contains {bad:?}; use letters, digits, '_', '-' and '.'"
-            )));
+            ));
         }
+        Ok(())
+    }
+
+    /// Wraps text that passed [`StoryId::check`].
+    pub(crate) fn checked(id: &str) -> Result<Self, String> {
+        Self::check(id)?;
         Ok(Self(id.into()))
     }
 
@@ -137,7 +121,7 @@ impl<'de> Deserialize<'de> for StoryId {
                 f.write_str("a story id")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<StoryId, E> {
-                StoryId::from_text(s).map_err(E::custom)
+                StoryId::checked(s).map_err(E::custom)
             }
         }
         d.deserialize_str(Text)
@@ -153,13 +137,6 @@ impl fmt::Display for StoryId {
 impl fmt::Debug for StoryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "StoryId({})", self.0)
-    }
-}
-
-impl FromStr for StoryId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        StoryId::new(s)
     }
 }
 

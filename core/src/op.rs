@@ -15,14 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{ClusterId, NodeId, OpId};
 use crate::key::{verifying_key, NodeKey};
+pub use crate::op_format::{DecodeError, VerifyError, MAX_OP_BYTES, OP_FORMAT_VERSION};
 use crate::payload::{Payload, Role};
 use crate::time::Timestamp;
 
-/// The op format this build writes and reads.
-pub const OP_FORMAT_VERSION: u8 = 1;
-/// Largest signed op accepted, in bytes: a story body of 32 KiB plus headroom. Anything
-/// larger is refused before it is decoded.
-pub const MAX_OP_BYTES: usize = 64 * 1024;
 /// Prefix of every signed message, so an op signature can never be confused with any
 /// other signature made with a node key.
 pub const SIGNING_DOMAIN: &[u8; 16] = b"huskies/op/sig/1";
@@ -52,50 +48,6 @@ pub struct OpContent {
     pub wall: Timestamp,
     /// What the op says.
     pub payload: Payload,
-}
-
-/// Why op bytes were refused before any signature check.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DecodeError {
-    /// Shorter than the fixed framing.
-    #[error("op is truncated ({0} bytes)")]
-    Truncated(usize),
-    /// Over [`MAX_OP_BYTES`].
-    #[error("op is {0} bytes; the limit is {MAX_OP_BYTES}")]
-    TooLarge(usize),
-    /// The length prefix does not match the bytes.
-    #[error("op length prefix says {declared} content bytes but {actual} are present")]
-    LengthMismatch {
-        /// From the prefix.
-        declared: usize,
-        /// Present.
-        actual: usize,
-    },
-    /// A format version this build does not read.
-    #[error("op format version {0} is not supported (this build reads version {OP_FORMAT_VERSION})")]
-    UnsupportedVersion(u8),
-    /// Content that does not decode.
-    #[error("op content does not decode: {0}")]
-    Malformed(String),
-    /// Content that decodes but is not in canonical form (would give one op two ids).
-    #[error("op content is not canonically encoded")]
-    NonCanonical,
-    /// A field out of range or inconsistent (e.g. `prev` present on seq 1).
-    #[error("op is invalid: {0}")]
-    Invalid(String),
-}
-
-/// Why a decoded op failed signature verification.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum VerifyError {
-    /// The author field is not a usable Ed25519 key (does not decode, or is weak).
-    #[error("author {0} is not a valid Ed25519 public key")]
-    BadAuthorKey(NodeId),
-    /// The signature does not verify under the author's key.
-    #[error("signature does not verify for author {0}")]
-    BadSignature(NodeId),
 }
 
 fn check_content(content: &OpContent) -> Result<(), DecodeError> {
@@ -162,7 +114,7 @@ impl OpParts {
             postcard::from_bytes(content_bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         // postcard accepts a few non-minimal encodings (e.g. overlong varints); re-encoding
         // and comparing pins one byte string per op, hence one id.
-        if !crate::store::encodes_to(&content, content_bytes) {
+        if !crate::codec::encodes_to(&content, content_bytes) {
             return Err(DecodeError::NonCanonical);
         }
         check_content(&content)?;
@@ -231,7 +183,7 @@ impl SignedOp {
         // Length prefix, content and signature, built in place in one buffer.
         let mut bytes = Vec::with_capacity(256);
         bytes.extend_from_slice(&[0; LEN_PREFIX]);
-        crate::store::encode_into(&content, &mut bytes);
+        crate::codec::encode_into(&content, &mut bytes);
         let content_len = bytes.len() - LEN_PREFIX;
         let total = bytes.len() + SIG_LEN;
         if total > MAX_OP_BYTES {

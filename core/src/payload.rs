@@ -49,7 +49,7 @@ pub enum StoryField {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Payload {
     /// The first op of a cluster; its author is the first admin and the cluster id is
-    /// derived from it (see [`crate::op::derive_cluster_id`]).
+    /// derived from it (see `derive_cluster_id` in `op.rs`).
     Genesis {
         /// Human name of the cluster.
         name: String,

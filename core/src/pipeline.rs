@@ -127,6 +127,20 @@ impl fmt::Display for StageKind {
     }
 }
 
+impl std::str::FromStr for StageKind {
+    type Err = UnknownStage;
+
+    /// [`StageKind::parse`], with an error that lists the stages.
+    fn from_str(s: &str) -> Result<StageKind, UnknownStage> {
+        StageKind::parse(s).ok_or_else(|| UnknownStage(s.to_string()))
+    }
+}
+
+/// A name that is not a stage of the contract.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown stage {0:?}; stages are: {names}", names = StageKind::ALL.map(StageKind::as_str).join(", "))]
+pub struct UnknownStage(pub String);
+
 impl Stage {
     /// This stage's kind.
     pub fn kind(&self) -> StageKind {
@@ -825,5 +839,11 @@ mod tests {
         }
         assert_eq!(StageKind::parse("merge-failure"), Some(StageKind::MergeFailure));
         assert_eq!(StageKind::parse("nope"), None);
+        assert_eq!("merge-failure".parse(), Ok(StageKind::MergeFailure));
+        let err = "nope".parse::<StageKind>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown stage \"nope\"; stages are: backlog, coding, qa, merge, merge_failure, done, archived"
+        );
     }
 }

@@ -49,6 +49,27 @@ impl Timestamp {
         Self(t.timestamp_millis())
     }
 
+    /// From a [`std::time::SystemTime`] the caller read. The core reads no clock, so a host
+    /// gets `now` as `Timestamp::from_system_time(SystemTime::now())` (or
+    /// `Timestamp::from_datetime(chrono::Utc::now())`); tests pass any fixed value. Times
+    /// before the epoch are negative; beyond the range, saturated.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    /// use huskies_core::Timestamp;
+    /// let t = Timestamp::from_system_time(UNIX_EPOCH + Duration::from_millis(1_500));
+    /// assert_eq!(t.as_millis(), 1_500);
+    /// let now = Timestamp::from_system_time(SystemTime::now()); // what a host does
+    /// # let _ = now;
+    /// ```
+    pub fn from_system_time(t: std::time::SystemTime) -> Self {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(after) => Self(ms(after)),
+            Err(before) => Self(ms(before.duration()).saturating_neg()),
+        }
+    }
+
     /// RFC 3339 UTC with millisecond precision, e.g. `2026-11-21T17:27:19.000Z`.
     pub fn to_rfc3339(self) -> String {
         self.to_datetime().to_rfc3339_opts(SecondsFormat::Millis, true)

@@ -150,7 +150,8 @@ pub struct ForkInfo {
     pub evidence: Vec<OpId>,
 }
 
-/// What `verify` found.
+/// What `verify` found. A damaged store is reported here (`ok == false`), not as an `Err`.
+#[must_use = "a damaged store is reported in VerifyReport::ok / problems, not as an Err"]
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct VerifyReport {
     /// No problems.

@@ -223,8 +223,10 @@ fn fresh_homes(dir: &Path, rng: &mut TestRng) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     // P learns the cluster (and that A is a member) out of band, as a joining node does.
-    p.ingest_bundle(&a.export_since(&p.version_vector()).unwrap())
+    let report = p
+        .ingest_bundle(&a.export_since(&p.version_vector()).unwrap())
         .unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     assert_eq!(a.version_vector(), p.version_vector());
     (ha, hp)
 }

@@ -150,7 +150,7 @@ fn fork_point_does_not_depend_on_arrival_order() {
         let mut node = logic::ingest::joining_node(&dir.path().join(format!("n{i}")), i as u64);
         for op in order {
             let op: UnverifiedOp = (*op).clone().into_unverified();
-            node.ingest(vec![op]).unwrap();
+            let _report = node.ingest(vec![op]).unwrap();
         }
         let forks = node.forks().unwrap();
         assert_eq!(forks.len(), 1, "order {i}: {forks:?}");

@@ -4,6 +4,10 @@
 //! Protocol, one JSON object per line: the client sends a [`ControlRequest`]; the daemon
 //! answers a [`ControlResponse`]; when `follow` is set, more `{"stdout": "..."}` lines
 //! follow as new ops commit, until the client hangs up.
+//!
+//! A line with an `"api"` key is a typed request instead (see [`crate::remote`]): it runs
+//! through [`crate::api::serve`] on the daemon's node, the same function a host that owns
+//! the home calls directly.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -14,12 +18,18 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::api::{ApiContext, ApiError, ApiErrorKind, ApiReply, ApiRequest, EventData};
 use crate::metrics::HealthReport;
+use crate::remote::{ApiEnvelope, ApiLine};
 use crate::shared::Shared;
 use crate::DaemonError;
 
-/// Longest request line accepted: a command line plus a story body.
+/// Longest command-line request accepted: a command line plus a story body.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Longest typed request accepted: an `ingest` carries a hex-encoded bundle, so up to 32 MiB
+/// of ops per request (a host splits larger transfers).
+const MAX_TYPED_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
 /// The control socket of a home.
 pub fn socket_path(home: &Path) -> PathBuf {
@@ -66,6 +76,32 @@ pub trait ControlHandler: Send + Sync + 'static {
     ) -> (String, VersionVector);
 }
 
+/// The control handler of a daemon whose host has no command line (a Python or Swift
+/// program running a daemon in-process): typed requests are served as always, and a CLI
+/// command line is refused with a clear message rather than misread.
+pub struct TypedOnly;
+
+impl ControlHandler for TypedOnly {
+    fn handle(&self, _node: &mut Node, _request: &ControlRequest, _health: &HealthReport) -> ControlResponse {
+        ControlResponse {
+            code: 3,
+            stderr: "this home is owned by a daemon running inside a program (not the huskies CLI); \
+                     it serves typed requests only, so stop that program to use the CLI here\n"
+                .into(),
+            ..Default::default()
+        }
+    }
+
+    fn follow(
+        &self,
+        _node: &mut Node,
+        _request: &ControlRequest,
+        since: &VersionVector,
+    ) -> (String, VersionVector) {
+        (String::new(), since.clone())
+    }
+}
+
 pub(crate) fn bind(home: &Path) -> Result<UnixListener, DaemonError> {
     let path = socket_path(home);
     // We own the home (its lock is held by our node), so a socket file here is stale.
@@ -104,10 +140,17 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener, handler: 
 
 async fn client(shared: Arc<Shared>, stream: UnixStream, handler: Arc<dyn ControlHandler>) {
     let (read, mut write) = stream.into_split();
-    let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST_BYTES as u64));
+    let mut reader = tokio::io::BufReader::new(read.take(MAX_TYPED_REQUEST_BYTES as u64));
     let mut line = String::new();
     if reader.read_line(&mut line).await.is_err() {
         return;
+    }
+    if line.trim_start().starts_with("{\"api\"") {
+        api_client(shared, &line, reader, write).await;
+        return;
+    }
+    if line.len() > MAX_REQUEST_BYTES {
+        line.clear();
     }
     let request: ControlRequest = match serde_json::from_str(&line) {
         Ok(r) => r,
@@ -149,6 +192,72 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, handler: Arc<dyn Contro
             if write.write_all(format!("{line}\n").as_bytes()).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+async fn write_line<W: tokio::io::AsyncWrite + Unpin>(write: &mut W, line: &ApiLine) -> bool {
+    let mut bytes = serde_json::to_vec(line).expect("replies serialise");
+    bytes.push(b'\n');
+    write.write_all(&bytes).await.is_ok()
+}
+
+/// Serves one typed request: a plain call, or a subscription that streams events until the
+/// client hangs up or the daemon stops.
+async fn api_client<R, W>(shared: Arc<Shared>, line: &str, mut reader: R, mut write: W)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let request = match serde_json::from_str::<ApiEnvelope>(line) {
+        Ok(envelope) => envelope.api,
+        Err(e) => {
+            let err = ApiError::new(
+                ApiErrorKind::InvalidArgument,
+                format!("malformed typed request: {e}"),
+            );
+            write_line(&mut write, &ApiLine::Err(err)).await;
+            return;
+        }
+    };
+    if request != ApiRequest::Subscribe {
+        let ctx = ApiContext {
+            advertise: Some(shared.advertise.clone()),
+        };
+        let result = shared.with_node(|n| crate::api::serve(n, Shared::now(), &request, &ctx));
+        let answer = match result {
+            Ok(reply) => ApiLine::Ok(Box::new(reply)),
+            Err(e) => ApiLine::Err(e),
+        };
+        write_line(&mut write, &answer).await;
+        return;
+    }
+    let mut events = shared.events.subscribe();
+    if !write_line(&mut write, &ApiLine::Ok(Box::new(ApiReply::Subscribed))).await {
+        return;
+    }
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut scratch = [0u8; 64];
+    loop {
+        tokio::select! {
+            received = events.recv() => match received {
+                Ok(event) => {
+                    if let Some(data) = EventData::from_event(&event) {
+                        if !write_line(&mut write, &ApiLine::Event(data)).await {
+                            return;
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "a typed subscriber fell behind; events were dropped");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            // The client sends nothing more: a read that ends means it hung up.
+            read = reader.read(&mut scratch) => if !matches!(read, Ok(n) if n > 0) { return },
+            // (The guard `wait_for` yields is dropped inside: it must not live across the
+            // other branches' awaits.)
+            () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         }
     }
 }

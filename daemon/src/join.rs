@@ -1,14 +1,16 @@
 //! Joining a cluster with a ticket: one session to the issuing admin, which admits us and
-//! sends the cluster's ops.
+//! sends the cluster's ops. The session is driven like every other one: its timers
+//! (handshake, acknowledgement, keepalive, silence) run, so an issuer that stops answering
+//! ends the join with the session's error instead of a hang.
 
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use huskies_core::sync::{Session, SessionConfig, SessionEvent, SessionOptions, Ticket};
+use huskies_core::sync::{Session, SessionConfig, SessionEvent, SessionOptions, SyncError, Ticket};
 use huskies_core::{Command, Node, Timestamp};
 use rand_core::RngCore;
 
-use crate::peer::{split_client, Incoming};
+use crate::peer::{split_client, until, FrameSink, Incoming};
 use crate::DaemonError;
 
 /// What joining did.
@@ -18,6 +20,29 @@ pub struct JoinOutcome {
     pub ops: u64,
 }
 
+/// How a join is bounded.
+#[derive(Clone, Debug)]
+pub struct JoinOptions {
+    /// The whole join gives up after this long, however lively the issuer.
+    pub timeout: Duration,
+    /// The session's limits and timers (default: [`SessionConfig::default`], as for peers).
+    pub session: SessionConfig,
+    /// A frame write that takes longer than this means the issuer does not read (default
+    /// 20 s, as [`crate::DaemonConfig::write_timeout_ms`]).
+    pub write_timeout: Duration,
+}
+
+impl JoinOptions {
+    /// The defaults, with the whole join bounded by `timeout`.
+    pub fn new(timeout: Duration) -> JoinOptions {
+        JoinOptions {
+            timeout,
+            session: SessionConfig::default(),
+            write_timeout: Duration::from_millis(crate::DaemonConfig::default().write_timeout_ms),
+        }
+    }
+}
+
 fn now() -> Timestamp {
     Timestamp::from_datetime(chrono::Utc::now())
 }
@@ -25,7 +50,7 @@ fn now() -> Timestamp {
 /// Redeems `ticket` for `node` (a home created with `InitMode::Join`): connects to the
 /// issuer, is admitted, receives every op, then publishes this node's presence with
 /// `label` and waits until the issuer has it. `progress(held, total)` is called as ops
-/// arrive.
+/// arrive. [`join_cluster_with`] with [`JoinOptions::new`]`(timeout)`.
 pub async fn join_cluster(
     node: &mut Node,
     ticket: &Ticket,
@@ -33,15 +58,33 @@ pub async fn join_cluster(
     timeout: Duration,
     progress: impl FnMut(u64, u64),
 ) -> Result<JoinOutcome, DaemonError> {
-    tokio::time::timeout(timeout, join_inner(node, ticket, label, progress))
-        .await
-        .map_err(|_| DaemonError::Network(format!("joining via {} timed out", ticket.address)))?
+    join_cluster_with(node, ticket, label, &JoinOptions::new(timeout), progress).await
+}
+
+/// [`join_cluster`] with explicit session timers and write timeout. Fails with a
+/// [`DaemonError::Network`] naming the issuer's address and what went wrong: unreachable,
+/// closed, refused, a session timer that ran out (e.g. "peer went silent"), or the whole
+/// `options.timeout`.
+pub async fn join_cluster_with(
+    node: &mut Node,
+    ticket: &Ticket,
+    label: &str,
+    options: &JoinOptions,
+    progress: impl FnMut(u64, u64),
+) -> Result<JoinOutcome, DaemonError> {
+    tokio::time::timeout(
+        options.timeout,
+        join_inner(node, ticket, label, options, progress),
+    )
+    .await
+    .map_err(|_| DaemonError::Network(format!("joining via {} timed out", ticket.address)))?
 }
 
 async fn join_inner(
     node: &mut Node,
     ticket: &Ticket,
     label: &str,
+    options: &JoinOptions,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<JoinOutcome, DaemonError> {
     let (ws, _) = tokio_tungstenite::connect_async(ticket.address.as_str())
@@ -50,20 +93,16 @@ async fn join_inner(
     let (mut sink, mut stream) = split_client(ws);
     let mut challenge = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut challenge);
-    let options = SessionOptions {
+    let session_options = SessionOptions {
         ticket: Some(ticket.secret),
         expect_peer: Some(ticket.issuer),
     };
-    let mut session = Session::new(node, now(), challenge, options, SessionConfig::default());
+    let mut session = Session::new(node, now(), challenge, session_options, options.session.clone());
+    let session_failed = |e: SyncError| DaemonError::Network(format!("joining via {}: {e}", ticket.address));
     let mut target = None;
     let mut announced = None;
     loop {
-        while let Some(frame) = session
-            .poll_transmit(node, now())
-            .map_err(|e| DaemonError::Network(e.to_string()))?
-        {
-            sink.send(frame).await.map_err(|e| DaemonError::Network(e.0))?;
-        }
+        send_all(&mut session, node, &mut sink, options.write_timeout).await?;
         if let (Some(seq), true) = (announced, session.is_established()) {
             // Done once the issuer acknowledged our presence op.
             if session.unacked_bytes() == 0 && session.peer_version().get(&node.node_id()) >= seq {
@@ -73,10 +112,22 @@ async fn join_inner(
                 });
             }
         }
-        let frame = match stream.next().await {
-            Some(Incoming::Frame(f)) => f,
-            Some(Incoming::Error(_, e)) => return Err(DaemonError::Network(e)),
-            None => return Err(DaemonError::Network("the issuer closed the connection".into())),
+        let wait = until(session.poll_timeout(), now());
+        let frame = tokio::select! {
+            item = stream.next() => match item {
+                Some(Incoming::Frame(f)) => f,
+                Some(Incoming::Error(_, e)) => return Err(DaemonError::Network(e)),
+                None => return Err(DaemonError::Network("the issuer closed the connection".into())),
+            },
+            _ = tokio::time::sleep(wait) => {
+                if let Err(e) = session.handle_timeout(now()) {
+                    // The session queued a `Refuse` saying why: the issuer gets it if it
+                    // still reads.
+                    let _ = send_all(&mut session, node, &mut sink, options.write_timeout).await;
+                    return Err(session_failed(e));
+                }
+                continue;
+            }
         };
         // Frames already received are merged in one ingest (one flush) during catch-up.
         let mut frames = vec![frame];
@@ -90,7 +141,7 @@ async fn join_inner(
         }
         session
             .handle_frames(node, now(), &frames)
-            .map_err(|e| DaemonError::Network(e.to_string()))?;
+            .map_err(session_failed)?;
         for ev in session.take_events() {
             if let SessionEvent::Established { .. } = ev {
                 target = Some(session.peer_version().clone());
@@ -110,6 +161,67 @@ async fn join_inner(
                 )?;
                 announced = Some(r.seq);
             }
+        }
+    }
+}
+
+/// Sends every frame the session has to send now, each within `write_timeout`.
+async fn send_all(
+    session: &mut Session,
+    node: &mut Node,
+    sink: &mut FrameSink,
+    write_timeout: Duration,
+) -> Result<(), DaemonError> {
+    while let Some(frame) = session
+        .poll_transmit(node, now())
+        .map_err(|e| DaemonError::Network(e.to_string()))?
+    {
+        match tokio::time::timeout(write_timeout, sink.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(DaemonError::Network(e.0)),
+            Err(_) => {
+                return Err(DaemonError::Network(
+                    "frame write timed out: the issuer does not read".into(),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates a home at `root` for the cluster of `ticket` (`huskies-ticket-v1:...`) and
+/// redeems the ticket with its issuing daemon, within `timeout`. On failure nothing is left
+/// behind at `root` if it did not exist before. For hosts without an async runtime of their
+/// own (the bindings); runs a small runtime for the join.
+pub fn join_home(
+    root: &std::path::Path,
+    ticket: &str,
+    label: &str,
+    timeout: Duration,
+) -> Result<Node, DaemonError> {
+    let ticket: Ticket = ticket.parse()?;
+    let existed = root.exists();
+    let mut node = Node::init(
+        root,
+        huskies_core::InitMode::Join {
+            cluster: ticket.cluster,
+        },
+        &mut rand_core::OsRng,
+        now(),
+        huskies_core::NodeConfig::default(),
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Network(format!("cannot start a runtime to join: {e}")))?;
+    match runtime.block_on(join_cluster(&mut node, &ticket, label, timeout, |_, _| {})) {
+        Ok(_) => Ok(node),
+        Err(e) => {
+            drop(node);
+            if !existed {
+                let _ = std::fs::remove_dir_all(root);
+            }
+            Err(e)
         }
     }
 }

@@ -7,13 +7,16 @@
 //! heartbeat, runs the cluster policies, and serves local clients on a control socket in the
 //! home so that every CLI command behaves the same with the daemon up.
 
+pub mod api;
 mod control;
+mod events;
 mod http;
 mod join;
 mod mesh;
 mod metrics;
 mod peer;
 mod policy;
+mod remote;
 mod shared;
 
 use std::net::SocketAddr;
@@ -21,14 +24,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use huskies_core::sync::SessionConfig;
-use huskies_core::Node;
+use huskies_core::{Node, PolicyConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use control::{request as control_request, socket_path, ControlHandler, ControlRequest, ControlResponse};
-pub use join::{join_cluster, JoinOutcome};
+pub use control::{
+    request as control_request, socket_path, ControlHandler, ControlRequest, ControlResponse, TypedOnly,
+};
+pub use events::{default_stream_name, load_cursor, stream_config, EventsConfig, EventsHealth, CURSOR_FILE};
+pub use join::{join_cluster, join_cluster_with, join_home, JoinOptions, JoinOutcome};
 pub use metrics::{HealthReport, PeerStatus};
 pub use policy::apply_policies;
+pub use remote::{RemoteNode, RemoteSubscription, DEFAULT_TIMEOUT};
 
 /// Settings of a daemon. `Default` gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -59,24 +66,40 @@ pub struct DaemonConfig {
     pub backoff_max_ms: u64,
     /// A frame write that takes longer than this means the peer does not read (default 20 s).
     pub write_timeout_ms: u64,
+    /// The event bridge to NATS JetStream (default: off).
+    pub events: EventsConfig,
+}
+
+impl DaemonConfig {
+    /// The heartbeat and policy settings, as the core's policies take them.
+    pub fn policy(&self) -> PolicyConfig {
+        PolicyConfig {
+            heartbeat_secs: self.heartbeat_secs,
+            policy_interval_secs: self.policy_interval_secs,
+            retention_secs: self.retention_secs,
+            block_after_merge_failures: self.block_after_merge_failures,
+        }
+    }
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
+        let policy = PolicyConfig::default();
         DaemonConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3001)),
             peers: Vec::new(),
             max_mesh_peers: 3,
             label: "node".into(),
             advertise: None,
-            heartbeat_secs: 10,
-            retention_secs: 4 * 3600,
-            block_after_merge_failures: 3,
-            policy_interval_secs: 5,
+            heartbeat_secs: policy.heartbeat_secs,
+            retention_secs: policy.retention_secs,
+            block_after_merge_failures: policy.block_after_merge_failures,
+            policy_interval_secs: policy.policy_interval_secs,
             session: SessionConfig::default(),
             backoff_initial_ms: 250,
             backoff_max_ms: 15_000,
             write_timeout_ms: 20_000,
+            events: EventsConfig::default(),
         }
     }
 }
@@ -154,6 +177,7 @@ impl Daemon {
         tasks.push(tokio::spawn(http::serve(shared.clone(), listener)));
         tasks.push(tokio::spawn(policy::run(shared.clone())));
         tasks.push(tokio::spawn(mesh::run(shared.clone())));
+        tasks.push(tokio::spawn(events::run(shared.clone())));
         tracing::info!(node = %shared.node_id().short(), %local_addr, "daemon started");
         Ok(Daemon {
             shared,
@@ -171,6 +195,11 @@ impl Daemon {
     /// `ws://<local_addr>/crdt-sync`.
     pub fn url(&self) -> String {
         format!("ws://{}/crdt-sync", self.local_addr)
+    }
+
+    /// The address this daemon advertises to peers (and names in join tickets).
+    pub fn advertise(&self) -> &str {
+        &self.shared.advertise
     }
 
     /// Health and metrics now.

@@ -88,6 +88,8 @@ pub struct HealthReport {
     pub rejected: BTreeMap<String, u64>,
     /// Connections closed, by reason.
     pub disconnects: BTreeMap<String, u64>,
+    /// The event bridge to NATS JetStream.
+    pub events: crate::events::EventsHealth,
 }
 
 pub(crate) fn health(shared: &Shared) -> HealthReport {
@@ -126,5 +128,6 @@ pub(crate) fn health(shared: &Shared) -> HealthReport {
         ops_per_s: m.rate(),
         rejected: m.rejected.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         disconnects: m.disconnects.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        events: shared.bridge.report(vv.total()),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use huskies_core::sync::{RefuseCode, Session, SessionEvent, SessionOptions, SyncError};
-use huskies_core::NodeId;
+use huskies_core::{NodeId, Timestamp};
 use rand_core::RngCore;
 use tokio::sync::mpsc;
 
@@ -98,11 +98,7 @@ pub(crate) async fn drive(
             e.peer = e.peer.or(peer);
             break e;
         }
-        let now = Shared::now();
-        let wait = session
-            .poll_timeout()
-            .map(|t| Duration::from_millis(t.millis_since(now).max(0) as u64))
-            .unwrap_or(Duration::from_secs(3600));
+        let wait = until(session.poll_timeout(), Shared::now());
         tokio::select! {
             item = rx.recv() => {
                 let frame = match item {
@@ -188,7 +184,9 @@ pub(crate) async fn drive(
                 let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
                 break ended(peer, "duplicate", "a better connection to this peer exists".into());
             }
-            _ = shutdown.changed() => {
+            // `wait_for`, not `changed`: a connection that starts after shutdown was
+            // signalled must see it too (its receiver counts that value as seen).
+            () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                 session.close(RefuseCode::Shutdown, "node is shutting down");
                 let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
                 break ended(peer, "shutdown", "daemon shutting down".into());
@@ -205,12 +203,22 @@ pub(crate) async fn drive(
         .metrics
         .bytes_sent
         .fetch_add(session.op_bytes_sent(), Ordering::Relaxed);
+    // Out of the connection table before it is counted as a disconnect, so that whoever
+    // sees the count never sees the connection still listed.
+    shared.unregister(conn);
     Metrics::count(&shared.metrics.disconnects, &ended.reason, 1);
     if ended.reason != "shutdown" && ended.reason != "duplicate" {
         tracing::info!(peer = ?ended.peer.map(|p| p.short()), reason = %ended.reason, detail = %ended.detail, "connection closed");
     }
-    shared.unregister(conn);
     ended
+}
+
+/// How long to sleep until a session's next timer (`Session::poll_timeout`), at `now`: zero
+/// for a timer already due, an hour when none is set.
+pub(crate) fn until(deadline: Option<Timestamp>, now: Timestamp) -> Duration {
+    deadline.map_or(Duration::from_secs(3600), |t| {
+        Duration::from_millis(u64::try_from(t.millis_since(now)).unwrap_or(0))
+    })
 }
 
 fn ended(peer: Option<NodeId>, reason: &str, detail: String) -> Ended {
@@ -265,21 +273,7 @@ fn sync_ended(session: &Session, e: SyncError) -> Ended {
 }
 
 fn rejection_name(r: &huskies_core::RejectReason) -> &'static str {
-    use huskies_core::RejectReason as R;
-    match r {
-        R::Malformed(_) => "malformed",
-        R::BadSignature(_) => "bad_signature",
-        R::WrongCluster { .. } => "wrong_cluster",
-        R::UnknownAuthor(_) => "unknown_author",
-        R::Quarantined(_) => "quarantined",
-        R::Voided { .. } => "voided",
-        R::LamportJump(_) => "lamport_jump",
-        R::LamportNotIncreasing { .. } => "lamport_not_increasing",
-        R::Unauthorized(_) => "unauthorized",
-        R::InvalidPayload(_) => "invalid_payload",
-        R::BufferFull => "buffer_full",
-        _ => "other",
-    }
+    r.code()
 }
 
 fn text_frame() -> Incoming {

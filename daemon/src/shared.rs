@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use huskies_core::sync::{keep_connection, HeldConnection, KeepConnection, Opener};
 use huskies_core::{Event, Node, NodeId, Timestamp, VersionVector};
 use tokio::sync::{broadcast, watch};
 
@@ -19,6 +20,16 @@ pub(crate) enum Origin {
     Outbound,
     /// It dialled us.
     Inbound,
+}
+
+impl Origin {
+    /// The same, as the core's connection rule names it.
+    fn opener(self) -> Opener {
+        match self {
+            Origin::Outbound => Opener::Us,
+            Origin::Inbound => Opener::Peer,
+        }
+    }
 }
 
 /// One live connection.
@@ -45,6 +56,8 @@ pub(crate) struct Shared {
     pub events: broadcast::Sender<Event>,
     pub peers: Mutex<BTreeMap<u64, PeerEntry>>,
     pub metrics: Metrics,
+    /// The event bridge's counters.
+    pub bridge: crate::events::BridgeStats,
     next_conn: AtomicU64,
     connections: watch::Sender<usize>,
 }
@@ -76,6 +89,7 @@ impl Shared {
             events,
             peers: Mutex::new(BTreeMap::new()),
             metrics: Metrics::default(),
+            bridge: Default::default(),
             next_conn: AtomicU64::new(1),
             connections,
         })
@@ -135,21 +149,14 @@ impl Shared {
     }
 
     /// Records the authenticated peer of connection `id`. With two connections to one
-    /// peer, the one opened by the lower node id stays and the other is closed, the same
-    /// decision on both sides; of two opened by the same side (a reconnect), the new one
-    /// replaces the old only once the old has missed two keepalives. Returns false when `id`
-    /// is the one to close.
+    /// peer, the core's rule (`huskies_core::sync::keep_connection`) says which stays, the
+    /// same decision on both sides; the other is closed. Returns false when `id` is the one
+    /// to close.
     pub fn established(&self, id: u64, peer: NodeId) -> bool {
         let me = self.node_id();
+        let now = Self::now();
+        let keepalive_ms = self.config.session.keepalive_ms;
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        let initiator = |origin: Origin| {
-            if origin == Origin::Outbound {
-                me
-            } else {
-                peer
-            }
-        };
-        let keeper_initiator = me.min(peer);
         let Some(origin) = peers.get(&id).map(|p| p.origin) else {
             return false;
         };
@@ -158,15 +165,15 @@ impl Shared {
             if *other_id == id || other.node != Some(peer) {
                 continue;
             }
-            let (mine, theirs) = (initiator(origin), initiator(other.origin));
-            // The same side opened both: a reconnect. If the old connection has missed two
-            // keepalives it is presumed dead (e.g. half-open) and the new one replaces it.
-            let idle_ms = Self::now().as_millis() - other.last_recv.load(Ordering::Relaxed);
-            let old_is_dead = idle_ms > 2 * self.config.session.keepalive_ms;
-            if (mine == theirs && old_is_dead) || (mine == keeper_initiator && theirs != keeper_initiator) {
-                let _ = other.kill.send(true);
-            } else {
-                keep = false;
+            let held = HeldConnection {
+                opener: other.origin.opener(),
+                last_recv: Timestamp::from_millis(other.last_recv.load(Ordering::Relaxed)),
+            };
+            match keep_connection(me, peer, origin.opener(), held, now, keepalive_ms) {
+                KeepConnection::New => {
+                    let _ = other.kill.send(true);
+                }
+                KeepConnection::Held => keep = false,
             }
         }
         if keep {

@@ -74,7 +74,8 @@ async fn concurrent_claims_end_with_one_holder_and_the_loser_told() {
     let c = start(&homes[2], fast_config("c", vec![])).await;
     // C was never connected: it has not seen the story. Give it A's ops first.
     let bundle = a.with_node(|n| n.export_since(&c.with_node(|m| m.version_vector())).unwrap());
-    c.with_node(|n| n.ingest_bundle(&bundle)).unwrap();
+    let report = c.with_node(|n| n.ingest_bundle(&bundle)).unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     let id = StoryId::new("9_race").unwrap();
     a.with_node(|n| {
         n.execute(

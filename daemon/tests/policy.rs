@@ -185,8 +185,10 @@ fn a_stale_merge_lock_is_cleared_and_only_the_leader_acts() {
         },
     )
     .unwrap();
-    b.ingest_bundle(&a.export_since(&b.version_vector()).unwrap())
+    let report = b
+        .ingest_bundle(&a.export_since(&b.version_vector()).unwrap())
         .unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     // b takes the lock and dies (no more heartbeats).
     b.execute(
         t(1),
@@ -198,8 +200,10 @@ fn a_stale_merge_lock_is_cleared_and_only_the_leader_acts() {
     .unwrap();
     b.execute(t(1), Command::AcquireMergeLock { ttl_secs: 3600 })
         .unwrap();
-    a.ingest_bundle(&b.export_since(&a.version_vector()).unwrap())
+    let report = a
+        .ingest_bundle(&b.export_since(&a.version_vector()).unwrap())
         .unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     let config = DaemonConfig::default();
     a.execute(
         t(10),
@@ -231,8 +235,10 @@ fn a_stale_merge_lock_is_cleared_and_only_the_leader_acts() {
     assert!(a.merge_lock(t(1000)).unwrap().is_none());
     assert!(a.stale_merge_lock(t(1000)).unwrap().is_none());
     // With both alive, only the lower id acts.
-    b.ingest_bundle(&a.export_since(&b.version_vector()).unwrap())
+    let report = b
+        .ingest_bundle(&a.export_since(&b.version_vector()).unwrap())
         .unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     b.execute(
         t(1001),
         Command::Heartbeat {
@@ -241,14 +247,20 @@ fn a_stale_merge_lock_is_cleared_and_only_the_leader_acts() {
         },
     )
     .unwrap();
-    a.ingest_bundle(&b.export_since(&a.version_vector()).unwrap())
+    let report = a
+        .ingest_bundle(&b.export_since(&a.version_vector()).unwrap())
         .unwrap();
-    b.ingest_bundle(&a.export_since(&b.version_vector()).unwrap())
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    let report = b
+        .ingest_bundle(&a.export_since(&b.version_vector()).unwrap())
         .unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     b.execute(t(1002), Command::AcquireMergeLock { ttl_secs: 1 })
         .unwrap();
-    a.ingest_bundle(&b.export_since(&a.version_vector()).unwrap())
+    let report = a
+        .ingest_bundle(&b.export_since(&a.version_vector()).unwrap())
         .unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     let (acted_a, acted_b) = (
         apply_policies(&mut a, t(1010), &config).unwrap(),
         apply_policies(&mut b, t(1010), &config).unwrap(),

@@ -2,11 +2,11 @@
 //! and timeouts out. No sockets, no tokio, no clock reads; the daemon is a thin driver.
 //! See `docs/protocol.md`.
 
+mod duplicate;
 mod message;
 mod session;
-mod ticket;
 
+pub use crate::ticket::Ticket;
+pub use duplicate::{keep_connection, HeldConnection, KeepConnection, Opener};
 pub use message::{Message, RefuseCode, PROTOCOL_VERSION};
 pub use session::{Session, SessionConfig, SessionEvent, SessionOptions, SyncError};
-pub use ticket::Ticket;
-pub(crate) use ticket::{ticket_key, TicketRecord};

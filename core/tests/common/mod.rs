@@ -245,7 +245,7 @@ pub struct Snapshot {
 }
 
 /// Takes a [`Snapshot`] at `now`.
-pub fn snapshot(node: &Node, now: Timestamp) -> Snapshot {
+pub fn snapshot<S: huskies_core::Store>(node: &Node<S>, now: Timestamp) -> Snapshot {
     let stories = node.stories(None, now).expect("stories");
     let histories = stories
         .iter()
@@ -400,4 +400,86 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+/// A new cluster of three nodes (an admin and two members), all in sync.
+pub fn three_nodes(dir: &std::path::Path, seed: u64) -> Vec<Node> {
+    let mut rng = TestRng::new(seed);
+    let mut a = new_cluster(&dir.join("a"), &mut rng, at(0));
+    let b = join(&dir.join("b"), &mut a, Role::Member, &mut rng, at(0));
+    let c = join(&dir.join("c"), &mut a, Role::Member, &mut rng, at(0));
+    let mut nodes = vec![a, b, c];
+    sync_all(&mut nodes);
+    nodes
+}
+
+/// Runs one sync session between two nodes until neither has anything to send.
+pub fn session_sync(a: &mut Node, b: &mut Node) {
+    use huskies_core::sync::{Session, SessionConfig, SessionOptions};
+    let now = at(5);
+    let mut sa = Session::new(
+        a,
+        now,
+        [1; 32],
+        SessionOptions::default(),
+        SessionConfig::default(),
+    );
+    let mut sb = Session::new(
+        b,
+        now,
+        [2; 32],
+        SessionOptions::default(),
+        SessionConfig::default(),
+    );
+    for _ in 0..100 {
+        let mut moved = false;
+        while let Some(f) = sa.poll_transmit(a, now).unwrap() {
+            sb.handle_frame(b, now, &f).unwrap();
+            moved = true;
+        }
+        while let Some(f) = sb.poll_transmit(b, now).unwrap() {
+            sa.handle_frame(a, now, &f).unwrap();
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+    panic!("sessions never went quiet");
+}
+
+/// What must not change when input is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub snapshot: Snapshot,
+    pub lamport: u64,
+    pub ops: usize,
+}
+
+/// What a node shows: its snapshot, clock and op count.
+pub fn stored(n: &Node) -> Stored {
+    Stored {
+        snapshot: snapshot(n, at(1000)),
+        lamport: n.lamport(),
+        ops: n.log(None).unwrap().len(),
+    }
+}
+
+/// Admin A with one story, and member B that has written ops A has not seen.
+pub fn admin_and_member(dir: &std::path::Path, seed: u64) -> (Node, Node) {
+    let mut rng = TestRng::new(seed);
+    let mut a = new_cluster(&dir.join("a"), &mut rng, at(0));
+    let mut b = join(&dir.join("b"), &mut a, Role::Member, &mut rng, at(0));
+    add_story(&mut a, at(1), "1_s");
+    sync(&mut a, &mut b);
+    (a, b)
+}
+
+/// The ids of a node's live stories at `now`, sorted.
+pub fn live_ids(node: &Node, now: Timestamp) -> Vec<StoryId> {
+    node.stories(None, now)
+        .expect("stories")
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
 }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,7 +92,8 @@ pub fn cluster_homes(dir: &Path, n: usize) -> Vec<PathBuf> {
     }
     for node in &mut others {
         let bundle = admin.export_since(&node.version_vector()).unwrap();
-        node.ingest_bundle(&bundle).unwrap();
+        let report = node.ingest_bundle(&bundle).unwrap();
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     }
     let mut homes = vec![admin.home().to_path_buf()];
     homes.extend(others.iter().map(|n| n.home().to_path_buf()));

@@ -56,12 +56,12 @@ pub fn catch_up(source: &Path, scratch: &Path, progress: impl FnMut(u64, u64)) -
         )?;
         // Forget the bench's earlier peak (Linux: writing 5 to clear_refs resets VmHWM).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
-        let rss_before_mb = crate::bench::rss_mb("VmRSS:");
+        let rss_before_mb = super::rss_mb("VmRSS:");
         let t = Instant::now();
         huskies_daemon::join_cluster(&mut fresh, &ticket, "bench", Duration::from_secs(3600), progress)
             .await?;
         let elapsed = t.elapsed();
-        let peak_rss_mb = crate::bench::peak_rss_mb();
+        let peak_rss_mb = super::peak_rss_mb();
         let held = fresh.version_vector().total();
         // The fresh node holds everything plus its own presence op.
         ensure!(

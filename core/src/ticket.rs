@@ -57,17 +57,10 @@ impl FromStr for Ticket {
     }
 }
 
-/// What the issuer stores per ticket (keyed by a hash of the secret).
+/// What the issuer stores per ticket (keyed by a hash of the secret, `keyspace::ticket`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct TicketRecord {
     pub expires_at: Timestamp,
-}
-
-/// Store key of a ticket: `T` ‖ BLAKE3(secret).
-pub(crate) fn ticket_key(secret: &[u8; 32]) -> Vec<u8> {
-    let mut k = vec![b'T'];
-    k.extend_from_slice(blake3::hash(secret).as_bytes());
-    k
 }
 
 #[cfg(test)]

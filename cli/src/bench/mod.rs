@@ -7,6 +7,8 @@
 //! Ed25519 signing, `ingest_vs_verify` compares the real merge path with raw batch
 //! verification.
 
+mod sync;
+
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -195,7 +197,8 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
     let reopen = t.elapsed();
     bar.finish_and_clear();
     ensure!(
-        story.stage.kind() == probe_stage && (finished == 0 || probe_stage.as_str() == "archived"),
+        story.stage.kind() == probe_stage
+            && (finished == 0 || probe_stage == huskies_core::StageKind::Archived),
         "probe story is in stage {} after reopen, expected {probe_stage}",
         story.stage.kind()
     );
@@ -209,7 +212,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
     let bar = progress_bar(opts, "sync", total_ops as u64);
     // The process's peak so far (the sync phase resets the counter to measure its own).
     let peak_rss_mb = peak_rss_mb();
-    let sync = crate::bench_sync::catch_up(&home_a, &tmp.path().join("d"), |held, _| bar.set_position(held))?;
+    let sync = sync::catch_up(&home_a, &tmp.path().join("d"), |held, _| bar.set_position(held))?;
     bar.finish_and_clear();
     let sync_ops_per_s = sync.ops as f64 / sync.elapsed.as_secs_f64();
 

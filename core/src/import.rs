@@ -1,0 +1,284 @@
+//! Importing a bundle (`huskies import`, or any host that moves bundles): the bundle is
+//! decoded once and ingested in bounded chunks, with progress after each, and the chunks'
+//! reports are merged into one.
+
+use crate::{decode_bundle, read_bundle, split_bundles, Error, IngestReport, Node, Rejection, Store};
+
+/// Ops per ingest call when importing a bundle. Bounds the verified ops held at once (a
+/// bundle can hold a whole cluster's history) and sets how often progress is reported.
+/// Each chunk is committed on its own: an error in a later chunk leaves the earlier ones
+/// stored, which loses nothing (every stored op is valid on its own; importing again skips
+/// them as duplicates).
+pub const IMPORT_CHUNK_OPS: usize = 8192;
+
+impl IngestReport {
+    /// Adds what a later ingest did to this report: counts are summed, rejections and
+    /// events appended in order, forks appended unless already listed. `buffered` is the
+    /// sum of what each ingest held back (an op the later ingest released is not taken off).
+    pub fn absorb(&mut self, later: IngestReport) {
+        self.applied += later.applied;
+        self.duplicates += later.duplicates;
+        self.buffered = self.buffered.saturating_add(later.buffered);
+        self.rejected.extend(later.rejected);
+        for fork in later.forks {
+            if !self.forks.contains(&fork) {
+                self.forks.push(fork);
+            }
+        }
+        self.events.extend(later.events);
+    }
+}
+
+impl<S: Store> Node<S> {
+    /// Decodes a bundle (see [`crate::encode_bundle`]), or a bundle stream (bundles back to
+    /// back, as `huskies export` writes them), and ingests it in chunks of
+    /// [`IMPORT_CHUNK_OPS`], calling `progress(ops_ingested, ops_in_input)` once the
+    /// framing is checked and after each chunk.
+    ///
+    /// The report lists the ops that do not decode first (as rejections; per bundle), then
+    /// what the chunks did; its `buffered` is the number of ops this node holds back after
+    /// the import (waiting for predecessors). A broken bundle anywhere in `bytes` is an
+    /// error and ingests nothing. Only one bundle's ops are decoded at a time.
+    pub fn import_bundle(
+        &mut self,
+        bytes: &[u8],
+        progress: impl FnMut(u64, u64),
+    ) -> Result<IngestReport, Error> {
+        import_slice(self, bytes, IMPORT_CHUNK_OPS, progress)
+    }
+
+    /// Imports a bundle stream read from `r` one bundle at a time (see
+    /// [`crate::read_bundle`]), so an export of any size is imported in bounded memory.
+    /// `progress(ops_ingested, ops_in_bundles_read_so_far)` is called after each chunk.
+    /// Unlike [`Node::import_bundle`], a broken bundle is found only when it is reached: the
+    /// bundles before it stay stored (each stored op is valid on its own; importing again
+    /// skips them as duplicates) and the error is returned.
+    ///
+    /// The report's `events` stay empty: subscribers hear every event as usual, but a
+    /// report holding one event per transition of a whole history would not be bounded.
+    pub fn import_reader(
+        &mut self,
+        r: &mut impl std::io::Read,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<IngestReport, Error> {
+        let mut report = IngestReport::default();
+        let (mut done, mut total) = (0u64, 0u64);
+        while let Some(bundle) = read_bundle(r)? {
+            total = total.saturating_add(op_count(&bundle));
+            progress(done, total);
+            import_in_chunks(self, &bundle, IMPORT_CHUNK_OPS, Events::Drop, &mut report, |n| {
+                done = done.saturating_add(n);
+                progress(done, total);
+            })?;
+        }
+        report.buffered = self.buffered_ops();
+        Ok(report)
+    }
+}
+
+/// [`Node::import_bundle`] with chunks of `chunk_ops`.
+fn import_slice<S: Store>(
+    node: &mut Node<S>,
+    bytes: &[u8],
+    chunk_ops: usize,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<IngestReport, Error> {
+    let bundles = split_bundles(bytes)?;
+    let total = bundles
+        .iter()
+        .map(|b| op_count(b))
+        .fold(0u64, u64::saturating_add);
+    let mut report = IngestReport::default();
+    let mut done = 0u64;
+    progress(done, total);
+    for bundle in bundles {
+        import_in_chunks(node, bundle, chunk_ops, Events::Keep, &mut report, |n| {
+            done = done.saturating_add(n);
+            progress(done, total);
+        })?;
+    }
+    report.buffered = node.buffered_ops();
+    Ok(report)
+}
+
+/// The op count in a framed bundle's header.
+fn op_count(bundle: &[u8]) -> u64 {
+    u64::from(u32::from_le_bytes(
+        bundle[5..9].try_into().expect("a framed bundle"),
+    ))
+}
+
+/// Decodes one bundle and ingests it in chunks of `chunk_ops` into `report`, calling
+/// `ingested(n)` after each chunk of `n` ops.
+/// Whether an import's report collects the events its ingests published.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Events {
+    Keep,
+    Drop,
+}
+
+fn import_in_chunks<S: Store>(
+    node: &mut Node<S>,
+    bytes: &[u8],
+    chunk_ops: usize,
+    events: Events,
+    report: &mut IngestReport,
+    mut ingested: impl FnMut(u64),
+) -> Result<(), Error> {
+    let decoded = decode_bundle(bytes)?;
+    let mut good = Vec::with_capacity(decoded.len());
+    for op in decoded {
+        match op {
+            Ok(op) => good.push(op),
+            Err(e) => report.rejected.push(Rejection {
+                op_id: None,
+                author: None,
+                seq: None,
+                reason: e.into(),
+            }),
+        }
+    }
+    let mut rest = good.into_iter().peekable();
+    while rest.peek().is_some() {
+        let chunk: Vec<_> = rest.by_ref().take(chunk_ops.max(1)).collect();
+        let n = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+        let mut chunk_report = node.ingest(chunk)?;
+        if events == Events::Drop {
+            chunk_report.events = Vec::new();
+        }
+        report.absorb(chunk_report);
+        ingested(n);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        encode_bundle, Command, InitMode, NodeConfig, NodeId, RejectReason, StoryId, Timestamp, VersionVector,
+    };
+
+    fn t(secs: u64) -> Timestamp {
+        Timestamp::from_millis(1_763_700_000_000).add_secs(secs)
+    }
+
+    fn init(home: &std::path::Path, mode: InitMode) -> Node {
+        Node::init(home, mode, &mut rand_core::OsRng, t(0), NodeConfig::default()).unwrap()
+    }
+
+    /// A cluster founder with `stories` stories, and a fresh member of its cluster.
+    fn pair(dir: &std::path::Path, stories: usize) -> (Node, Node) {
+        let mut a = init(&dir.join("a"), InitMode::NewCluster { name: "p".into() });
+        for i in 0..stories {
+            let id = StoryId::new(format!("{i}_s")).unwrap();
+            let add = Command::AddStory {
+                id,
+                name: "s".into(),
+                body: None,
+                depends_on: vec![],
+            };
+            a.execute(t(1), add).unwrap();
+        }
+        let b = init(
+            &dir.join("b"),
+            InitMode::Join {
+                cluster: a.cluster_id(),
+            },
+        );
+        (a, b)
+    }
+
+    /// `bundle` with one more entry, `junk`, that frames but does not decode, first.
+    fn with_junk_first(bundle: &[u8], junk: &[u8]) -> Vec<u8> {
+        let count = u32::from_le_bytes(bundle[5..9].try_into().unwrap()) + 1;
+        let mut out = bundle[..5].to_vec();
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(junk.len()).unwrap().to_le_bytes());
+        out.extend_from_slice(junk);
+        out.extend_from_slice(&bundle[9..]);
+        out
+    }
+
+    #[test]
+    fn a_bundle_imported_in_chunks_ends_as_one_ingest_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, mut b) = pair(dir.path(), 7);
+        let ops = a.ops_since(&VersionVector::default()).unwrap();
+        let bundle = with_junk_first(&encode_bundle(ops.iter()), &[0xff; 40]);
+        let mut calls = Vec::new();
+        let report = import_slice(&mut b, &bundle, 3, |done, total| calls.push((done, total))).unwrap();
+        let n = ops.len() as u64;
+        assert_eq!(report.applied, ops.len());
+        assert_eq!(report.duplicates, 0);
+        assert_eq!(report.buffered, 0);
+        assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
+        assert!(matches!(report.rejected[0].reason, RejectReason::Malformed(_)));
+        let expected: Vec<(u64, u64)> = (0..=n.div_ceil(3)).map(|i| ((i * 3).min(n), n + 1)).collect();
+        assert_eq!(
+            calls, expected,
+            "progress once decoded, then after each chunk of 3"
+        );
+        assert_eq!(b.version_vector(), a.version_vector());
+        // Again: everything is a duplicate, nothing is applied.
+        let again = b.import_bundle(&bundle, |_, _| {}).unwrap();
+        assert_eq!((again.applied, again.duplicates), (0, ops.len()));
+    }
+
+    #[test]
+    fn ops_out_of_order_across_chunks_wait_for_their_predecessors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, mut b) = pair(dir.path(), 4);
+        let mut ops = a.ops_since(&VersionVector::default()).unwrap();
+        ops.reverse();
+        let report = import_slice(&mut b, &encode_bundle(ops.iter()), 2, |_, _| {}).unwrap();
+        assert_eq!(report.applied, ops.len());
+        assert_eq!(report.buffered, 0, "nothing is left waiting");
+        assert_eq!(b.version_vector(), a.version_vector());
+    }
+
+    #[test]
+    fn a_broken_bundle_ingests_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, mut b) = pair(dir.path(), 2);
+        let bundle = a.export_since(&VersionVector::default()).unwrap();
+        let before = b.version_vector();
+        let truncated = &bundle[..bundle.len() - 1];
+        let mut called = false;
+        assert!(matches!(
+            b.import_bundle(truncated, |_, _| called = true),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(!called);
+        assert_eq!(b.version_vector(), before);
+    }
+
+    #[test]
+    fn absorbing_sums_counts_and_keeps_each_fork_once() {
+        let fork = NodeId::from_bytes([7; 32]);
+        let mut first = IngestReport {
+            applied: 2,
+            duplicates: 1,
+            buffered: 1,
+            forks: vec![fork],
+            ..IngestReport::default()
+        };
+        let later = IngestReport {
+            applied: 3,
+            duplicates: 4,
+            buffered: 2,
+            rejected: vec![Rejection {
+                op_id: None,
+                author: None,
+                seq: None,
+                reason: RejectReason::BufferFull,
+            }],
+            forks: vec![fork],
+            ..IngestReport::default()
+        };
+        first.absorb(later);
+        assert_eq!((first.applied, first.duplicates, first.buffered), (5, 5, 3));
+        assert_eq!(first.rejected.len(), 1);
+        assert_eq!(first.forks, vec![fork]);
+    }
+}

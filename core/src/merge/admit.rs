@@ -1,0 +1,268 @@
+//! Admission: the one place that decides whether an op counts. Chain checks (duplicates,
+//! gaps, forks, Lamport order), membership and authorization, for local and remote ops
+//! alike; commands ask the same rules before signing ([`require_admin`], [`usable_key`]).
+
+use super::{Admission, Working};
+use crate::error::Error;
+use crate::id::{NodeId, OpId};
+use crate::op::{check_rotation_proof, derive_cluster_id, SignedOp};
+use crate::oplog;
+use crate::payload::{Payload, Role};
+use crate::projection::AuthorRecord;
+use crate::reject::RejectReason;
+use crate::storage::Store;
+
+impl<S: Store> Working<'_, S> {
+    /// The id of the op `author` stored at `seq` (in this batch or in the store).
+    fn stored_id(&self, author: &NodeId, seq: u64) -> Result<Option<OpId>, Error> {
+        if let Some(op) = self
+            .new_ops
+            .get(author)
+            .and_then(|ops| ops.iter().find(|o| o.content().seq == seq))
+        {
+            return Ok(Some(op.id()));
+        }
+        let Some(rec) = self.state.authors.get(author) else {
+            return Ok(None);
+        };
+        if rec.head_seq == seq {
+            return Ok(rec.head_id);
+        }
+        Ok(oplog::read_op(self.db, rec.idx, seq)?.map(|op| op.id()))
+    }
+
+    /// Chain checks, authorization and the payload's effect for one verified op.
+    pub fn admit(&mut self, op: SignedOp) -> Result<Admission, Error> {
+        let c = op.content();
+        if c.cluster != self.state.cluster.id {
+            return Ok(Admission::Rejected(RejectReason::WrongCluster {
+                expected: self.state.cluster.id,
+                got: c.cluster,
+            }));
+        }
+        let author = c.author;
+        let (head_seq, head_id, head_lamport, quarantined) = match self.state.authors.get(&author) {
+            Some(a) => (a.head_seq, a.head_id, a.head_lamport, a.quarantined_at),
+            None => (0, None, 0, None),
+        };
+        if c.seq <= head_seq {
+            return match self.stored_id(&author, c.seq)? {
+                Some(id) if id == op.id() => Ok(Admission::Duplicate),
+                Some(_) => {
+                    // Where the chains split must not depend on arrival order: had this op
+                    // come when our head was `seq - 1`, the `prev` check below would have put
+                    // the fork there whenever its `prev` is not the op we hold at `seq - 1`.
+                    // Found by the `ingest` fuzz target (fuzz/regressions/ingest/).
+                    let at = if c.seq > 1 && c.prev != self.stored_id(&author, c.seq - 1)? {
+                        c.seq - 1
+                    } else {
+                        c.seq
+                    };
+                    self.record_fork(&op, at)?;
+                    Ok(Admission::Fork)
+                }
+                None => Ok(Admission::Duplicate),
+            };
+        }
+        if let Some(q) = quarantined {
+            if c.seq >= q {
+                // Peers re-send fork evidence with every sync; evidence we keep already is
+                // a duplicate, not a refusal.
+                if self.is_evidence(&author, c.seq, &op.id())? {
+                    return Ok(Admission::Duplicate);
+                }
+                return Ok(Admission::Rejected(RejectReason::Quarantined(author)));
+            }
+        }
+        if c.seq > head_seq + 1 {
+            // An op two or more past the author's cutoff can never count (its predecessor
+            // is void too, so it cannot even reveal a fork): refuse it instead of holding
+            // it for a predecessor that would be refused. One just past the cutoff waits,
+            // since its `prev` may show a fork at the cutoff.
+            if let Some(cutoff) = self.state.members.get(&author).and_then(|m| m.cutoff) {
+                if c.seq > cutoff.saturating_add(1) {
+                    return Ok(Admission::Rejected(RejectReason::Voided {
+                        author,
+                        seq: c.seq,
+                        cutoff,
+                    }));
+                }
+            }
+            return Ok(Admission::Gap(op));
+        }
+        if c.prev != head_id {
+            // The author signed an op whose chain passes through a different op at
+            // `head_seq` than the one we hold: equivocation.
+            self.record_fork(&op, head_seq)?;
+            return Ok(Admission::Fork);
+        }
+        if c.lamport <= head_lamport {
+            return Ok(Admission::Rejected(RejectReason::LamportNotIncreasing {
+                lamport: c.lamport,
+                previous: head_lamport,
+            }));
+        }
+        if let Err(jump) = self.state.clock.check(c.lamport) {
+            return Ok(Admission::Rejected(jump.into()));
+        }
+        let role = match self.authorize_op(&op) {
+            Ok(role) => role,
+            Err(r) => return Ok(Admission::Rejected(r)),
+        };
+        if let Err(r) = self.apply_payload(&op, role)? {
+            return Ok(Admission::Rejected(r));
+        }
+        self.append(op);
+        Ok(Admission::Applied)
+    }
+
+    fn authorize_op(&self, op: &SignedOp) -> Result<Role, RejectReason> {
+        let c = op.content();
+        if let Payload::Genesis { name, nonce } = &c.payload {
+            if c.seq != 1 || self.state.cluster.admin.is_some() {
+                return Err(RejectReason::Unauthorized(
+                    "a cluster has exactly one genesis".into(),
+                ));
+            }
+            if derive_cluster_id(&c.author, name, nonce) != self.state.cluster.id {
+                return Err(RejectReason::Unauthorized(
+                    "genesis does not derive this cluster's id".into(),
+                ));
+            }
+            return Ok(Role::Admin);
+        }
+        let role = self.state.authorize(&c.author, c.seq)?;
+        match &c.payload {
+            Payload::MemberAdd { node, .. } => {
+                require_admin(Some(role), "add members")?;
+                usable_key(node)?;
+            }
+            Payload::MemberRemove { .. } => require_admin(Some(role), "remove members")?,
+            Payload::KeyRotate { new_key, proof }
+                if !check_rotation_proof(&c.cluster, &c.author, new_key, proof) =>
+            {
+                return Err(RejectReason::InvalidPayload(
+                    "key rotation proof does not verify".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(role)
+    }
+
+    /// Records an accepted op: storage, chain head, clock.
+    fn append(&mut self, op: SignedOp) {
+        let c = op.content();
+        let author = c.author;
+        if !self.state.authors.contains_key(&author) {
+            let idx = self.state.next_idx;
+            self.state.next_idx = self.state.next_idx.saturating_add(1);
+            self.state.authors.insert(
+                author,
+                AuthorRecord {
+                    idx,
+                    head_seq: 0,
+                    head_id: None,
+                    head_lamport: 0,
+                    quarantined_at: None,
+                    last_segment: None,
+                },
+            );
+        }
+        let rec = self.state.authors.get_mut(&author).expect("inserted");
+        // Admission established these; the stored chain relies on them.
+        debug_assert_eq!(c.seq, rec.head_seq + 1, "ops are appended in seq order");
+        debug_assert_eq!(c.prev, rec.head_id, "each op chains to the author's head");
+        debug_assert!(
+            c.lamport > rec.head_lamport,
+            "Lamport time increases along a chain"
+        );
+        rec.head_seq = c.seq;
+        rec.head_id = Some(op.id());
+        rec.head_lamport = c.lamport;
+        self.state.clock.observe(c.lamport);
+        self.dirty_authors.insert(author);
+        // Only the first author's list gets the reserved room: a batch is usually one
+        // author's (local appends, or a peer's catch-up), and many authors would multiply it.
+        let hint = &mut self.pending_ops_hint;
+        self.new_ops
+            .entry(author)
+            .or_insert_with(|| Vec::with_capacity(std::mem::take(hint)))
+            .push(op);
+    }
+
+    /// Is this op kept as fork evidence already (in this batch or in the store)?
+    fn is_evidence(&self, author: &NodeId, seq: u64, id: &OpId) -> Result<bool, Error> {
+        if self
+            .forks
+            .iter()
+            .any(|(a, s, i, _)| a == author && *s == seq && i == id)
+        {
+            return Ok(true);
+        }
+        oplog::is_evidence(self.db, author, seq, id)
+    }
+
+    /// Records an equivocation: `op` contradicts the op we hold for `at_seq`. Both ops are
+    /// kept as evidence, so that any replica they are sent to detects the same fork even
+    /// if it holds neither (the held op is about to be voided by the quarantine).
+    fn record_fork(&mut self, op: &SignedOp, at_seq: u64) -> Result<(), Error> {
+        let author = op.content().author;
+        let c = op.content();
+        let held = match self
+            .new_ops
+            .get(&author)
+            .and_then(|ops| ops.iter().find(|o| o.content().seq == at_seq))
+        {
+            Some(held) => Some(held.clone()),
+            None => match self.state.authors.get(&author) {
+                Some(rec) => oplog::read_op(self.db, rec.idx, at_seq)?,
+                None => None,
+            },
+        };
+        if let Some(held) = held {
+            self.forks
+                .push((author, at_seq, held.id(), held.bytes().to_vec()));
+        }
+        self.forks.push((author, c.seq, op.id(), op.bytes().to_vec()));
+        let Some(rec) = self.state.authors.get_mut(&author) else {
+            return Ok(());
+        };
+        let q = rec.quarantined_at.map_or(at_seq, |q| q.min(at_seq));
+        rec.quarantined_at = Some(q);
+        self.dirty_authors.insert(author);
+        if rec.head_seq >= q {
+            self.state.rebuild_needed = true;
+        }
+        Ok(())
+    }
+
+    /// Ops that a local command produced go through the same path as remote ones.
+    pub fn admit_local(&mut self, op: SignedOp) -> Result<(), Error> {
+        match self.admit(op)? {
+            Admission::Applied => Ok(()),
+            Admission::Rejected(r) => Err(Error::Rejected(r)),
+            Admission::Duplicate | Admission::Gap(_) | Admission::Fork => Err(Error::Corrupt(
+                "local op does not extend this node's own chain".into(),
+            )),
+        }
+    }
+}
+
+/// Only an admin may `what` (add or remove members, issue join tickets).
+pub(crate) fn require_admin(role: Option<Role>, what: &str) -> Result<(), RejectReason> {
+    match role {
+        Some(Role::Admin) => Ok(()),
+        _ => Err(RejectReason::Unauthorized(format!("only an admin may {what}"))),
+    }
+}
+
+/// A member's id must be a usable Ed25519 public key (it decodes and is not weak).
+pub(crate) fn usable_key(node: &NodeId) -> Result<(), RejectReason> {
+    match crate::key::verifying_key(node) {
+        Some(_) => Ok(()),
+        None => Err(RejectReason::InvalidPayload(format!(
+            "{node} is not a usable Ed25519 public key"
+        ))),
+    }
+}

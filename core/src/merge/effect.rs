@@ -1,0 +1,215 @@
+//! The effect of each payload on the records a working set holds: registers, histories,
+//! leases, presence, membership. Every merge rule here commutes (see `projection.rs`).
+
+use super::Working;
+use crate::error::Error;
+use crate::event::{Event, TransitionEvent};
+use crate::id::{NodeId, StoryId};
+use crate::op::SignedOp;
+use crate::payload::{Payload, Role, StoryField};
+use crate::pipeline::transition;
+use crate::projection::{HistoryEntry, Lease, Lww, PresenceRecord, Stamp};
+use crate::reject::RejectReason;
+use crate::storage::Store;
+
+impl<S: Store> Working<'_, S> {
+    /// The payload's effect on the records. Admission has authorized the op (role, keys,
+    /// proofs); what can still refuse it here is a payload that contradicts itself.
+    pub(super) fn apply_payload(
+        &mut self,
+        op: &SignedOp,
+        role: Role,
+    ) -> Result<Result<(), RejectReason>, Error> {
+        let c = op.content();
+        let stamp = Stamp {
+            lamport: c.lamport,
+            author: c.author,
+        };
+        match &c.payload {
+            Payload::Genesis { name, .. } => {
+                self.state.cluster.name = Some(name.clone());
+                self.state.cluster.admin = Some(c.author);
+                self.set_role(c.author, stamp, Role::Admin);
+                self.cluster_dirty = true;
+            }
+            Payload::MemberAdd { node, role: new_role } => {
+                self.set_role(*node, stamp, *new_role);
+            }
+            Payload::MemberRemove { node, cutoff_seq } => {
+                self.set_cutoff(*node, *cutoff_seq);
+            }
+            Payload::KeyRotate { new_key, .. } => {
+                self.set_role(*new_key, stamp, role);
+                self.set_cutoff(c.author, c.seq);
+                let m = self.state.members.entry(c.author).or_default();
+                m.rotated_to = Some(*new_key);
+            }
+            Payload::StoryCreate {
+                story,
+                name,
+                body,
+                depends_on,
+            } => {
+                let rec = self.story_mut(story)?;
+                if rec.created.is_none_or(|(s, _)| stamp < s) {
+                    rec.created = Some((stamp, op.id()));
+                }
+                Lww::merge(&mut rec.name, stamp, name.clone());
+                Lww::merge(&mut rec.body, stamp, body.clone());
+                Lww::merge(&mut rec.depends_on, stamp, depends_on.clone());
+            }
+            Payload::StoryUpdate { story, field } => {
+                let rec = self.story_mut(story)?;
+                match field {
+                    StoryField::Name(n) => Lww::merge(&mut rec.name, stamp, n.clone()),
+                    StoryField::Body(b) => Lww::merge(&mut rec.body, stamp, b.clone()),
+                    StoryField::DependsOn(d) => Lww::merge(&mut rec.depends_on, stamp, d.clone()),
+                };
+            }
+            Payload::Transition {
+                story,
+                event,
+                from,
+                base,
+            } => {
+                let to = match transition(from, event, c.wall) {
+                    Ok(to) => to,
+                    Err(e) => return Ok(Err(RejectReason::InvalidPayload(e.to_string()))),
+                };
+                let rec = self.story_mut(story)?;
+                let before = rec.stage();
+                rec.insert_transition(HistoryEntry {
+                    stamp,
+                    op_id: op.id(),
+                    wall: c.wall,
+                    event: event.clone(),
+                    from: from.clone(),
+                    to,
+                    base: *base,
+                });
+                let pos = rec
+                    .history
+                    .iter()
+                    .position(|h| h.op_id == op.id())
+                    .expect("inserted");
+                let conflict = rec.conflict_flags()[pos];
+                let after = rec.stage();
+                self.events.push(Event::Transition(TransitionEvent {
+                    story: story.clone(),
+                    before: Some(before),
+                    after,
+                    op_id: Some(op.id()),
+                    author: Some(c.author),
+                    event: Some(event.name()),
+                    conflict,
+                    replay: false,
+                }));
+            }
+            Payload::StoryDelete { story } => {
+                let rec = self.story_mut(story)?;
+                if rec.deleted.is_none_or(|d| stamp < d) {
+                    rec.deleted = Some(stamp);
+                }
+            }
+            Payload::Claim {
+                story,
+                ttl_secs,
+                takes_over,
+            } => {
+                let lease = Lease {
+                    node: c.author,
+                    claimed_at: c.wall,
+                    expires_at: c.wall.add_secs(u64::from(*ttl_secs)),
+                };
+                self.set_claim(story, stamp, Some(lease), *takes_over)?;
+            }
+            Payload::Release { story } => self.set_claim(story, stamp, None, None)?,
+            Payload::LockAcquire { ttl_secs } => {
+                let lease = Lease {
+                    node: c.author,
+                    claimed_at: c.wall,
+                    expires_at: c.wall.add_secs(u64::from(*ttl_secs)),
+                };
+                self.lock()?.set(stamp, Some(lease));
+                self.lock_dirty = true;
+            }
+            Payload::LockRelease => {
+                self.lock()?.set(stamp, None);
+                self.lock_dirty = true;
+            }
+            Payload::LockClear { holder, through } => {
+                self.lock()?.clear(*holder, *through);
+                self.lock_dirty = true;
+            }
+            Payload::Presence { label, address } => {
+                let newer = self.presence(&c.author)?.is_none_or(|p| p.stamp < stamp);
+                if newer {
+                    self.dirty_presence.insert(c.author);
+                    self.presence.insert(
+                        c.author,
+                        PresenceRecord {
+                            stamp,
+                            label: label.clone(),
+                            address: address.clone(),
+                            heartbeat_at: c.wall,
+                        },
+                    );
+                }
+            }
+            Payload::Execution { story, state } => {
+                let rec = self.story_mut(story)?;
+                let mut slot = rec.execution.remove(&c.author);
+                Lww::merge(&mut slot, stamp, state.clone());
+                if let Some(s) = slot {
+                    rec.execution.insert(c.author, s);
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn set_claim(
+        &mut self,
+        story: &StoryId,
+        stamp: Stamp,
+        lease: Option<Lease>,
+        takes_over: Option<(NodeId, u64)>,
+    ) -> Result<(), Error> {
+        let local = self.local;
+        let rec = self.story_mut(story)?;
+        let before = rec.claims.current().map(|(_, l)| l.node);
+        if let Some((holder, through)) = takes_over {
+            rec.claims.clear(holder, through);
+        }
+        rec.claims.set(stamp, lease);
+        let after = rec.claims.current().map(|(_, l)| l.node);
+        if before == Some(local) && after != Some(local) && stamp.author != local {
+            self.events.push(Event::ClaimLost {
+                story: story.clone(),
+                winner: after,
+            });
+        }
+        Ok(())
+    }
+
+    fn set_role(&mut self, node: NodeId, stamp: Stamp, role: Role) {
+        let m = self.state.members.entry(node).or_default();
+        Lww::merge(&mut m.role, stamp, role);
+        self.dirty_members.insert(node);
+    }
+
+    fn set_cutoff(&mut self, node: NodeId, cutoff: u64) {
+        let m = self.state.members.entry(node).or_default();
+        m.cutoff = Some(m.cutoff.map_or(cutoff, |c| c.min(cutoff)));
+        self.dirty_members.insert(node);
+        let head = self.state.head_seq(&node);
+        let staged = self
+            .new_ops
+            .get(&node)
+            .and_then(|o| o.last())
+            .map_or(0, |o| o.content().seq);
+        if head.max(staged) > cutoff {
+            self.state.rebuild_needed = true;
+        }
+    }
+}

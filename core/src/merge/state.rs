@@ -1,0 +1,137 @@
+//! The node-wide state kept in memory between commits: cluster, clock, authors and
+//! members. Small (grows with nodes, not ops); a working set starts from a copy.
+
+use std::collections::BTreeMap;
+
+use crate::clock::LamportClock;
+use crate::codec;
+use crate::error::Error;
+use crate::id::{ClusterId, NodeId};
+use crate::keyspace as key;
+use crate::payload::Role;
+use crate::projection::{AuthorRecord, ClusterMeta, MemberRecord};
+use crate::reject::RejectReason;
+use crate::storage::{self, Store};
+use crate::version::VersionVector;
+
+/// The node-wide state kept in memory: small (grows with nodes, not ops).
+#[derive(Clone, Debug)]
+pub(crate) struct State {
+    pub cluster: ClusterMeta,
+    pub clock: LamportClock,
+    pub authors: BTreeMap<NodeId, AuthorRecord>,
+    pub members: BTreeMap<NodeId, MemberRecord>,
+    pub next_idx: u32,
+    pub rebuild_needed: bool,
+}
+
+impl State {
+    pub fn new(cluster: ClusterId) -> State {
+        State {
+            cluster: ClusterMeta {
+                id: cluster,
+                name: None,
+                admin: None,
+            },
+            clock: LamportClock::default(),
+            authors: BTreeMap::new(),
+            members: BTreeMap::new(),
+            next_idx: 0,
+            rebuild_needed: false,
+        }
+    }
+
+    pub fn load<S: Store>(db: &S) -> Result<State, Error> {
+        let cluster: ClusterMeta = storage::get(db, key::META_CLUSTER, "cluster meta")?
+            .ok_or_else(|| Error::Corrupt("store has no cluster meta".into()))?;
+        let clock: u64 = storage::get(db, key::META_CLOCK, "clock")?.unwrap_or(0);
+        let next_idx: u32 = storage::get(db, key::META_NEXT_IDX, "author index")?.unwrap_or(0);
+        let rebuild_needed: bool = storage::get(db, key::META_REBUILD, "rebuild flag")?.unwrap_or(false);
+        let mut authors = BTreeMap::new();
+        for kv in db.scan_prefix(key::AUTHORS) {
+            let (k, v) = kv?;
+            let node = key::author_from_key(&k)?;
+            authors.insert(node, codec::decode(&v, "author record")?);
+        }
+        let mut members = BTreeMap::new();
+        for kv in db.scan_prefix(key::MEMBERS) {
+            let (k, v) = kv?;
+            let node = key::member_from_key(&k)?;
+            members.insert(node, codec::decode(&v, "member record")?);
+        }
+        Ok(State {
+            cluster,
+            clock: LamportClock::new(clock),
+            authors,
+            members,
+            next_idx,
+            rebuild_needed,
+        })
+    }
+
+    /// Where `author`'s ops stop counting because it equivocated, if that matters: a fork
+    /// among ops that a removal (or key rotation) had voided already changes nothing, and
+    /// a replica that learned of the removal first never even stores those ops, so such a
+    /// fork is not reported anywhere (every replica reaches the same answer).
+    pub fn quarantine(&self, author: &NodeId) -> Option<u64> {
+        let q = self.authors.get(author)?.quarantined_at?;
+        match self.members.get(author).and_then(|m| m.cutoff) {
+            Some(cutoff) if q > cutoff => None,
+            _ => Some(q),
+        }
+    }
+
+    /// The last seq of `author` that can be valid, if its validity is bounded.
+    pub fn valid_until(&self, author: &NodeId) -> Option<u64> {
+        let cutoff = self.members.get(author).and_then(|m| m.cutoff);
+        let quarantine = self
+            .authors
+            .get(author)
+            .and_then(|a| a.quarantined_at)
+            .map(|q| q.saturating_sub(1));
+        match (cutoff, quarantine) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The seq of `node`'s newest stored op (0 for none).
+    pub fn head_seq(&self, node: &NodeId) -> u64 {
+        self.authors.get(node).map_or(0, |a| a.head_seq)
+    }
+
+    pub fn version_vector(&self) -> VersionVector {
+        let mut vv = VersionVector::default();
+        for (node, a) in &self.authors {
+            let held = self.valid_until(node).map_or(a.head_seq, |v| v.min(a.head_seq));
+            if held > 0 {
+                vv.set(*node, held);
+            }
+        }
+        vv
+    }
+
+    /// Is `node` an admitted member whose op `seq` may count?
+    pub fn authorize(&self, node: &NodeId, seq: u64) -> Result<Role, RejectReason> {
+        let role = self
+            .members
+            .get(node)
+            .and_then(|m| m.role())
+            .ok_or(RejectReason::UnknownAuthor(*node))?;
+        if let Some(q) = self.authors.get(node).and_then(|a| a.quarantined_at) {
+            if seq >= q {
+                return Err(RejectReason::Quarantined(*node));
+            }
+        }
+        if let Some(cutoff) = self.members.get(node).and_then(|m| m.cutoff) {
+            if seq > cutoff {
+                return Err(RejectReason::Voided {
+                    author: *node,
+                    seq,
+                    cutoff,
+                });
+            }
+        }
+        Ok(role)
+    }
+}

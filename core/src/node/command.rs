@@ -1,0 +1,483 @@
+//! Local commands: each is validated against the projection as the batch sees it,
+//! turned into a payload, signed and admitted through the same merge path as a remote op.
+
+use rand_core::CryptoRngCore;
+
+use super::{finish_rotation, Node};
+use crate::codec;
+use crate::error::Error;
+use crate::execution::{apply_execution_event, ExecutionEvent, ExecutionState};
+use crate::id::{NodeId, OpId, StoryId};
+use crate::key::NodeKey;
+use crate::keyspace as key;
+use crate::merge::{require_admin, usable_key, Working};
+use crate::op::{rotation_proof, SignedOp};
+use crate::payload::{Payload, Role, StoryField};
+use crate::pipeline::{transition, PipelineEvent};
+use crate::projection::{Lease, StoryRecord};
+use crate::storage::{Store, WriteBatch};
+use crate::time::Timestamp;
+
+/// A local change; see [`Node::execute`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// New story in the backlog.
+    ///
+    /// Refused locally (nothing is signed): an id already used, an empty or blank `name`
+    /// (`invalid_argument`), a dependency that is not a live story on this node
+    /// (`not_found`) or the story itself. An op from a peer is accepted whatever its
+    /// dependencies and name say: a dependency may simply not have reached this node yet,
+    /// and an op's validity must not depend on arrival order; the projection keeps the ids
+    /// as given.
+    AddStory {
+        /// Id.
+        id: StoryId,
+        /// Name.
+        name: String,
+        /// Body.
+        body: Option<String>,
+        /// Dependencies.
+        depends_on: Vec<StoryId>,
+    },
+    /// Change one field. A new name or dependency list is checked as in
+    /// [`Command::AddStory`].
+    UpdateStory {
+        /// Story.
+        id: StoryId,
+        /// Field and value.
+        field: StoryField,
+    },
+    /// Apply a pipeline event.
+    Event {
+        /// Story.
+        id: StoryId,
+        /// Event.
+        event: PipelineEvent,
+    },
+    /// Tombstone a story.
+    DeleteStory {
+        /// Story.
+        id: StoryId,
+    },
+    /// Claim a story (or renew this node's claim).
+    Claim {
+        /// Story.
+        id: StoryId,
+        /// Lease length in seconds.
+        ttl_secs: u32,
+    },
+    /// Give up this node's claim.
+    Release {
+        /// Story.
+        id: StoryId,
+    },
+    /// Take (or renew) the merge lock.
+    AcquireMergeLock {
+        /// Lease length in seconds.
+        ttl_secs: u32,
+    },
+    /// Release this node's merge lock.
+    ReleaseMergeLock,
+    /// Clear a merge lock whose holder is dead or whose lease ran out.
+    ClearStaleMergeLock,
+    /// Publish this node's presence (and heartbeat).
+    Heartbeat {
+        /// Label.
+        label: String,
+        /// Address for peers.
+        address: Option<String>,
+    },
+    /// Advance this node's execution state for a story.
+    Execution {
+        /// Story.
+        id: StoryId,
+        /// Event.
+        event: ExecutionEvent,
+    },
+    /// Admit a node (admins only).
+    AddMember {
+        /// The node.
+        node: NodeId,
+        /// Its role.
+        role: Role,
+    },
+    /// Remove a node (admins only); its ops after the last one we hold are void.
+    RemoveMember {
+        /// The node.
+        node: NodeId,
+    },
+}
+
+/// What a committed local op was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The op.
+    pub op_id: OpId,
+    /// Its seq.
+    pub seq: u64,
+    /// Its Lamport timestamp.
+    pub lamport: u64,
+}
+
+impl Receipt {
+    pub(super) fn of(op: &SignedOp) -> Receipt {
+        Receipt {
+            op_id: op.id(),
+            seq: op.content().seq,
+            lamport: op.content().lamport,
+        }
+    }
+}
+
+impl<S: Store> Node<S> {
+    /// Applies one command: validated against the projection, signed, stored durably
+    /// (flushed) before it returns. An invalid command writes nothing. Takes a [`Command`]
+    /// or anything that becomes one (a [`crate::NewStory`] from [`Command::add_story`]).
+    pub fn execute(&mut self, now: Timestamp, cmd: impl Into<Command>) -> Result<Receipt, Error> {
+        self.execute_group(now, vec![cmd.into()])?
+            .pop()
+            .expect("one result per command")
+    }
+
+    /// Group commit: each command is validated and signed in turn (seeing the effects of
+    /// those before it), and all that succeed are stored in one atomic batch with one
+    /// flush. Each command gets its own result; a refused command writes nothing. A
+    /// storage failure (an `io` error) fails the whole call and writes nothing.
+    ///
+    /// Hence the two levels of `Result`: the outer one is the call (`Err` only for a storage
+    /// failure, and then nothing was written), the inner ones are the commands, in order
+    /// (`Err` for a refused command, which wrote nothing while the others were stored).
+    /// Look at each inner result; `?` on the outer one alone drops the refusals.
+    ///
+    /// ```
+    /// use huskies_core::{Command, InitMode, Node, NodeConfig, StoryId, Timestamp};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let now = Timestamp::from_millis(1_763_700_000_000);
+    /// let mut node = Node::init(dir.path(), InitMode::NewCluster { name: "demo".into() },
+    ///                           &mut huskies_core::rand_core::OsRng, now, NodeConfig::default())?;
+    /// let a = StoryId::new("a")?;
+    /// let cmds = vec![
+    ///     Command::add_story(a.clone(), "A").into(),
+    ///     Command::add_story(a.clone(), "A again").into(), // refused: already exists
+    /// ];
+    /// let results = node.execute_group(now, cmds)?; // outer: the store did not fail
+    /// assert!(results[0].is_ok());
+    /// assert_eq!(results[1].as_ref().unwrap_err().kind().as_str(), "already_exists");
+    /// # Ok::<(), huskies_core::Error>(())
+    /// ```
+    pub fn execute_group(
+        &mut self,
+        now: Timestamp,
+        cmds: Vec<Command>,
+    ) -> Result<Vec<Result<Receipt, Error>>, Error> {
+        let (db, journal) = (self.db.clone(), self.journal.clone());
+        let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id())
+            .with_cache(std::mem::take(&mut self.stories))
+            .expecting(cmds.len());
+        let mut results = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            match self.stage(&mut w, now, cmd) {
+                // The store failed, not the command: the whole group fails, and nothing of
+                // it is written (what was staged so far is dropped with `w`).
+                Err(e @ Error::Io { .. }) => return Err(e),
+                r => results.push(r),
+            }
+        }
+        if w.has_changes() {
+            self.commit(w, S::Batch::default())?;
+        }
+        Ok(results)
+    }
+
+    /// One command into a working set: validated, signed, admitted (not yet stored).
+    pub(super) fn stage(
+        &self,
+        w: &mut Working<'_, S>,
+        now: Timestamp,
+        cmd: Command,
+    ) -> Result<Receipt, Error> {
+        let payload = self.payload_for(w, now, cmd)?;
+        let op = self.build_op(w, payload, now)?;
+        let receipt = Receipt::of(&op);
+        w.admit_local(op)?;
+        Ok(receipt)
+    }
+
+    fn lease_live(&self, w: &mut Working<'_, S>, lease: &Lease, now: Timestamp) -> Result<bool, Error> {
+        let heartbeat = w.presence(&lease.node)?.map(|p| p.heartbeat_at);
+        Ok(self.live(lease, heartbeat, now))
+    }
+
+    pub(super) fn live(&self, lease: &Lease, heartbeat: Option<Timestamp>, now: Timestamp) -> bool {
+        let last_seen = heartbeat.map_or(lease.claimed_at, |h| h.max(lease.claimed_at));
+        now < lease.expires_at && now.millis_since(last_seen) <= self.stale_ms()
+    }
+
+    pub(super) fn stale_ms(&self) -> i64 {
+        i64::try_from(self.config.stale_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+
+    fn visible_story<'w>(w: &'w mut Working<'_, S>, id: &StoryId) -> Result<&'w StoryRecord, Error> {
+        let rec = w.story(id)?;
+        if rec.created.is_none() {
+            return Err(Error::NotFound(format!("story {id} not found")));
+        }
+        if rec.deleted.is_some() {
+            return Err(Error::NotFound(format!("story {id} was deleted")));
+        }
+        Ok(rec)
+    }
+
+    /// A local command may only name dependencies this node knows as live stories (and not
+    /// the story itself). Ops from peers are not held to this: whether a dependency exists
+    /// can depend on arrival order, and validity must not (see [`Command::AddStory`]).
+    fn check_depends_on(w: &mut Working<'_, S>, id: &StoryId, deps: &[StoryId]) -> Result<(), Error> {
+        for dep in deps {
+            if dep == id {
+                return Err(Error::InvalidArgument(format!(
+                    "story {id} cannot depend on itself"
+                )));
+            }
+            Self::visible_story(w, dep).map_err(|e| match e {
+                Error::NotFound(why) => Error::NotFound(format!("story {id} depends on {dep}: {why}")),
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn my_role(&self, w: &Working<'_, S>) -> Option<Role> {
+        w.state.members.get(&self.node_id()).and_then(|m| m.role())
+    }
+
+    /// Validates a command against the working projection and turns it into a payload.
+    fn payload_for(&self, w: &mut Working<'_, S>, now: Timestamp, cmd: Command) -> Result<Payload, Error> {
+        let me = self.node_id();
+        let payload = match cmd {
+            Command::AddStory {
+                id,
+                name,
+                body,
+                depends_on,
+            } => {
+                let rec = w.story(&id)?;
+                if rec.created.is_some() {
+                    let what = if rec.deleted.is_some() {
+                        "was deleted; story ids are not reused"
+                    } else {
+                        "exists already"
+                    };
+                    return Err(Error::AlreadyExists(format!("story {id} {what}")));
+                }
+                check_name(&name)?;
+                Self::check_depends_on(w, &id, &depends_on)?;
+                Payload::StoryCreate {
+                    story: id,
+                    name,
+                    body,
+                    depends_on,
+                }
+            }
+            Command::UpdateStory { id, field } => {
+                Self::visible_story(w, &id)?;
+                match &field {
+                    StoryField::Name(name) => check_name(name)?,
+                    StoryField::DependsOn(deps) => Self::check_depends_on(w, &id, deps)?,
+                    StoryField::Body(_) => {}
+                }
+                Payload::StoryUpdate { story: id, field }
+            }
+            Command::Event { id, event } => {
+                let rec = Self::visible_story(w, &id)?;
+                let from = rec.stage();
+                transition(&from, &event, now).map_err(|source| Error::InvalidTransition {
+                    story: id.clone(),
+                    source,
+                })?;
+                Payload::Transition {
+                    base: rec.stage_op(),
+                    story: id,
+                    event,
+                    from,
+                }
+            }
+            Command::DeleteStory { id } => {
+                Self::visible_story(w, &id)?;
+                Payload::StoryDelete { story: id }
+            }
+            Command::Claim { id, ttl_secs } => {
+                let current = Self::visible_story(w, &id)?
+                    .claims
+                    .current()
+                    .map(|(s, l)| (s, l.clone()));
+                let mut takes_over = None;
+                if let Some((stamp, lease)) = current {
+                    if lease.node != me {
+                        if self.lease_live(w, &lease, now)? {
+                            return Err(Error::ClaimConflict {
+                                what: format!("story {id}"),
+                                holder: lease.node,
+                                expires_at: lease.expires_at,
+                            });
+                        }
+                        takes_over = Some((lease.node, stamp.lamport));
+                    }
+                }
+                Payload::Claim {
+                    story: id,
+                    ttl_secs,
+                    takes_over,
+                }
+            }
+            Command::Release { id } => {
+                let rec = Self::visible_story(w, &id)?;
+                let mine = rec.claims.current().filter(|(_, l)| l.node == me).is_some();
+                if !mine {
+                    return Err(Error::NotFound(format!("this node holds no claim on story {id}")));
+                }
+                Payload::Release { story: id }
+            }
+            Command::AcquireMergeLock { ttl_secs } => {
+                if let Some(lease) = w.lock()?.current().map(|(_, l)| l.clone()) {
+                    if lease.node != me && self.lease_live(w, &lease, now)? {
+                        return Err(Error::ClaimConflict {
+                            what: "the merge lock".into(),
+                            holder: lease.node,
+                            expires_at: lease.expires_at,
+                        });
+                    }
+                }
+                Payload::LockAcquire { ttl_secs }
+            }
+            Command::ReleaseMergeLock => {
+                let mine = w.lock()?.current().is_some_and(|(_, l)| l.node == me);
+                if !mine {
+                    return Err(Error::NotFound("this node does not hold the merge lock".into()));
+                }
+                Payload::LockRelease
+            }
+            Command::ClearStaleMergeLock => {
+                let Some((stamp, lease)) = w.lock()?.current().map(|(s, l)| (s, l.clone())) else {
+                    return Err(Error::NotFound("nobody holds the merge lock".into()));
+                };
+                if self.lease_live(w, &lease, now)? {
+                    return Err(Error::ClaimConflict {
+                        what: "the merge lock".into(),
+                        holder: lease.node,
+                        expires_at: lease.expires_at,
+                    });
+                }
+                Payload::LockClear {
+                    holder: lease.node,
+                    through: stamp.lamport,
+                }
+            }
+            Command::Heartbeat { label, address } => Payload::Presence { label, address },
+            Command::Execution { id, event } => {
+                let rec = Self::visible_story(w, &id)?;
+                let current = rec
+                    .execution
+                    .get(&me)
+                    .map(|s| s.value.clone())
+                    .unwrap_or(ExecutionState::Idle);
+                let state = apply_execution_event(&current, &event, now).map_err(|source| {
+                    Error::InvalidExecution {
+                        story: id.clone(),
+                        source,
+                    }
+                })?;
+                Payload::Execution { story: id, state }
+            }
+            Command::AddMember { node, role } => {
+                require_admin(self.my_role(w), "add members").map_err(Error::Rejected)?;
+                usable_key(&node).map_err(Error::Rejected)?;
+                if let Some(m) = w.state.members.get(&node) {
+                    if m.cutoff.is_some() {
+                        return Err(Error::AlreadyExists(format!(
+                            "node {node} was removed; a removed key cannot rejoin (generate a new key)"
+                        )));
+                    }
+                    if m.role().is_some() {
+                        return Err(Error::AlreadyExists(format!("node {node} is a member already")));
+                    }
+                }
+                Payload::MemberAdd { node, role }
+            }
+            Command::RemoveMember { node } => {
+                require_admin(self.my_role(w), "remove members").map_err(Error::Rejected)?;
+                let member = w
+                    .state
+                    .members
+                    .get(&node)
+                    .filter(|m| m.role().is_some() && m.cutoff.is_none());
+                let Some(member) = member else {
+                    return Err(Error::NotFound(format!("node {node} is not a member")));
+                };
+                if member.role() == Some(Role::Admin) {
+                    let admins = w
+                        .state
+                        .members
+                        .values()
+                        .filter(|m| m.role() == Some(Role::Admin) && m.cutoff.is_none())
+                        .count();
+                    if admins <= 1 {
+                        return Err(Error::InvalidArgument("cannot remove the last admin".into()));
+                    }
+                }
+                let cutoff_seq = w.state.head_seq(&node);
+                Payload::MemberRemove { node, cutoff_seq }
+            }
+        };
+        payload.validate().map_err(Error::InvalidArgument)?;
+        Ok(payload)
+    }
+
+    /// Hands this node's membership to a fresh key. The new key is written beside the old
+    /// one first; the rotation op and the store's record of its own id are one batch, so a
+    /// crash at any point leaves a home that opens with the right key.
+    pub fn rotate_key(&mut self, now: Timestamp, rng: &mut impl CryptoRngCore) -> Result<Receipt, Error> {
+        let new_key = NodeKey::generate(rng);
+        let next = self.home.next_key_path();
+        if next.exists() {
+            std::fs::remove_file(&next).map_err(|e| Error::io("removing a stale next key", e))?;
+        }
+        new_key.save_new(&next)?;
+        let committed = self.commit_rotation(now, &new_key);
+        if committed.is_err() {
+            // Not committed: the next key is of no use (open would remove it too).
+            let _ = std::fs::remove_file(&next);
+        }
+        let receipt = committed?;
+        self.key = finish_rotation(&self.home, &self.state, new_key.node_id())?;
+        Ok(receipt)
+    }
+
+    fn commit_rotation(&mut self, now: Timestamp, new_key: &NodeKey) -> Result<Receipt, Error> {
+        let (db, journal) = (self.db.clone(), self.journal.clone());
+        let mut w = Working::new(&db, &journal, self.state.clone(), self.node_id())
+            .with_cache(std::mem::take(&mut self.stories));
+        let proof = rotation_proof(&w.state.cluster.id, &self.node_id(), new_key);
+        let op = self.build_op(
+            &w,
+            Payload::KeyRotate {
+                new_key: new_key.node_id(),
+                proof,
+            },
+            now,
+        )?;
+        let receipt = Receipt::of(&op);
+        w.admit_local(op)?;
+        let mut batch = S::Batch::default();
+        batch.insert(key::META_SELF, &codec::encode(&new_key.node_id()));
+        self.commit(w, batch)?;
+        Ok(receipt)
+    }
+}
+
+/// A local story name must say something: empty or whitespace-only names are refused.
+fn check_name(name: &str) -> Result<(), Error> {
+    if name.trim().is_empty() {
+        return Err(Error::InvalidArgument("a story name cannot be empty".into()));
+    }
+    Ok(())
+}

@@ -1,0 +1,364 @@
+//! Reads: stories, history, locks, nodes, members, forks, the log, and `verify`, which
+//! re-checks every stored op.
+
+use std::collections::BTreeMap;
+
+use super::Node;
+use crate::codec;
+use crate::error::Error;
+use crate::event::{self, Event, TransitionEvent};
+use crate::execution::ExecutionState;
+use crate::id::{NodeId, OpId, StoryId};
+use crate::keyspace as key;
+use crate::op::{SignedOp, UnverifiedOp};
+use crate::oplog;
+use crate::pipeline::StageKind;
+use crate::projection::{Lease, PresenceRecord, Stamp, StoryRecord};
+use crate::record::decode_story;
+use crate::storage::{self, Store};
+use crate::time::Timestamp;
+use crate::version::VersionVector;
+use crate::view::{self, ForkInfo, Member, NodeInfo, OpSummary, Story, Transition, VerifyReport};
+
+impl<S: Store> Node<S> {
+    /// Sends the current stage of every live story through the event stream
+    /// (`replay: true`), so a subscriber that starts late can reconcile.
+    pub fn replay_state(&self) -> Result<usize, Error> {
+        let mut events = Vec::new();
+        self.journal.drain()?;
+        for kv in self.db.scan_prefix(key::STORIES) {
+            let (k, v) = kv?;
+            let rec = decode_story(&v)?;
+            if !rec.visible() {
+                continue;
+            }
+            let id = key::story_from_key(&k)?;
+            events.push(Event::Transition(TransitionEvent {
+                story: id,
+                before: None,
+                after: rec.stage(),
+                op_id: None,
+                author: None,
+                event: None,
+                conflict: false,
+                replay: true,
+            }));
+        }
+        event::publish(&self.subscribers, &events);
+        Ok(events.len())
+    }
+
+    pub(super) fn record(&self, id: &StoryId) -> Result<StoryRecord, Error> {
+        self.journal
+            .read(id)?
+            .filter(|r| r.created.is_some())
+            .ok_or_else(|| Error::NotFound(format!("story {id} not found")))
+    }
+
+    fn presence_record(&self, node: &NodeId) -> Result<Option<PresenceRecord>, Error> {
+        storage::get(&self.db, &key::presence(node), "presence record")
+    }
+
+    fn live_claim(&self, rec: &StoryRecord, now: Timestamp) -> Result<Option<Lease>, Error> {
+        let Some((_, lease)) = rec.claims.current() else {
+            return Ok(None);
+        };
+        let hb = self.presence_record(&lease.node)?.map(|p| p.heartbeat_at);
+        Ok(self.live(lease, hb, now).then(|| lease.clone()))
+    }
+
+    /// The story's newest claim entry (its stamp and lease) whether or not it is live at
+    /// `now`, and whether it is: what the claim-expired signal needs (`envelope::signals`).
+    pub fn claim_entry(&self, id: &StoryId, now: Timestamp) -> Result<Option<(Stamp, Lease, bool)>, Error> {
+        let rec = self.record(id)?;
+        let Some((stamp, lease)) = rec.claims.current() else {
+            return Ok(None);
+        };
+        let hb = self.presence_record(&lease.node)?.map(|p| p.heartbeat_at);
+        Ok(Some((stamp, lease.clone(), self.live(lease, hb, now))))
+    }
+
+    /// One story (deleted stories are returned with `deleted: true`). `now` decides whether
+    /// its claim is live.
+    pub fn story(&self, id: &StoryId, now: Timestamp) -> Result<Story, Error> {
+        let rec = self.record(id)?;
+        let claim = self.live_claim(&rec, now)?;
+        Ok(view::story_view(id, &rec, claim))
+    }
+
+    /// Live (not deleted) stories, sorted by id, optionally only those in one stage.
+    pub fn stories(&self, stage: Option<StageKind>, now: Timestamp) -> Result<Vec<Story>, Error> {
+        let mut out = Vec::new();
+        self.journal.drain()?;
+        match stage {
+            Some(kind) => {
+                let prefix = key::stage_index_prefix(kind);
+                for kv in self.db.scan_prefix(&prefix) {
+                    let (k, _) = kv?;
+                    let (_, id) = key::stage_index_from_key(&k)?;
+                    out.push(self.story(&id, now)?);
+                }
+            }
+            None => {
+                for kv in self.db.scan_prefix(key::STORIES) {
+                    let (k, v) = kv?;
+                    let rec = decode_story(&v)?;
+                    if rec.visible() {
+                        let claim = self.live_claim(&rec, now)?;
+                        out.push(view::story_view(&key::story_from_key(&k)?, &rec, claim));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of live stories per stage.
+    pub fn stage_counts(&self) -> Result<BTreeMap<StageKind, usize>, Error> {
+        let mut counts = BTreeMap::new();
+        self.journal.drain()?;
+        for kind in StageKind::ALL {
+            counts.insert(kind, self.db.scan_prefix(&key::stage_index_prefix(kind)).count());
+        }
+        Ok(counts)
+    }
+
+    /// A story's transitions in merge order, with conflicts flagged.
+    pub fn history(&self, id: &StoryId) -> Result<Vec<Transition>, Error> {
+        Ok(view::history_view(&self.record(id)?))
+    }
+
+    /// This node's execution state for a story... or any node's.
+    pub fn execution_state(&self, id: &StoryId, node: &NodeId) -> Result<ExecutionState, Error> {
+        let rec = self.record(id)?;
+        Ok(rec
+            .execution
+            .get(node)
+            .map(|s| s.value.clone())
+            .unwrap_or_default())
+    }
+
+    /// The live merge lock at `now`, if any.
+    pub fn merge_lock(&self, now: Timestamp) -> Result<Option<Lease>, Error> {
+        Ok(self
+            .held_lock(now)?
+            .and_then(|(lease, live)| live.then_some(lease)))
+    }
+
+    /// A merge lock that is held but no longer live (its holder is dead or its lease ran
+    /// out): what [`crate::Command::ClearStaleMergeLock`] would clear.
+    pub fn stale_merge_lock(&self, now: Timestamp) -> Result<Option<Lease>, Error> {
+        Ok(self
+            .held_lock(now)?
+            .and_then(|(lease, live)| (!live).then_some(lease)))
+    }
+
+    /// The merge lock's current lease, if any, and whether it is live at `now`.
+    fn held_lock(&self, now: Timestamp) -> Result<Option<(Lease, bool)>, Error> {
+        let set: crate::projection::LeaseSet =
+            storage::get(&self.db, key::LOCK, "merge lock")?.unwrap_or_default();
+        let Some((_, lease)) = set.current() else {
+            return Ok(None);
+        };
+        let hb = self.presence_record(&lease.node)?.map(|p| p.heartbeat_at);
+        Ok(Some((lease.clone(), self.live(lease, hb, now))))
+    }
+
+    /// Every node that published presence, with liveness at `now`.
+    pub fn nodes(&self, now: Timestamp) -> Result<Vec<NodeInfo>, Error> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(key::PRESENCE) {
+            let (k, v) = kv?;
+            let node = key::presence_from_key(&k)?;
+            let p: PresenceRecord = codec::decode(&v, "presence record")?;
+            out.push(NodeInfo {
+                node,
+                alive: now.millis_since(p.heartbeat_at) <= self.stale_ms(),
+                label: p.label,
+                address: p.address,
+                last_heartbeat: p.heartbeat_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Members and their roles.
+    pub fn members(&self) -> Vec<Member> {
+        self.state
+            .members
+            .iter()
+            .filter_map(|(node, m)| {
+                Some(Member {
+                    node: *node,
+                    role: m.role()?,
+                    removed: m.cutoff.is_some(),
+                    rotated_to: m.rotated_to,
+                    quarantined: self.state.quarantine(node).is_some(),
+                })
+            })
+            .collect()
+    }
+
+    /// Equivocations on record.
+    pub fn forks(&self) -> Result<Vec<ForkInfo>, Error> {
+        let mut out = Vec::new();
+        for node in self.state.authors.keys() {
+            let Some(at_seq) = self.state.quarantine(node) else {
+                continue;
+            };
+            let evidence = oplog::evidence_ids(&self.db, node)?;
+            out.push(ForkInfo {
+                author: *node,
+                at_seq,
+                evidence,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every valid op the holder of `vv` lacks, in Lamport order (so membership ops come
+    /// before the ops they admit), plus fork evidence for quarantined authors.
+    pub fn ops_since(&self, vv: &VersionVector) -> Result<Vec<SignedOp>, Error> {
+        let mut out = Vec::new();
+        for (node, rec) in &self.state.authors {
+            let until = self.state.valid_until(node).unwrap_or(u64::MAX).min(rec.head_seq);
+            let from = vv.get(node) + 1;
+            if from <= until {
+                oplog::for_each_op(&self.db, rec.idx, from, |op| {
+                    if op.content().seq > until {
+                        return Ok(false);
+                    }
+                    out.push(op);
+                    Ok(true)
+                })?;
+            }
+            if rec.quarantined_at.is_some() {
+                out.extend(oplog::evidence(&self.db, node)?);
+            }
+        }
+        out.sort_by_key(|op| (op.content().lamport, op.content().author, op.content().seq));
+        Ok(out)
+    }
+
+    /// What a holder of `vv` lacks as one bundle: [`Node::export_chunks`] with no size
+    /// bound (the valid ops in Lamport order, then fork evidence). The whole export is in
+    /// memory; for a large history use `export_chunks` and move the bundles one by one.
+    pub fn export_since(&self, vv: &VersionVector) -> Result<Vec<u8>, Error> {
+        let chunks = self
+            .export_chunks(vv, usize::MAX)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::bundle::join_bundles(&chunks))
+    }
+
+    /// Stored ops, optionally of one author, in Lamport order.
+    pub fn log(&self, author: Option<&NodeId>) -> Result<Vec<OpSummary>, Error> {
+        let mut ops = self.ops_since(&VersionVector::default())?;
+        if let Some(a) = author {
+            ops.retain(|op| op.content().author == *a);
+        }
+        Ok(ops.iter().map(OpSummary::of).collect())
+    }
+
+    /// Re-checks every stored op: segment checksums, decoding, signatures (`verify_strict`),
+    /// per-author seq contiguity, hash chain and Lamport order, and the recorded heads.
+    pub fn verify(&self, mut progress: impl FnMut(u64)) -> Result<VerifyReport, Error> {
+        let mut report = VerifyReport::default();
+        for (node, rec) in &self.state.authors {
+            let mut expected_seq = 1u64;
+            let mut prev: Option<OpId> = None;
+            let mut lamport = 0u64;
+            oplog::for_each_segment(&self.db, rec.idx, |first, ops| {
+                let ops = match ops {
+                    Ok(ops) => ops,
+                    Err(e) => {
+                        report
+                            .problems
+                            .push(format!("author {}: segment at seq {first}: {e}", node.short()));
+                        return;
+                    }
+                };
+                if first != expected_seq {
+                    report.problems.push(format!(
+                        "author {}: segment starts at seq {first}, expected {expected_seq}",
+                        node.short()
+                    ));
+                }
+                for bytes in ops {
+                    report.ops_checked += 1;
+                    let op = match UnverifiedOp::decode(&bytes) {
+                        Ok(op) => op,
+                        Err(e) => {
+                            report.problems.push(format!(
+                                "author {}: op after seq {}: {e}",
+                                node.short(),
+                                expected_seq - 1
+                            ));
+                            continue;
+                        }
+                    };
+                    let c = op.content().clone();
+                    if c.author != *node {
+                        report.problems.push(format!(
+                            "author {}: seq {} is signed by {}",
+                            node.short(),
+                            c.seq,
+                            c.author.short()
+                        ));
+                    }
+                    if c.seq != expected_seq {
+                        report.problems.push(format!(
+                            "author {}: found seq {}, expected {expected_seq}",
+                            node.short(),
+                            c.seq
+                        ));
+                    }
+                    if c.prev != prev {
+                        report.problems.push(format!(
+                            "author {}: seq {} breaks the hash chain",
+                            node.short(),
+                            c.seq
+                        ));
+                    }
+                    if c.lamport <= lamport {
+                        report.problems.push(format!(
+                            "author {}: seq {} does not increase the Lamport clock",
+                            node.short(),
+                            c.seq
+                        ));
+                    }
+                    let id = op.id();
+                    if let Err((_, e)) = op.verify() {
+                        report
+                            .problems
+                            .push(format!("author {}: seq {}: {e}", node.short(), c.seq));
+                    }
+                    expected_seq = c.seq + 1;
+                    prev = Some(id);
+                    lamport = c.lamport;
+                    progress(report.ops_checked);
+                }
+            })?;
+            if expected_seq - 1 != rec.head_seq || prev != rec.head_id {
+                report.problems.push(format!(
+                    "author {}: store holds ops up to seq {}, its record says {}",
+                    node.short(),
+                    expected_seq - 1,
+                    rec.head_seq
+                ));
+            }
+        }
+        self.journal.drain()?;
+        for kv in self.db.scan_prefix(key::STORIES) {
+            let (k, v) = kv?;
+            if let Err(e) = decode_story(&v) {
+                report.problems.push(format!(
+                    "story {}: {e}",
+                    String::from_utf8_lossy(k.get(1..).unwrap_or_default())
+                ));
+            }
+        }
+        report.forks = self.forks()?;
+        report.ok = report.problems.is_empty();
+        Ok(report)
+    }
+}

@@ -1,0 +1,435 @@
+//! The op log: how signed ops are made into a chain, stored in segments, and read back.
+//! The one writer of ops and fork evidence, and the one reader; both the node and the
+//! benchmark's storage floor use it.
+//!
+//! An author's ops are stored as segments under `O` ‖ author index ‖ first seq (see
+//! [`crate::keyspace`]), each a run of consecutive signed ops with a checksum that every
+//! read checks. A segment smaller than [`SEGMENT_MERGE_BYTES`] is extended in place by the
+//! author's next write, so that single-op appends do not leave one key per op.
+
+use crate::error::Error;
+use crate::id::{ClusterId, NodeId, OpId};
+use crate::key::NodeKey;
+use crate::keyspace as key;
+use crate::op::{peek_seq_lamport, OpBytes, OpContent, SignedOp, OP_FORMAT_VERSION};
+use crate::payload::Payload;
+use crate::storage::{Store, WriteBatch};
+use crate::time::Timestamp;
+
+/// Most ops in one stored segment; bounds the work to read one op back.
+pub const SEGMENT_MAX_OPS: usize = 1024;
+/// A segment smaller than this is extended in place by the next write of the same author,
+/// so single-op appends do not leave one sled key per op.
+pub(crate) const SEGMENT_MERGE_BYTES: usize = 16 * 1024;
+/// Segment layouts (see [`encode_segment`]).
+const SEGMENT_V1: u8 = 1;
+const SEGMENT_V2: u8 = 2;
+/// Layout byte, op count and checksum.
+const SEGMENT_HEADER: usize = 1 + 4 + 32;
+const SEGMENT_HASH_CONTEXT: &str = "huskies 2026-11 segment checksum v1";
+
+/// Where an author's last segment starts, how many ops it holds and its size in bytes: what
+/// the writer needs to extend it (kept in the author's record).
+pub(crate) type SegmentTail = Option<(u64, u32, u32)>;
+
+/// Signs the op that follows `head` (seq, id) on `key`'s chain. The one place chained ops
+/// are made: the node's commands and the benchmark floor both call it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sign_next(
+    key: &NodeKey,
+    cluster: ClusterId,
+    head_seq: u64,
+    head_id: Option<OpId>,
+    lamport: u64,
+    wall: Timestamp,
+    payload: Payload,
+) -> Result<SignedOp, Error> {
+    debug_assert_eq!(
+        head_seq == 0,
+        head_id.is_none(),
+        "a chain has a head id exactly when it has ops"
+    );
+    let content = OpContent {
+        version: OP_FORMAT_VERSION,
+        cluster,
+        author: key.node_id(),
+        seq: head_seq + 1,
+        lamport,
+        prev: head_id,
+        wall,
+        payload,
+    };
+    SignedOp::sign(content, key).map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+fn segment_checksum(body: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(SEGMENT_HASH_CONTEXT);
+    h.update(body);
+    *h.finalize().as_bytes()
+}
+
+/// Where the bytes that every op of a segment shares start in a signed op: after the 4-byte
+/// length prefix and the content's version byte come the cluster id and the author id.
+const SHARED_AT: usize = 4 + 1;
+/// How many bytes a v2 segment stores once instead of once per op (cluster and author ids).
+const SHARED_LEN: usize = 32 + 32;
+/// Framing of a signed op around its content: length prefix and signature.
+const OP_FRAME: usize = 4 + 64;
+
+/// A segment holds a run of one author's signed ops. Two layouts, both read:
+///
+/// - v1: `1 | count u32 LE | blake3 checksum of body (32) | body`, where the body is the
+///   signed ops back to back (each self-delimiting).
+/// - v2 (written whenever it applies): `2 | count u32 LE | checksum of shared || body (32) |
+///   shared (64) | body`, where `shared` is the 64 bytes every op of the segment carries at
+///   offset 5 of its signed bytes (the content's cluster and author ids), and each op in the
+///   body has them cut out. This saves 64 of the ~240 bytes of a typical op; decoding puts
+///   them back, so the ops read back are byte-for-byte the signed ops.
+pub(crate) fn encode_segment<'a>(ops: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let ops: Vec<&[u8]> = ops.into_iter().collect();
+    debug_assert!(
+        ops.len() <= SEGMENT_MAX_OPS,
+        "a segment holds at most SEGMENT_MAX_OPS ops"
+    );
+    let count = u32::try_from(ops.len()).expect("a segment holds at most SEGMENT_MAX_OPS ops");
+    let shared = ops
+        .first()
+        .and_then(|first| first.get(SHARED_AT..SHARED_AT + SHARED_LEN));
+    let v2 = shared.filter(|shared| {
+        ops.iter().all(|op| {
+            op.len() >= SHARED_AT + SHARED_LEN + 64 && &op[SHARED_AT..SHARED_AT + SHARED_LEN] == *shared
+        })
+    });
+    let body_len: usize = ops.iter().map(|op| op.len()).sum();
+    let mut out = Vec::with_capacity(SEGMENT_HEADER + SHARED_LEN + body_len);
+    out.push(if v2.is_some() { SEGMENT_V2 } else { SEGMENT_V1 });
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&[0; 32]);
+    if let Some(shared) = v2 {
+        out.extend_from_slice(shared);
+        for op in &ops {
+            out.extend_from_slice(&op[..SHARED_AT]);
+            out.extend_from_slice(&op[SHARED_AT + SHARED_LEN..]);
+        }
+    } else {
+        for op in &ops {
+            out.extend_from_slice(op);
+        }
+    }
+    let sum = segment_checksum(&out[SEGMENT_HEADER..]);
+    out[5..SEGMENT_HEADER].copy_from_slice(&sum);
+    out
+}
+
+/// Splits a stored segment into its ops' signed bytes after checking its checksum.
+pub(crate) fn decode_segment(bytes: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
+    let corrupt = |why: &str| Error::Corrupt(format!("op segment {why}"));
+    if bytes.len() < SEGMENT_HEADER || !matches!(bytes[0], SEGMENT_V1 | SEGMENT_V2) {
+        return Err(corrupt("has a bad header"));
+    }
+    let v2 = bytes[0] == SEGMENT_V2;
+    let count = usize::try_from(u32::from_le_bytes(bytes[1..5].try_into().expect("4 bytes")))
+        .map_err(|_| corrupt("has an op count this machine cannot hold"))?;
+    if segment_checksum(&bytes[SEGMENT_HEADER..]) != bytes[5..SEGMENT_HEADER] {
+        return Err(corrupt("fails its checksum"));
+    }
+    let (shared, body) = if v2 {
+        if bytes.len() < SEGMENT_HEADER + SHARED_LEN {
+            return Err(corrupt("is truncated"));
+        }
+        bytes[SEGMENT_HEADER..].split_at(SHARED_LEN)
+    } else {
+        (&[][..], &bytes[SEGMENT_HEADER..])
+    };
+    // Every op costs at least its framing, so a corrupt count cannot make us over-allocate.
+    let mut ops = Vec::with_capacity(count.min(body.len() / OP_FRAME + 1));
+    let mut rest = body;
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return Err(corrupt("is truncated"));
+        }
+        let content = usize::try_from(u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")))
+            .map_err(|_| corrupt("holds an op too large for this machine"))?;
+        let stored = if v2 {
+            if content < SHARED_AT - 4 + SHARED_LEN {
+                return Err(corrupt("holds an op too short for its layout"));
+            }
+            content - SHARED_LEN + OP_FRAME
+        } else {
+            content + OP_FRAME
+        };
+        if rest.len() < stored {
+            return Err(corrupt("is truncated"));
+        }
+        let mut op = Vec::with_capacity(content + OP_FRAME);
+        if v2 {
+            op.extend_from_slice(&rest[..SHARED_AT]);
+            op.extend_from_slice(shared);
+            op.extend_from_slice(&rest[SHARED_AT..stored]);
+        } else {
+            op.extend_from_slice(&rest[..stored]);
+        }
+        ops.push(op);
+        rest = &rest[stored..];
+    }
+    if ops.len() != count {
+        return Err(corrupt("has the wrong op count"));
+    }
+    Ok(ops)
+}
+
+/// Adds `ops` (consecutive, right after the author's stored head) to `batch`: extends the
+/// author's last segment while it is small, and starts new ones otherwise. `tail` is the
+/// author's [`SegmentTail`], updated to the new last segment.
+pub(crate) fn write_ops<S: Store>(
+    db: &S,
+    batch: &mut S::Batch,
+    idx: u32,
+    tail: &mut SegmentTail,
+    ops: &[SignedOp],
+) -> Result<(), Error> {
+    debug_assert!(
+        ops.windows(2)
+            .all(|w| w[1].content().seq == w[0].content().seq + 1 && w[1].content().prev == Some(w[0].id())),
+        "ops written together are one unbroken chain"
+    );
+    let mut rest = ops;
+    if let Some((first, count, bytes)) = *tail {
+        let small = usize::try_from(bytes).is_ok_and(|b| b < SEGMENT_MERGE_BYTES);
+        if small && usize::try_from(count).is_ok_and(|c| c < SEGMENT_MAX_OPS) {
+            let k = key::segment(idx, first);
+            if let Some(old) = db.get(&k)? {
+                let old_ops = decode_segment(&old)?;
+                debug_assert!(
+                    rest.first()
+                        .is_none_or(|op| Some(op.content().seq)
+                            == u64::try_from(old_ops.len()).ok().map(|n| first + n)),
+                    "new ops continue the last segment"
+                );
+                let take = (SEGMENT_MAX_OPS - old_ops.len()).min(rest.len());
+                let seg = encode_segment(
+                    old_ops
+                        .iter()
+                        .map(|o| &o[..])
+                        .chain(rest[..take].iter().map(|o| o.bytes())),
+                );
+                *tail = Some((first, count_of(old_ops.len() + take), size_of(&seg)));
+                batch.insert(&k, &seg);
+                rest = &rest[take..];
+            }
+        }
+    }
+    for chunk in rest.chunks(SEGMENT_MAX_OPS) {
+        let first = chunk[0].content().seq;
+        let seg = encode_segment(chunk.iter().map(|o| o.bytes()));
+        *tail = Some((first, count_of(chunk.len()), size_of(&seg)));
+        batch.insert(&key::segment(idx, first), &seg);
+    }
+    Ok(())
+}
+
+/// A segment's op count as stored (at most [`SEGMENT_MAX_OPS`]).
+fn count_of(n: usize) -> u32 {
+    debug_assert!(n <= SEGMENT_MAX_OPS);
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A segment's size as recorded in its author's tail. Saturates: a size past `u32::MAX`
+/// only means "not small", which is all the writer asks of it.
+fn size_of(seg: &[u8]) -> u32 {
+    u32::try_from(seg.len()).unwrap_or(u32::MAX)
+}
+
+fn stored_op(bytes: &[u8]) -> Result<SignedOp, Error> {
+    SignedOp::from_trusted_bytes(bytes).map_err(|e| Error::Corrupt(format!("stored op does not decode: {e}")))
+}
+
+/// Reads the op an author stored at `seq`, checking the segment's checksum.
+pub(crate) fn read_op<S: Store>(db: &S, idx: u32, seq: u64) -> Result<Option<SignedOp>, Error> {
+    let Some((k, v)) = db.last_in(&key::segment(idx, 0), &key::segment(idx, seq))? else {
+        return Ok(None);
+    };
+    let first = key::segment_first_seq(&k)?;
+    let ops = decode_segment(&v)?;
+    let Some(bytes) = usize::try_from(seq - first).ok().and_then(|i| ops.get(i)) else {
+        return Ok(None);
+    };
+    let op = stored_op(bytes)?;
+    if op.content().seq != seq {
+        return Err(Error::Corrupt(format!(
+            "segment at {first} holds seq {} where {seq} belongs",
+            op.content().seq
+        )));
+    }
+    Ok(Some(op))
+}
+
+/// Calls `f` with the signed bytes of each stored op of the author, from the segment that
+/// holds `from` on (callers skip the few before `from`); stops when `f` returns false.
+fn for_each_stored<S: Store>(
+    db: &S,
+    idx: u32,
+    from: u64,
+    mut f: impl FnMut(Vec<u8>) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    let start = match db.last_in(&key::segment(idx, 0), &key::segment(idx, from.max(1)))? {
+        Some((k, _)) => key::segment_first_seq(&k)?,
+        None => 1,
+    };
+    for kv in db.range(&key::segment(idx, start), &key::segment(idx.saturating_add(1), 0)) {
+        let (_, v) = kv?;
+        for bytes in decode_segment(&v)? {
+            if !f(bytes)? {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Like [`for_each_op`] but without decoding: the op's signed bytes with its seq and Lamport
+/// timestamp (the segment's checksum is still checked).
+pub(crate) fn for_each_op_bytes<S: Store>(
+    db: &S,
+    idx: u32,
+    author: NodeId,
+    from: u64,
+    mut f: impl FnMut(OpBytes) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    for_each_stored(db, idx, from, |bytes| {
+        let (seq, lamport) =
+            peek_seq_lamport(&bytes).ok_or_else(|| Error::Corrupt("stored op has no readable seq".into()))?;
+        if seq < from {
+            return Ok(true);
+        }
+        f(OpBytes {
+            author,
+            seq,
+            lamport,
+            bytes,
+        })
+    })
+}
+
+/// Calls `f` with each stored op of the author with `seq >= from`, in order.
+pub(crate) fn for_each_op<S: Store>(
+    db: &S,
+    idx: u32,
+    from: u64,
+    mut f: impl FnMut(SignedOp) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    for_each_stored(db, idx, from, |bytes| {
+        let op = stored_op(&bytes)?;
+        if op.content().seq < from {
+            return Ok(true);
+        }
+        f(op)
+    })
+}
+
+/// Calls `f` with each stored segment of the author in key order: its first seq and its
+/// ops' signed bytes, or why they do not read (for `verify`, which reports and goes on).
+pub(crate) fn for_each_segment<S: Store>(
+    db: &S,
+    idx: u32,
+    mut f: impl FnMut(u64, Result<Vec<Vec<u8>>, Error>),
+) -> Result<(), Error> {
+    for kv in db.scan_prefix(&key::segment_prefix(idx)) {
+        let (k, v) = kv?;
+        f(key::segment_first_seq(&k)?, decode_segment(&v));
+    }
+    Ok(())
+}
+
+/// Adds a signed op kept as evidence of `author`'s equivocation at `seq` to `batch`.
+pub(crate) fn write_evidence<B: WriteBatch>(
+    batch: &mut B,
+    author: &NodeId,
+    seq: u64,
+    id: &OpId,
+    bytes: &[u8],
+) {
+    batch.insert(&key::fork(author, seq, id), bytes);
+}
+
+/// Whether this op is kept as evidence already.
+pub(crate) fn is_evidence<S: Store>(db: &S, author: &NodeId, seq: u64, id: &OpId) -> Result<bool, Error> {
+    Ok(db.get(&key::fork(author, seq, id))?.is_some())
+}
+
+/// The ids of the ops kept as evidence against `author`.
+pub(crate) fn evidence_ids<S: Store>(db: &S, author: &NodeId) -> Result<Vec<OpId>, Error> {
+    db.scan_prefix(&key::fork_prefix(author))
+        .map(|kv| key::fork_op_id(&kv?.0))
+        .collect()
+}
+
+/// The ops kept as evidence against `author`.
+pub(crate) fn evidence<S: Store>(db: &S, author: &NodeId) -> Result<Vec<SignedOp>, Error> {
+    db.scan_prefix(&key::fork_prefix(author))
+        .map(|kv| {
+            SignedOp::from_trusted_bytes(&kv?.1).map_err(|e| Error::Corrupt(format!("fork evidence: {e}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_detect_corruption() {
+        let a = [3u8, 0, 0, 0, 1, 2, 3]
+            .iter()
+            .chain([9u8; 64].iter())
+            .copied()
+            .collect::<Vec<u8>>();
+        let seg = encode_segment([&a[..], &a[..]]);
+        assert_eq!(seg[0], SEGMENT_V1, "ops too short to share ids are stored whole");
+        assert_eq!(decode_segment(&seg).unwrap().len(), 2);
+        let mut bad = seg.clone();
+        let n = bad.len();
+        bad[n - 3] ^= 1;
+        assert!(decode_segment(&bad).is_err());
+        assert!(decode_segment(&seg[..seg.len() - 1]).is_err());
+    }
+
+    /// A fake signed op: length prefix, content (version, 64 shared bytes, `tail`), signature.
+    fn fake_op(shared: u8, tail: &[u8], sig: u8) -> Vec<u8> {
+        let content_len = 1 + SHARED_LEN + tail.len();
+        let mut op = (content_len as u32).to_le_bytes().to_vec();
+        op.push(1);
+        op.extend_from_slice(&[shared; SHARED_LEN]);
+        op.extend_from_slice(tail);
+        op.extend_from_slice(&[sig; 64]);
+        op
+    }
+
+    #[test]
+    fn v2_segments_store_shared_ids_once_and_read_back_exact_bytes() {
+        let ops = [
+            fake_op(7, b"first op", 1),
+            fake_op(7, b"", 2),
+            fake_op(7, b"third", 3),
+        ];
+        let seg = encode_segment(ops.iter().map(|o| &o[..]));
+        assert_eq!(seg[0], SEGMENT_V2);
+        let total: usize = ops.iter().map(|o| o.len()).sum();
+        assert_eq!(seg.len(), SEGMENT_HEADER + SHARED_LEN + total - 3 * SHARED_LEN);
+        assert_eq!(decode_segment(&seg).unwrap(), ops.to_vec());
+        for i in SEGMENT_HEADER..seg.len() {
+            let mut bad = seg.clone();
+            bad[i] ^= 0x10;
+            assert!(decode_segment(&bad).is_err(), "flip at {i} went unnoticed");
+        }
+        assert!(decode_segment(&seg[..seg.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn ops_that_differ_in_the_shared_bytes_get_a_v1_segment() {
+        let ops = [fake_op(7, b"a", 1), fake_op(8, b"b", 2)];
+        let seg = encode_segment(ops.iter().map(|o| &o[..]));
+        assert_eq!(seg[0], SEGMENT_V1);
+        assert_eq!(decode_segment(&seg).unwrap(), ops.to_vec());
+    }
+}

@@ -1,0 +1,722 @@
+//! The typed node API: the core operations a host language needs (Python, Swift, ...), as
+//! one serde request/reply pair, and [`serve`], the one function that runs a request on a
+//! node.
+//!
+//! Every way of reaching a node runs requests through [`serve`]: a host that owns the home
+//! calls it directly, an in-process daemon calls it under its node lock, and a running
+//! daemon calls it for requests that arrive on its control socket ([`crate::RemoteNode`]).
+//! So a script gets the same results whether or not a daemon owns the home. Validation
+//! stays in the core: story ids through `StoryId::new`, event names and their arguments
+//! through `EventKind::from_str` and `EventKind::with_args`, stage names through
+//! `StageKind::parse`; this module only converts.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use huskies_core::{
+    ArchiveReason, Command, Event, EventArgs, EventKind, Lease, Node, NodeId, Stage, StageKind, StoryId,
+    Timestamp, VersionVector,
+};
+use serde::{Deserialize, Serialize};
+
+/// The contract's error kinds, plus `closed` (a handle used after `close`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiErrorKind {
+    /// `not_found`
+    NotFound,
+    /// `already_exists`
+    AlreadyExists,
+    /// `invalid_transition`
+    InvalidTransition,
+    /// `invalid_argument`
+    InvalidArgument,
+    /// `claim_conflict`
+    ClaimConflict,
+    /// `home_not_found`
+    HomeNotFound,
+    /// `home_locked`
+    HomeLocked,
+    /// `corrupt`
+    Corrupt,
+    /// `io`
+    Io,
+    /// `unauthorized`
+    Unauthorized,
+    /// `network`: the daemon (or a peer) did not answer, or went away.
+    Network,
+    /// The handle was closed (or its daemon stopped) before the call.
+    Closed,
+}
+
+impl ApiErrorKind {
+    /// The contract's name (`not_found`, ...; `closed` for a closed handle).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiErrorKind::NotFound => "not_found",
+            ApiErrorKind::AlreadyExists => "already_exists",
+            ApiErrorKind::InvalidTransition => "invalid_transition",
+            ApiErrorKind::InvalidArgument => "invalid_argument",
+            ApiErrorKind::ClaimConflict => "claim_conflict",
+            ApiErrorKind::HomeNotFound => "home_not_found",
+            ApiErrorKind::HomeLocked => "home_locked",
+            ApiErrorKind::Corrupt => "corrupt",
+            ApiErrorKind::Io => "io",
+            ApiErrorKind::Unauthorized => "unauthorized",
+            ApiErrorKind::Network => "network",
+            ApiErrorKind::Closed => "closed",
+        }
+    }
+}
+
+/// A refused or failed request: its kind and the human message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// What kind of failure.
+    pub kind: ApiErrorKind,
+    /// The human message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ApiErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<huskies_core::Error> for ApiError {
+    fn from(e: huskies_core::Error) -> ApiError {
+        use huskies_core::ErrorKind as K;
+        let kind = match e.kind() {
+            K::NotFound => ApiErrorKind::NotFound,
+            K::AlreadyExists => ApiErrorKind::AlreadyExists,
+            K::InvalidTransition => ApiErrorKind::InvalidTransition,
+            K::InvalidArgument => ApiErrorKind::InvalidArgument,
+            K::ClaimConflict => ApiErrorKind::ClaimConflict,
+            K::HomeNotFound => ApiErrorKind::HomeNotFound,
+            K::HomeLocked => ApiErrorKind::HomeLocked,
+            K::Corrupt => ApiErrorKind::Corrupt,
+            K::Unauthorized => ApiErrorKind::Unauthorized,
+            K::Network => ApiErrorKind::Network,
+            _ => ApiErrorKind::Io,
+        };
+        ApiError::new(kind, e.to_string())
+    }
+}
+
+impl From<crate::DaemonError> for ApiError {
+    fn from(e: crate::DaemonError) -> ApiError {
+        match e {
+            crate::DaemonError::Core(core) => core.into(),
+            crate::DaemonError::Bind { .. } => ApiError::new(ApiErrorKind::Io, e.to_string()),
+            crate::DaemonError::Network(_) => ApiError::new(ApiErrorKind::Network, e.to_string()),
+        }
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ApiErrorKind::InvalidArgument, e.to_string())
+}
+
+/// The arguments a pipeline event may carry, as a user gives them (see `EventArgs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiEventArgs {
+    /// `branch`
+    pub branch: Option<String>,
+    /// `commits`
+    pub commits: Option<u32>,
+    /// `commit`
+    pub commit: Option<String>,
+    /// `kind`
+    pub kind: Option<String>,
+    /// `reason`
+    pub reason: Option<String>,
+    /// `by` (a story id)
+    pub by: Option<String>,
+}
+
+/// One local change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum ApiCommand {
+    /// A new story in the backlog.
+    AddStory {
+        /// Story id.
+        id: String,
+        /// Name.
+        name: String,
+        /// Body.
+        body: Option<String>,
+        /// Dependencies.
+        depends_on: Vec<String>,
+    },
+    /// A pipeline event by its contract name (`gates-passed`, ...).
+    Event {
+        /// Story id.
+        id: String,
+        /// Event name.
+        event: String,
+        /// Its arguments.
+        args: ApiEventArgs,
+    },
+    /// Claim (or renew) a story.
+    Claim {
+        /// Story id.
+        id: String,
+        /// Lease length.
+        ttl_secs: u32,
+    },
+    /// Give up this node's claim.
+    Release {
+        /// Story id.
+        id: String,
+    },
+    /// Tombstone a story.
+    Remove {
+        /// Story id.
+        id: String,
+    },
+}
+
+impl ApiCommand {
+    /// The story it changes.
+    pub fn story(&self) -> &str {
+        match self {
+            ApiCommand::AddStory { id, .. }
+            | ApiCommand::Event { id, .. }
+            | ApiCommand::Claim { id, .. }
+            | ApiCommand::Release { id }
+            | ApiCommand::Remove { id } => id,
+        }
+    }
+
+    /// The core command, validated by the core's own parsers.
+    pub fn to_core(&self) -> Result<Command, ApiError> {
+        Ok(match self {
+            ApiCommand::AddStory {
+                id,
+                name,
+                body,
+                depends_on,
+            } => Command::AddStory {
+                id: StoryId::new(id.as_str())?,
+                name: name.clone(),
+                body: body.clone(),
+                depends_on: depends_on
+                    .iter()
+                    .map(|d| StoryId::new(d.as_str()))
+                    .collect::<Result<_, _>>()?,
+            },
+            ApiCommand::Event { id, event, args } => {
+                let kind = EventKind::from_str(event).map_err(invalid)?;
+                let by = args.by.as_deref().map(StoryId::new).transpose()?;
+                let event = kind
+                    .with_args(EventArgs {
+                        branch: args.branch.clone(),
+                        commits: args.commits,
+                        commit: args.commit.clone(),
+                        kind: args.kind.clone(),
+                        reason: args.reason.clone(),
+                        by,
+                    })
+                    .map_err(invalid)?;
+                Command::Event {
+                    id: StoryId::new(id.as_str())?,
+                    event,
+                }
+            }
+            ApiCommand::Claim { id, ttl_secs } => Command::Claim {
+                id: StoryId::new(id.as_str())?,
+                ttl_secs: *ttl_secs,
+            },
+            ApiCommand::Release { id } => Command::Release {
+                id: StoryId::new(id.as_str())?,
+            },
+            ApiCommand::Remove { id } => Command::DeleteStory {
+                id: StoryId::new(id.as_str())?,
+            },
+        })
+    }
+}
+
+/// A request to a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum ApiRequest {
+    /// This node's and cluster's ids.
+    Info,
+    /// One command; replies with the story after it ([`ApiReply::Story`]), or
+    /// [`ApiReply::Done`] for `remove`.
+    Execute {
+        /// The command.
+        command: ApiCommand,
+    },
+    /// Commands committed as one group: one atomic write, one flush. Replies
+    /// [`ApiReply::Group`] with one entry per command (`None`: committed).
+    Group {
+        /// The commands, in order.
+        commands: Vec<ApiCommand>,
+    },
+    /// One story.
+    Story {
+        /// Story id.
+        id: String,
+    },
+    /// Every story (optionally of one stage kind), sorted by id.
+    Stories {
+        /// A stage kind name (`merge`, `merge_failure`, ...).
+        stage: Option<String>,
+    },
+    /// A story's transitions in merge order.
+    History {
+        /// Story id.
+        id: String,
+    },
+    /// Re-check every stored op.
+    Verify,
+    /// The cluster's members.
+    Members,
+    /// Author id (hex) → highest contiguous seq held.
+    VersionVector,
+    /// Signed ops the holder of `have` lacks, as a bundle.
+    ExportSince {
+        /// The other side's version vector.
+        have: BTreeMap<String, u64>,
+    },
+    /// Verify and merge a bundle.
+    Ingest {
+        /// The bundle, hex-encoded.
+        bundle: String,
+    },
+    /// A one-time join ticket (admins only; needs a running daemon, whose address it names).
+    Ticket {
+        /// Seconds it stays valid.
+        ttl_secs: u64,
+    },
+    /// Keep the connection open and stream [`EventData`] (control socket only).
+    Subscribe,
+}
+
+/// A stage with its fields, flat: `kind` is the contract's stage kind name and only the
+/// fields of that kind are set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageData {
+    /// `backlog`, `coding`, `qa`, `merge`, `merge_failure`, `done`, `archived`.
+    pub kind: String,
+    /// `merge`: the branch.
+    pub feature_branch: Option<String>,
+    /// `merge`: commits ahead.
+    pub commits_ahead: Option<u32>,
+    /// `merge_failure`: the failure kind.
+    pub failure_kind: Option<String>,
+    /// `merge_failure`, and `archived` for blocked / merge_failed / review_held: why.
+    pub reason: Option<String>,
+    /// `done`: RFC 3339.
+    pub merged_at: Option<String>,
+    /// `done`: the merge commit.
+    pub merge_commit: Option<String>,
+    /// `archived`: RFC 3339.
+    pub archived_at: Option<String>,
+    /// `archived`: `completed`, `abandoned`, `superseded`, `blocked`, `merge_failed`,
+    /// `review_held`.
+    pub archive_reason: Option<String>,
+    /// `archived` superseded: the replacing story.
+    pub superseded_by: Option<String>,
+}
+
+impl From<&Stage> for StageData {
+    fn from(s: &Stage) -> StageData {
+        let mut d = StageData {
+            kind: s.kind().as_str().to_string(),
+            feature_branch: None,
+            commits_ahead: None,
+            failure_kind: None,
+            reason: None,
+            merged_at: None,
+            merge_commit: None,
+            archived_at: None,
+            archive_reason: None,
+            superseded_by: None,
+        };
+        match s {
+            Stage::Backlog | Stage::Coding | Stage::Qa => {}
+            Stage::Merge {
+                feature_branch,
+                commits_ahead,
+            } => {
+                d.feature_branch = Some(feature_branch.clone());
+                d.commits_ahead = Some(commits_ahead.get());
+            }
+            Stage::MergeFailure { kind, reason } => {
+                d.failure_kind = Some(kind.clone());
+                d.reason = Some(reason.clone());
+            }
+            Stage::Done {
+                merged_at,
+                merge_commit,
+            } => {
+                d.merged_at = Some(merged_at.to_rfc3339());
+                d.merge_commit = Some(merge_commit.clone());
+            }
+            Stage::Archived { archived_at, reason } => {
+                d.archived_at = Some(archived_at.to_rfc3339());
+                d.archive_reason = Some(reason.kind_str().to_string());
+                match reason {
+                    ArchiveReason::Completed | ArchiveReason::Abandoned => {}
+                    ArchiveReason::Superseded { by } => d.superseded_by = Some(by.as_str().to_string()),
+                    ArchiveReason::Blocked { reason }
+                    | ArchiveReason::MergeFailed { reason }
+                    | ArchiveReason::ReviewHeld { reason } => d.reason = Some(reason.clone()),
+                }
+            }
+        }
+        d
+    }
+}
+
+/// A live claim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimData {
+    /// The holder (hex).
+    pub node: String,
+    /// RFC 3339.
+    pub claimed_at: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
+impl From<&Lease> for ClaimData {
+    fn from(l: &Lease) -> ClaimData {
+        ClaimData {
+            node: l.node.to_hex(),
+            claimed_at: l.claimed_at.to_rfc3339(),
+            expires_at: l.expires_at.to_rfc3339(),
+        }
+    }
+}
+
+/// A story (the CLI contract's story object).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoryData {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Body.
+    pub body: Option<String>,
+    /// Dependencies.
+    pub depends_on: Vec<String>,
+    /// Stage.
+    pub stage: StageData,
+    /// The live claim.
+    pub claim: Option<ClaimData>,
+    /// Tombstoned.
+    pub deleted: bool,
+    /// Op ids (hex) of transitions made concurrently with another.
+    pub conflicts: Vec<String>,
+}
+
+impl From<&huskies_core::Story> for StoryData {
+    fn from(s: &huskies_core::Story) -> StoryData {
+        StoryData {
+            id: s.id.as_str().to_string(),
+            name: s.name.clone(),
+            body: s.body.clone(),
+            depends_on: s.depends_on.iter().map(|d| d.as_str().to_string()).collect(),
+            stage: StageData::from(&s.stage),
+            claim: s.claim.as_ref().map(ClaimData::from),
+            deleted: s.deleted,
+            conflicts: s.conflicts.iter().map(|c| c.op_id.to_hex()).collect(),
+        }
+    }
+}
+
+/// One transition of a story's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionData {
+    /// The op (hex).
+    pub op_id: String,
+    /// Its author (hex).
+    pub author: String,
+    /// Its Lamport timestamp.
+    pub lamport: u64,
+    /// Stage kind before.
+    pub from: String,
+    /// Stage kind after.
+    pub to: String,
+    /// Event name.
+    pub event: String,
+    /// Made concurrently with the transition before it.
+    pub concurrent: bool,
+}
+
+/// A member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberData {
+    /// Its node id (hex).
+    pub node_id: String,
+    /// `admin` or `member`.
+    pub role: String,
+    /// Removed (or rotated away).
+    pub removed: bool,
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyData {
+    /// No problems.
+    pub ok: bool,
+    /// Ops re-checked.
+    pub ops: u64,
+    /// Each problem, in words.
+    pub problems: Vec<String>,
+}
+
+/// What an ingest did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestData {
+    /// New ops merged.
+    pub applied: u64,
+    /// Ops already held.
+    pub duplicates: u64,
+    /// Ops held back until their predecessors arrive.
+    pub buffered: u64,
+    /// Each refused op, in words.
+    pub rejected: Vec<String>,
+}
+
+/// A committed transition, as subscribers hear it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventData {
+    /// The story.
+    pub story_id: String,
+    /// Stage kind before (`None` for a new story).
+    pub before: Option<String>,
+    /// Stage kind after.
+    pub after: String,
+    /// The event name (`None` for a story's creation).
+    pub event: Option<String>,
+    /// Its author (hex).
+    pub author: Option<String>,
+    /// Made concurrently with another transition.
+    pub conflict: bool,
+}
+
+impl EventData {
+    /// The subscriber's view of a core event: committed transitions only (replays of the
+    /// current state and lost claims are not transitions).
+    pub fn from_event(e: &Event) -> Option<EventData> {
+        match e {
+            Event::Transition(t) if !t.replay => Some(EventData {
+                story_id: t.story.as_str().to_string(),
+                before: t.before.as_ref().map(|s| s.kind().as_str().to_string()),
+                after: t.after.kind().as_str().to_string(),
+                event: t.event.map(str::to_string),
+                author: t.author.map(|a| a.to_hex()),
+                conflict: t.conflict,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A node's ids.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoData {
+    /// This node (hex).
+    pub node_id: String,
+    /// Its cluster (hex).
+    pub cluster_id: String,
+}
+
+/// A reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", content = "value", rename_all = "snake_case")]
+pub enum ApiReply {
+    /// [`ApiRequest::Info`]
+    Info(InfoData),
+    /// A story.
+    Story(Box<StoryData>),
+    /// Done, nothing to say.
+    Done,
+    /// [`ApiRequest::Group`]: per command, `None` when committed.
+    Group(Vec<Option<ApiError>>),
+    /// [`ApiRequest::Stories`]
+    Stories(Vec<StoryData>),
+    /// [`ApiRequest::History`]
+    History(Vec<TransitionData>),
+    /// [`ApiRequest::Verify`]
+    Verify(VerifyData),
+    /// [`ApiRequest::Members`]
+    Members(Vec<MemberData>),
+    /// [`ApiRequest::VersionVector`]
+    VersionVector(BTreeMap<String, u64>),
+    /// [`ApiRequest::ExportSince`]: a bundle, hex-encoded.
+    Bundle(String),
+    /// [`ApiRequest::Ingest`]
+    Ingested(IngestData),
+    /// [`ApiRequest::Ticket`]
+    Ticket(String),
+    /// [`ApiRequest::Subscribe`]: events follow.
+    Subscribed,
+}
+
+/// What [`serve`] needs besides the node.
+#[derive(Clone, Debug, Default)]
+pub struct ApiContext {
+    /// The address a running daemon advertises (`None`: no daemon, so no tickets).
+    pub advertise: Option<String>,
+}
+
+fn story_id(id: &str) -> Result<StoryId, ApiError> {
+    Ok(StoryId::new(id)?)
+}
+
+/// Parses a hex version vector.
+pub fn version_vector_from(map: &BTreeMap<String, u64>) -> Result<VersionVector, ApiError> {
+    let mut vv = VersionVector::default();
+    for (author, seq) in map {
+        vv.set(NodeId::from_str(author)?, *seq);
+    }
+    Ok(vv)
+}
+
+/// A version vector as author hex → seq.
+pub fn version_vector_to(vv: &VersionVector) -> BTreeMap<String, u64> {
+    vv.iter().map(|(a, s)| (a.to_hex(), *s)).collect()
+}
+
+/// Runs one request on `node` at `now`. Everything a host can ask of a node goes through
+/// here, wherever the node lives.
+pub fn serve(
+    node: &mut Node,
+    now: Timestamp,
+    request: &ApiRequest,
+    ctx: &ApiContext,
+) -> Result<ApiReply, ApiError> {
+    Ok(match request {
+        ApiRequest::Info => ApiReply::Info(InfoData {
+            node_id: node.node_id().to_hex(),
+            cluster_id: node.cluster_id().to_hex(),
+        }),
+        ApiRequest::Execute { command } => {
+            let cmd = command.to_core()?;
+            node.execute(now, cmd)?;
+            match command {
+                ApiCommand::Remove { .. } => ApiReply::Done,
+                _ => ApiReply::Story(Box::new(StoryData::from(
+                    &node.story(&story_id(command.story())?, now)?,
+                ))),
+            }
+        }
+        ApiRequest::Group { commands } => {
+            let mut results: Vec<Option<ApiError>> = Vec::with_capacity(commands.len());
+            let mut cmds = Vec::with_capacity(commands.len());
+            let mut slots = Vec::with_capacity(commands.len());
+            for c in commands {
+                match c.to_core() {
+                    Ok(cmd) => {
+                        slots.push(Some(cmds.len()));
+                        cmds.push(cmd);
+                    }
+                    Err(e) => {
+                        slots.push(None);
+                        results.push(Some(e));
+                    }
+                }
+            }
+            let mut executed = node.execute_group(now, cmds)?.into_iter();
+            let mut refused = results.into_iter();
+            let results = slots
+                .into_iter()
+                .map(|slot| match slot {
+                    Some(_) => executed.next().and_then(|r| r.err().map(ApiError::from)),
+                    None => refused.next().flatten(),
+                })
+                .collect();
+            ApiReply::Group(results)
+        }
+        ApiRequest::Story { id } => {
+            ApiReply::Story(Box::new(StoryData::from(&node.story(&story_id(id)?, now)?)))
+        }
+        ApiRequest::Stories { stage } => {
+            let stage = stage
+                .as_deref()
+                .map(|s| {
+                    StageKind::parse(s).ok_or_else(|| {
+                        let kinds: Vec<&str> = StageKind::ALL.iter().map(|k| k.as_str()).collect();
+                        invalid(format!("unknown stage {s:?}; stages are: {}", kinds.join(", ")))
+                    })
+                })
+                .transpose()?;
+            ApiReply::Stories(node.stories(stage, now)?.iter().map(StoryData::from).collect())
+        }
+        ApiRequest::History { id } => ApiReply::History(
+            node.history(&story_id(id)?)?
+                .iter()
+                .map(|t| TransitionData {
+                    op_id: t.op_id.to_hex(),
+                    author: t.author.to_hex(),
+                    lamport: t.lamport,
+                    from: t.from.kind().as_str().to_string(),
+                    to: t.to.kind().as_str().to_string(),
+                    event: t.event.name().to_string(),
+                    concurrent: t.conflict,
+                })
+                .collect(),
+        ),
+        ApiRequest::Verify => {
+            let r = node.verify(|_| {})?;
+            ApiReply::Verify(VerifyData {
+                ok: r.ok,
+                ops: r.ops_checked,
+                problems: r.problems,
+            })
+        }
+        ApiRequest::Members => ApiReply::Members(
+            node.members()
+                .iter()
+                .map(|m| MemberData {
+                    node_id: m.node.to_hex(),
+                    role: m.role.as_str().to_string(),
+                    removed: m.removed,
+                })
+                .collect(),
+        ),
+        ApiRequest::VersionVector => ApiReply::VersionVector(version_vector_to(&node.version_vector())),
+        ApiRequest::ExportSince { have } => {
+            ApiReply::Bundle(hex::encode(node.export_since(&version_vector_from(have)?)?))
+        }
+        ApiRequest::Ingest { bundle } => {
+            let bytes = hex::decode(bundle).map_err(invalid)?;
+            let r = node.ingest_bundle(&bytes)?;
+            ApiReply::Ingested(IngestData {
+                applied: r.applied as u64,
+                duplicates: r.duplicates as u64,
+                buffered: r.buffered as u64,
+                rejected: r.rejected.iter().map(|x| x.reason.to_string()).collect(),
+            })
+        }
+        ApiRequest::Ticket { ttl_secs } => {
+            let Some(address) = ctx.advertise.clone() else {
+                return Err(invalid(
+                    "a join ticket names a running daemon's address: start a daemon on this home first",
+                ));
+            };
+            ApiReply::Ticket(
+                node.create_ticket(now, *ttl_secs, address, &mut rand_core::OsRng)?
+                    .to_string(),
+            )
+        }
+        ApiRequest::Subscribe => {
+            return Err(invalid(
+                "subscribe streams events: use a subscription, not a single call",
+            ))
+        }
+    })
+}
