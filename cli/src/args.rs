@@ -1,6 +1,6 @@
 //! The command line's shape: the clap definitions of every command and flag, and `parse`,
 //! which turns an argv into a [`Cli`] or into the usage error the contract prescribes.
-//! Names and help texts are part of the contract (`shared/spec/cli.md`).
+//! Names and help texts are part of the contract (`docs/cli.md`).
 
 use std::path::PathBuf;
 

@@ -1,6 +1,6 @@
 //! `huskies`: the command line of the huskies state layer.
 //!
-//! The contract (names, JSON shapes, exit codes, error kinds) is `shared/spec/cli.md`;
+//! The contract (names, JSON shapes, exit codes, error kinds) is `docs/cli.md`;
 //! scripts outside this repository rely on it. This file is the entry point: parse
 //! (`args`), then run the command where it must run — standalone (`standalone`), through a
 //! running daemon (`route`) or on the home directly (`exec`) — and print the result

@@ -1,4 +1,4 @@
-//! JSON shapes of the CLI contract (`shared/spec/cli.md`) and the human renderings.
+//! JSON shapes of the CLI contract (`docs/cli.md`) and the human renderings.
 
 use huskies_core::{
     ArchiveReason, ExecutionState, Lease, Member, OpSummary, Stage, Story, Timestamp, Transition,

@@ -1,5 +1,5 @@
 //! Rendering: what each command's result looks like (text and the JSON shapes of
-//! `shared/spec/cli.md`, built from the values `exec` returns), and how a result becomes
+//! `docs/cli.md`, built from the values `exec` returns), and how a result becomes
 //! stdout, stderr and an exit code — the same in the CLI and inside the daemon.
 //! Value-level shapes (a story, an op, a stage) are in `output`.
 
