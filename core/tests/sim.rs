@@ -404,8 +404,10 @@ fn sim_at_scale() {
         started.elapsed().as_secs_f64(),
         sim.stats
     );
+    // Local commands are checked before they are signed (unknown dependencies, stale
+    // stages, held claims), so a good share is refused by design; a third must still land.
     assert!(
-        held as usize >= commands / 2,
-        "the workload did little: {held} ops"
+        held as usize >= commands / 3,
+        "the workload did little: {held} ops from {commands} commands"
     );
 }
