@@ -14,6 +14,8 @@ use crate::render::{Rendered, EXIT_USAGE};
 #[command(
     name = "huskies",
     version,
+    // A flag given twice takes its last value: routing appends the resolved `--color`.
+    args_override_self = true,
     about = "The huskies state layer: a signed, replicated pipeline of stories",
     long_about = "The huskies state layer: a signed, replicated pipeline of stories.\n\n\
         Each node keeps its state in a home directory (store, key, config), found from --home, \
@@ -31,7 +33,7 @@ pub(crate) struct Cli {
     /// Print nothing but data and errors; no progress.
     #[arg(long, short, global = true)]
     pub(crate) quiet: bool,
-    /// Colour in human output.
+    /// Colour in human output and in usage errors (auto: when a terminal and NO_COLOR is unset).
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub(crate) color: ColorChoice,
     /// More logging on stderr (repeat for more).
@@ -217,7 +219,11 @@ pub(crate) enum Commands {
     #[command(subcommand)]
     Ticket(TicketCmd),
     /// Print a shell completion script.
-    #[command(after_help = "Example:\n  huskies completions bash > /etc/bash_completion.d/huskies")]
+    #[command(after_help = "Install for this user (no root), then open a new shell:\n  \
+        bash: mkdir -p ~/.local/share/bash-completion/completions && huskies completions bash > ~/.local/share/bash-completion/completions/huskies\n  \
+        zsh:  mkdir -p ~/.zfunc && huskies completions zsh > ~/.zfunc/_huskies  (and in ~/.zshrc, before compinit: fpath=(~/.zfunc $fpath))\n  \
+        fish: mkdir -p ~/.config/fish/completions && huskies completions fish > ~/.config/fish/completions/huskies.fish\n\n\
+        Example:\n  huskies completions bash > ~/.local/share/bash-completion/completions/huskies")]
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
@@ -253,8 +259,11 @@ pub(crate) enum StoryCmd {
     #[command(after_help = "Example:\n  huskies story list --stage merge")]
     List {
         // Help: "Only this stage: <the core's StageKind names>".
-        #[arg(long, value_name = "KIND", help = stage_help())]
+        #[arg(long, value_name = "KIND", help = stage_help(), value_parser = stage_names(), hide_possible_values = true)]
         stage: Option<String>,
+        /// Only stories with conflicts (transitions made concurrently by two nodes).
+        #[arg(long)]
+        conflicts: bool,
     },
     /// Apply a pipeline event; prints the story after it.
     #[command(
@@ -264,6 +273,7 @@ pub(crate) enum StoryCmd {
         /// Story id.
         id: String,
         /// Event name.
+        #[arg(value_parser = event_names(), hide_possible_values = true)]
         event: String,
         /// Feature branch (gates-passed, qa-skipped).
         #[arg(long)]
@@ -302,6 +312,40 @@ pub(crate) enum StoryCmd {
 fn stage_help() -> String {
     let kinds: Vec<&str> = StageKind::ALL.iter().map(|k| k.as_str()).collect();
     format!("Only this stage: {}", kinds.join(", "))
+}
+
+/// Any text, advertising `names` to shell completions; the command checks the text itself
+/// (with the core's parser and its message), so completion and validation share one list.
+#[derive(Clone)]
+pub(crate) struct Names(fn() -> Vec<&'static str>);
+
+impl clap::builder::TypedValueParser for Names {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            (self.0)().into_iter().map(clap::builder::PossibleValue::new),
+        ))
+    }
+}
+
+/// The stage kinds, from the core's `StageKind`.
+fn stage_names() -> Names {
+    Names(|| StageKind::ALL.iter().map(|k| k.as_str()).collect())
+}
+
+/// The event names, from the core's `EventKind`.
+fn event_names() -> Names {
+    Names(|| EventKind::ALL.iter().map(|k| k.as_str()).collect())
 }
 
 /// `story event`'s help: the event names come from the core's `EventKind`, never a copy.
@@ -381,11 +425,38 @@ pub(crate) fn parse(argv: &[String]) -> Result<Cli, Rendered> {
                 code: EXIT_USAGE,
             }
         } else {
+            let styled = e.render();
             Rendered {
                 stdout: Vec::new(),
-                stderr: e.render().ansi().to_string(),
+                stderr: if usage_colour(argv) {
+                    styled.ansi().to_string()
+                } else {
+                    styled.to_string()
+                },
                 code: EXIT_USAGE,
             }
         }
     })
+}
+
+/// Whether a usage error on stderr is coloured: the last `--color` given on the command line
+/// decides (the command line did not parse, so it is read as it is); `auto`, or none, colours
+/// a terminal unless `NO_COLOR` is set.
+fn usage_colour(argv: &[String]) -> bool {
+    let mut choice = "auto";
+    let mut args = argv.iter().take_while(|a| *a != "--");
+    while let Some(a) = args.next() {
+        if a == "--color" {
+            if let Some(v) = args.next() {
+                choice = v;
+            }
+        } else if let Some(v) = a.strip_prefix("--color=") {
+            choice = v;
+        }
+    }
+    match choice {
+        "always" => true,
+        "never" => false,
+        _ => crate::render::no_color_unset() && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    }
 }

@@ -5,6 +5,7 @@
 //! Everything is real: sled stores, WebSocket connections, join tickets. The homes live in
 //! a temporary directory removed at the end.
 
+use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use huskies_core::{Command, Event, InitMode, Node, NodeConfig, PipelineEvent, St
 use huskies_daemon::{Daemon, DaemonConfig};
 
 use crate::exec::now;
-use crate::output::stage_line;
+use crate::human;
+use crate::output::stage_painted;
 
 fn id(s: &str) -> StoryId {
     StoryId::new(s).expect("demo ids are valid")
@@ -25,14 +27,44 @@ fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).expect("non-zero")
 }
 
+/// How the demo prints (from the global flags).
+pub struct DemoOptions {
+    /// `--quiet` or `--json`: no walkthrough on stdout.
+    pub silent: bool,
+    /// Colour the walkthrough.
+    pub colour: bool,
+}
+
+/// What the demo did: the summary `--json` prints, and whether stdout's reader went away
+/// (the demo then ran to its end silently, removing its homes, and the command ends as a
+/// closed pipe does).
+pub struct DemoReport {
+    /// `{"ok": true, "nodes": [...], "stories": [...], ...}` (`docs/cli.md`).
+    pub summary: serde_json::Value,
+    /// A write to stdout failed.
+    pub reader_gone: bool,
+}
+
 struct Demo {
-    quiet: bool,
+    silent: bool,
+    colour: bool,
+    reader_gone: std::cell::Cell<bool>,
 }
 
 impl Demo {
+    /// One line of the walkthrough. A closed stdout silences the rest: never a panic.
     fn say(&self, text: &str) {
-        if !self.quiet {
-            println!("{text}");
+        if self.silent || self.reader_gone.get() {
+            return;
+        }
+        let text = if self.colour {
+            text.to_string()
+        } else {
+            human::strip_colour(text)
+        };
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+            self.reader_gone.set(true);
         }
     }
 
@@ -50,7 +82,7 @@ impl Demo {
         })?;
         self.say(&format!(
             "  {who:<6} {story:<12} {name:<18} -> {}",
-            stage_line(&s.stage)
+            stage_painted(&s.stage)
         ));
         Ok(())
     }
@@ -89,18 +121,23 @@ async fn converge(daemons: &[&Daemon], secs: u64) -> Result<Duration> {
     bail!("the nodes did not converge within {secs} s")
 }
 
-/// Runs the demo; prints a readable account on stdout.
-pub fn run(quiet: bool) -> Result<()> {
+/// Runs the demo; prints a readable account on stdout (unless silent) and returns its
+/// summary.
+pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(quiet))
+    runtime.block_on(run_async(opts))
 }
 
-async fn run_async(quiet: bool) -> Result<()> {
+async fn run_async(opts: &DemoOptions) -> Result<DemoReport> {
     let dir = tempfile::Builder::new().prefix("huskies-demo-").tempdir()?;
-    let demo = Demo { quiet };
+    let demo = Demo {
+        silent: opts.silent,
+        colour: opts.colour,
+        reader_gone: std::cell::Cell::new(false),
+    };
     let started = Instant::now();
     demo.say("huskies demo: three nodes, each with its own sled store and sync daemon on loopback\n");
 
@@ -122,7 +159,7 @@ async fn run_async(quiet: bool) -> Result<()> {
     )?;
     let alice = Daemon::start(node, config("alice", vec![]), Arc::new(crate::route::CliControl)).await?;
     demo.say(&format!(
-        "  alice  cluster {} , daemon at {}",
+        "  alice  cluster {}, daemon at {}",
         alice.with_node(|n| n.cluster_id()).short(),
         alice.url()
     ));
@@ -175,9 +212,9 @@ async fn run_async(quiet: bool) -> Result<()> {
         })?;
     }
     let took = converge(&[&alice, &bob, &carol], 10).await?;
+    let first_convergence_ms = took.as_millis();
     demo.say(&format!(
-        "  4 stories on every node after {} ms",
-        took.as_millis()
+        "  4 stories on every node after {first_convergence_ms} ms"
     ));
 
     demo.say("\n3. bob claims 10_login and works it; QA fails once, then passes");
@@ -346,7 +383,8 @@ async fn run_async(quiet: bool) -> Result<()> {
         "  carol  restarted from her store: {held} ops, lamport {lamport} (never reused)"
     ));
     let took = converge(&[&alice, &bob, &carol], 15).await?;
-    demo.say(&format!("  carol  caught up in {} ms", took.as_millis()));
+    let catch_up_ms = took.as_millis();
+    demo.say(&format!("  carol  caught up in {catch_up_ms} ms"));
 
     demo.say("\n8. everything converged");
     let t = now();
@@ -357,7 +395,7 @@ async fn run_async(quiet: bool) -> Result<()> {
         bail!("projections differ");
     }
     for s in &stories {
-        demo.say(&format!("  {:<12} {}", s.id.as_str(), stage_line(&s.stage)));
+        demo.say(&format!("  {:<12} {}", s.id.as_str(), stage_painted(&s.stage)));
     }
     let counts = alice.with_node(|n| n.stage_counts())?;
     let total = alice.with_node(|n| n.version_vector().total());
@@ -373,18 +411,38 @@ async fn run_async(quiet: bool) -> Result<()> {
         }
     }
     let health = alice.health();
+    let rejected = health.rejected.values().sum::<u64>();
     demo.say(&format!(
-        "  every store verifies (hash chains, signatures, no forks); alice has {} peers, {} ops rejected",
-        health.peers.len(),
-        health.rejected.values().sum::<u64>()
+        "  every store verifies (hash chains, signatures, no forks); alice has {}, {} rejected",
+        human::count(health.peers.len(), "peer"),
+        human::count(usize::try_from(rejected).unwrap_or(usize::MAX), "op")
     ));
+    let summary = serde_json::json!({
+        "ok": true,
+        "nodes": ["alice", "bob", "carol"],
+        "ops": total,
+        "stories": stories.iter().map(|s| serde_json::json!({
+            "id": s.id.as_str(),
+            "stage": crate::output::stage(&s.stage),
+        })).collect::<Vec<_>>(),
+        "claim_race_winner": winner,
+        "first_convergence_ms": first_convergence_ms,
+        "catch_up_ms": catch_up_ms,
+        "verified": true,
+        "rejected_ops": rejected,
+    });
     for d in [alice, bob, carol] {
         d.shutdown().await?;
     }
     dir.close()?;
+    let elapsed = started.elapsed().as_secs_f64();
     demo.say(&format!(
-        "\ndaemons stopped, temporary homes removed ({:.1} s).",
-        started.elapsed().as_secs_f64()
+        "\ndaemons stopped, temporary homes removed ({elapsed:.1} s)."
     ));
-    Ok(())
+    let mut summary = summary;
+    summary["elapsed_s"] = serde_json::json!((elapsed * 10.0).round() / 10.0);
+    Ok(DemoReport {
+        summary,
+        reader_gone: demo.reader_gone.get(),
+    })
 }

@@ -6,6 +6,7 @@ use huskies_core::{events_after, Envelope, EventCursor, Node};
 use serde_json::Value;
 
 use crate::args::Cli;
+use crate::human::esc;
 use crate::render::CliError;
 
 /// Bytes of ops read per step of the walk: bounds the memory of one step, not the output.
@@ -58,6 +59,12 @@ fn line(cli: &Cli, env: &Envelope, after: &EventCursor) -> String {
             (Some(f), Some(t)) => format!(" {f} -> {t}"),
             _ => String::new(),
         };
-        format!("{} {:<32} {}{}\n", env.timestamp, env.kind, subject, change)
+        format!(
+            "{} {:<32} {}{}\n",
+            env.timestamp,
+            esc(&env.kind.to_string()),
+            esc(&subject),
+            esc(&change)
+        )
     }
 }

@@ -129,7 +129,10 @@ pub(crate) fn run(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Option<Out>, Cli
             render::verified(&report)
         }
         Commands::Status => status(cli, slot)?,
-        Commands::Member(MemberCmd::List) => render::members(&slot.get(cli)?.members()),
+        Commands::Member(MemberCmd::List) => {
+            let node = slot.get(cli)?;
+            render::members(&node.members(), &node.nodes(now())?)
+        }
         Commands::Member(MemberCmd::Remove { node: target }) => {
             let target = node_id(target)?;
             let node = slot.get(cli)?;
@@ -329,13 +332,23 @@ fn story_cmd(cli: &Cli, slot: &mut NodeSlot<'_>, cmd: &StoryCmd) -> Result<Out, 
             let id = story_id(id)?;
             story_out(slot.get(cli)?, &id, t)
         }
-        StoryCmd::List { stage } => {
+        StoryCmd::List { stage, conflicts } => {
             let stage = stage
                 .as_deref()
                 .map(|s| s.parse::<StageKind>().map_err(|e| CliError::usage(e.to_string())))
                 .transpose()?;
             let node = slot.get(cli)?;
-            Ok(render::story_list(&node.stories(stage, t)?))
+            let mut stories = node.stories(stage, t)?;
+            if *conflicts {
+                stories.retain(|s| !s.conflicts.is_empty());
+            }
+            Ok(render::story_list(
+                &stories,
+                &render::ListFilter {
+                    stage,
+                    conflicts: *conflicts,
+                },
+            ))
         }
         StoryCmd::Event {
             id,
@@ -361,7 +374,8 @@ fn story_cmd(cli: &Cli, slot: &mut NodeSlot<'_>, cmd: &StoryCmd) -> Result<Out, 
         }
         StoryCmd::History { id } => {
             let id = story_id(id)?;
-            Ok(render::history(&slot.get(cli)?.history(&id)?))
+            let node = slot.get(cli)?;
+            Ok(render::history(&node.story_creation(&id)?, &node.history(&id)?))
         }
         StoryCmd::Rm { id } => {
             let id = story_id(id)?;
@@ -372,8 +386,16 @@ fn story_cmd(cli: &Cli, slot: &mut NodeSlot<'_>, cmd: &StoryCmd) -> Result<Out, 
     }
 }
 
+/// One story; with its history when it has conflicts (their text names the transition
+/// each was concurrent with).
 fn story_out(node: &Node, id: &StoryId, t: Timestamp) -> Result<Out, CliError> {
-    Ok(render::story(&node.story(id, t)?))
+    let story = node.story(id, t)?;
+    let history = if story.conflicts.is_empty() {
+        Vec::new()
+    } else {
+        node.history(id)?
+    };
+    Ok(render::story(&story, &history))
 }
 
 /// The staleness bound of the node's config, in milliseconds (orphaned executions).

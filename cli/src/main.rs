@@ -15,6 +15,7 @@ mod events;
 mod exec;
 mod follow;
 mod home;
+mod human;
 mod output;
 mod render;
 mod route;

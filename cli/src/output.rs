@@ -5,6 +5,9 @@ use huskies_core::{
     VerifyReport,
 };
 use serde_json::{json, Value};
+use std::borrow::Cow;
+
+use crate::human::{esc, esc_lines, paint, Tone};
 
 /// RFC 3339 UTC.
 pub fn time(t: Timestamp) -> Value {
@@ -125,7 +128,7 @@ pub fn verify(r: &VerifyReport) -> Value {
     })
 }
 
-/// One line for a stage, for humans.
+/// One line for a stage, for humans: every field from an op escaped (`human::esc`).
 pub fn stage_line(s: &Stage) -> String {
     match s {
         Stage::Backlog | Stage::Coding | Stage::Qa => s.kind().as_str().to_string(),
@@ -134,24 +137,36 @@ pub fn stage_line(s: &Stage) -> String {
             commits_ahead,
         } => {
             let plural = if commits_ahead.get() == 1 { "" } else { "s" };
-            format!("merge ({feature_branch}, {commits_ahead} commit{plural} ahead)")
+            format!(
+                "merge ({}, {commits_ahead} commit{plural} ahead)",
+                esc(feature_branch)
+            )
         }
-        Stage::MergeFailure { kind, reason } => format!("merge_failure ({kind}: {reason})"),
+        Stage::MergeFailure { kind, reason } => {
+            format!("merge_failure ({}: {})", esc(kind), esc(reason))
+        }
         Stage::Done {
             merged_at,
             merge_commit,
-        } => format!("done ({merge_commit} at {merged_at})"),
+        } => format!("done ({} at {merged_at})", esc(merge_commit)),
         Stage::Archived { archived_at, reason } => {
             let why = match reason {
-                ArchiveReason::Superseded { by } => format!("superseded by {by}"),
+                ArchiveReason::Superseded { by } => format!("superseded by {}", esc(by.as_str())),
                 ArchiveReason::Blocked { reason }
                 | ArchiveReason::MergeFailed { reason }
-                | ArchiveReason::ReviewHeld { reason } => format!("{}: {reason}", reason_kind(s)),
+                | ArchiveReason::ReviewHeld { reason } => {
+                    format!("{}: {}", reason_kind(s), esc(reason))
+                }
                 other => other.kind_str().to_string(),
             };
             format!("archived ({why}, at {archived_at})")
         }
     }
+}
+
+/// [`stage_line`] in the stage's colour.
+pub fn stage_painted(s: &Stage) -> String {
+    paint(&stage_line(s), Tone::Stage(s.kind()))
 }
 
 fn reason_kind(s: &Stage) -> &'static str {
@@ -161,22 +176,66 @@ fn reason_kind(s: &Stage) -> &'static str {
     }
 }
 
-/// A story for humans.
-pub fn story_text(s: &Story) -> String {
-    let mut out = format!("{}  {}\n  stage: {}\n", s.id, s.name, stage_line(&s.stage));
+/// One node's execution state for humans (the agent's name escaped).
+fn execution_line(e: &ExecutionState) -> String {
+    match e {
+        ExecutionState::Idle => "idle".into(),
+        ExecutionState::Pending { agent, since } => format!("pending: {} since {since}", esc(agent)),
+        ExecutionState::Running {
+            agent,
+            last_heartbeat,
+            ..
+        } => format!("running: {} (last heartbeat {last_heartbeat})", esc(agent)),
+        ExecutionState::RateLimited { agent, resume_at } => {
+            format!("rate limited: {} until {resume_at}", esc(agent))
+        }
+        ExecutionState::Completed { agent, exit_code, .. } => {
+            format!("completed: {} exited {exit_code}", esc(agent))
+        }
+    }
+}
+
+/// A story for humans. `history` (the story's transitions, or empty) names the transition
+/// each conflict was concurrent with.
+pub fn story_text(s: &Story, history: &[Transition]) -> String {
+    let mut out = format!(
+        "{}  {}\n  stage: {}\n",
+        esc(s.id.as_str()),
+        esc(&s.name),
+        stage_painted(&s.stage)
+    );
     if !s.depends_on.is_empty() {
-        let deps: Vec<&str> = s.depends_on.iter().map(|d| d.as_str()).collect();
+        let deps: Vec<Cow<'_, str>> = s.depends_on.iter().map(|d| esc(d.as_str())).collect();
         out += &format!("  depends on: {}\n", deps.join(", "));
     }
     if let Some(c) = &s.claim {
         out += &format!("  claimed by {} until {}\n", c.node.short(), c.expires_at);
     }
     if s.deleted {
-        out += "  deleted\n";
+        out += &format!("  {}\n", paint("deleted", Tone::Warn));
+    }
+    for (node, e) in &s.execution {
+        out += &format!("  execution on {}: {}\n", node.short(), execution_line(e));
     }
     for c in &s.conflicts {
+        let other = c
+            .concurrent_with
+            .and_then(|o| history.iter().find(|t| t.op_id == o))
+            .map_or_else(
+                || "another transition".to_string(),
+                |t| {
+                    format!(
+                        "{} by {} ({} -> {})",
+                        t.event.name(),
+                        t.author.short(),
+                        t.from.kind(),
+                        t.to.kind()
+                    )
+                },
+            );
         out += &format!(
-            "  conflict: {} by {} ({} -> {}) was concurrent with another transition\n",
+            "  {} {} by {} ({} -> {}) was concurrent with {other}\n",
+            paint("conflict:", Tone::Bad),
             c.event,
             c.author.short(),
             c.from,
@@ -184,7 +243,8 @@ pub fn story_text(s: &Story) -> String {
         );
     }
     if let Some(body) = &s.body {
-        out += &format!("\n{body}\n");
+        out += "\n";
+        out += &esc_lines(body, "  | ");
     }
     out
 }

@@ -11,19 +11,24 @@ use std::collections::BTreeMap;
 
 use huskies_core::sync::Ticket;
 use huskies_core::{
-    ClusterId, Error, ErrorKind, ForkInfo, IngestReport, Lease, Member, NodeId, NodeInfo, OpSummary,
-    StageKind, Story, StoryId, Transition, VerifyReport, VersionVector,
+    ClusterId, Creation, Error, ErrorKind, ForkInfo, IngestReport, Lease, Member, NodeId, NodeInfo,
+    OpSummary, StageKind, Story, StoryId, Transition, VerifyReport, VersionVector,
 };
 use huskies_daemon::HealthReport;
 use serde_json::{json, Value};
 
-use crate::args::Cli;
+use crate::args::{Cli, ColorChoice};
+use crate::human::{self, esc, paint, Cell, Table, Tone};
 use crate::output;
 
 /// Exit codes of the contract.
 pub(crate) const EXIT_REFUSED: u8 = 1;
 pub(crate) const EXIT_USAGE: u8 = 2;
 pub(crate) const EXIT_ENV: u8 = 3;
+/// The status a shell reports for a command killed by `SIGPIPE` (128 + 13): what a command
+/// ends with, quietly, when the reader of its stdout went away (`huskies demo | head -2`),
+/// as coreutils' do.
+pub(crate) const EXIT_CLOSED_PIPE: u8 = 141;
 
 /// An error on its way to the user: contract kind, message, exit code.
 pub(crate) struct CliError {
@@ -33,6 +38,15 @@ pub(crate) struct CliError {
 }
 
 impl CliError {
+    /// Stdout's reader went away: nothing more to print, nothing to say.
+    pub(crate) fn reader_gone() -> Self {
+        CliError {
+            kind: "io",
+            message: String::new(),
+            code: EXIT_CLOSED_PIPE,
+        }
+    }
+
     pub(crate) fn usage(message: impl Into<String>) -> Self {
         CliError {
             kind: "invalid_argument",
@@ -114,59 +128,108 @@ pub(crate) fn raw(bytes: Vec<u8>) -> Out {
 /// `id` (and the end of `init`): the node, its cluster and its label, after `prefix`.
 pub(crate) fn id(node: NodeId, cluster: ClusterId, label: &str, prefix: &str) -> Out {
     Out::new(
-        format!("{prefix}node    {node}\ncluster {cluster}\nlabel   {label}\n"),
+        format!(
+            "{prefix}node    {node}\ncluster {cluster}\nlabel   {}\n",
+            esc(label)
+        ),
         json!({ "node_id": node.to_hex(), "cluster_id": cluster.to_hex(), "label": label }),
     )
 }
 
-/// One story (`story add`, `show`, `event`).
-pub(crate) fn story(s: &Story) -> Out {
-    Out::new(output::story_text(s), output::story(s))
+/// One story (`story add`, `show`, `event`); `history` names the transitions its
+/// conflicts were concurrent with (empty when it has none).
+pub(crate) fn story(s: &Story, history: &[Transition]) -> Out {
+    Out::new(output::story_text(s, history), output::story(s))
 }
 
-/// `story list`.
-pub(crate) fn story_list(stories: &[Story]) -> Out {
-    let text = stories
-        .iter()
-        .map(|s| {
-            let claim = s
-                .claim
-                .as_ref()
-                .map(|c| format!("  [claimed by {}]", c.node.short()))
-                .unwrap_or_default();
-            format!(
-                "{:<24} {:<40} {}{claim}\n",
-                s.id.as_str(),
-                output::stage_line(&s.stage),
-                s.name
-            )
-        })
-        .collect();
+/// Which stories `story list` was asked for (its empty message says so).
+pub(crate) struct ListFilter {
+    pub(crate) stage: Option<StageKind>,
+    pub(crate) conflicts: bool,
+}
+
+/// Widest stage text in `story list` (the full text is in `story show`).
+const LIST_STAGE_COLUMNS: usize = 60;
+
+/// `story list`: the stories in the natural order of their ids (`human::natural_cmp`), in
+/// both outputs; a table with a header, or a line saying that nothing matched.
+pub(crate) fn story_list(stories: &[Story], filter: &ListFilter) -> Out {
+    let mut sorted: Vec<&Story> = stories.iter().collect();
+    sorted.sort_by(|a, b| human::natural_cmp(a.id.as_str(), b.id.as_str()));
+    let text = if sorted.is_empty() {
+        let mut what = String::from("no stories");
+        if let Some(k) = filter.stage {
+            what += &format!(" in stage {k}");
+        }
+        if filter.conflicts {
+            what += " with conflicts";
+        }
+        format!("{what}\n")
+    } else {
+        let mut table = Table::new(vec!["ID", "STAGE", "CLAIM", "CONFLICTS", "NAME"]);
+        for s in &sorted {
+            let stage = output::stage_line(&s.stage);
+            table.row(vec![
+                Cell::new(esc(s.id.as_str())),
+                Cell::new(human::truncate(&stage, LIST_STAGE_COLUMNS)).tone(Tone::Stage(s.stage.kind())),
+                Cell::new(
+                    s.claim
+                        .as_ref()
+                        .map_or("-".into(), |c| c.node.short().to_string()),
+                ),
+                match s.conflicts.len() {
+                    0 => Cell::new("-"),
+                    n => Cell::new(format!("! {n}")).tone(Tone::Bad),
+                },
+                Cell::new(esc(&s.name)),
+            ]);
+        }
+        table.render()
+    };
     Out::new(
         text,
-        json!({ "stories": stories.iter().map(output::story).collect::<Vec<_>>() }),
+        json!({ "stories": sorted.iter().map(|s| output::story(s)).collect::<Vec<_>>() }),
     )
 }
 
-/// `story history`.
-pub(crate) fn history(history: &[Transition]) -> Out {
-    let text = history
-        .iter()
-        .map(|h| {
-            format!(
-                "{:>8} {} {:<18} {} -> {}{}\n",
-                h.lamport,
-                h.author.short(),
-                h.event.name(),
-                h.from.kind(),
-                output::stage_line(&h.to),
-                if h.conflict { "  (concurrent)" } else { "" }
-            )
-        })
-        .collect();
+/// `story history`: the creation, then the transitions in merge order.
+pub(crate) fn history(created: &Creation, history: &[Transition]) -> Out {
+    let mut table = Table::new(vec!["LAMPORT", "AT", "AUTHOR", "EVENT", "FROM", "TO", ""]);
+    table.row(vec![
+        Cell::new(created.lamport.to_string()),
+        Cell::new(created.at.map_or_else(|| "?".to_string(), |t| t.to_string())),
+        Cell::new(created.author.short().to_string()),
+        Cell::new("created"),
+        Cell::new("-"),
+        Cell::new("backlog").tone(Tone::Stage(StageKind::Backlog)),
+        Cell::new(""),
+    ]);
+    for h in history {
+        table.row(vec![
+            Cell::new(h.lamport.to_string()),
+            Cell::new(h.at.to_string()),
+            Cell::new(h.author.short().to_string()),
+            Cell::new(h.event.name()),
+            Cell::new(h.from.kind().as_str()).tone(Tone::Stage(h.from.kind())),
+            Cell::new(output::stage_line(&h.to)).tone(Tone::Stage(h.to.kind())),
+            if h.conflict {
+                Cell::new("(concurrent)").tone(Tone::Bad)
+            } else {
+                Cell::new("")
+            },
+        ]);
+    }
     Out::new(
-        text,
-        json!({ "transitions": history.iter().map(output::transition).collect::<Vec<_>>() }),
+        table.render(),
+        json!({
+            "created": {
+                "op_id": created.op_id.to_hex(),
+                "author": created.author.to_hex(),
+                "lamport": created.lamport,
+                "at": created.at.map(output::time),
+            },
+            "transitions": history.iter().map(output::transition).collect::<Vec<_>>(),
+        }),
     )
 }
 
@@ -206,14 +269,18 @@ pub(crate) fn ops(cli: &Cli, ops: &[OpSummary]) -> Out {
 /// `verify` (a report that is not ok exits 1 through its `"ok": false`).
 pub(crate) fn verified(report: &VerifyReport) -> Out {
     let mut text = format!(
-        "{}: {} ops checked, {} problems, {} forks\n",
-        if report.ok { "ok" } else { "NOT OK" },
-        report.ops_checked,
-        report.problems.len(),
-        report.forks.len()
+        "{}: {} checked, {}, {}\n",
+        if report.ok {
+            paint("ok", Tone::Good)
+        } else {
+            paint("NOT OK", Tone::Bad)
+        },
+        human::count(usize::try_from(report.ops_checked).unwrap_or(usize::MAX), "op"),
+        human::count(report.problems.len(), "problem"),
+        human::count(report.forks.len(), "fork")
     );
     for p in &report.problems {
-        text += &format!("  problem: {p}\n");
+        text += &format!("  problem: {}\n", esc(p));
     }
     for f in &report.forks {
         text += &format!(
@@ -248,46 +315,65 @@ pub(crate) fn status(s: &StatusFacts<'_>) -> Out {
     let mut text = format!(
         "node     {} ({})\ncluster  {} ({})\n",
         s.node,
-        s.label,
+        esc(&s.label),
         s.cluster,
-        s.cluster_name.unwrap_or("?")
+        esc(s.cluster_name.unwrap_or("?"))
     );
     match &s.health {
         None => text += "daemon   not running (no peers connected)\n",
         Some(h) => {
             text += &format!(
-                "daemon   running at {}, {} peers, {:.1} ops/s merged\n",
-                h.address,
-                h.peers.len(),
+                "daemon   running at {}, {}, {:.1} ops/s merged\n",
+                esc(&h.address),
+                human::count(h.peers.len(), "peer"),
                 h.ops_per_s
             );
             for p in &h.peers {
+                let who = p
+                    .node_id
+                    .as_deref()
+                    .map_or("(handshaking)".to_string(), |n| n.chars().take(8).collect());
+                let address = p
+                    .address
+                    .as_deref()
+                    .filter(|a| !a.is_empty())
+                    .map_or(String::new(), |a| format!(" {}", esc(a)));
                 text += &format!(
-                    "peer     {} {} {}, lag {} ops\n",
-                    p.node_id.as_deref().map_or("(handshaking)", |n| &n[..8]),
+                    "peer     {} {}{address}, lag {}\n",
+                    esc(&who),
                     p.direction,
-                    p.address.as_deref().unwrap_or(""),
-                    p.lag
+                    human::count(usize::try_from(p.lag).unwrap_or(usize::MAX), "op")
                 );
             }
         }
     }
     text += "stories ";
     for (k, n) in &s.counts {
-        text += &format!(" {k}={n}");
+        text += &format!(" {}={n}", paint(k.as_str(), Tone::Stage(*k)));
     }
     text += &format!(
-        "\nops      {} from {} authors, lamport {}\n",
+        "\nops      {} from {}, lamport {}\n",
         s.version.total(),
-        s.version.len(),
+        human::count(s.version.len(), "author"),
         s.lamport
     );
+    let label_width = s
+        .nodes
+        .iter()
+        .map(|n| human::width(&esc(&n.label)))
+        .max()
+        .unwrap_or(0);
     for n in &s.nodes {
+        let label = esc(&n.label);
         text += &format!(
-            "node     {} {:<16} {} (last heartbeat {})\n",
+            "node     {} {label}{} {} (last heartbeat {})\n",
             n.node.short(),
-            n.label,
-            if n.alive { "alive" } else { "stale" },
+            " ".repeat(label_width - human::width(&label)),
+            if n.alive {
+                paint("alive", Tone::Good)
+            } else {
+                paint("stale", Tone::Warn)
+            },
             n.last_heartbeat
         );
     }
@@ -300,15 +386,20 @@ pub(crate) fn status(s: &StatusFacts<'_>) -> Out {
     }
     if let Some((held, acknowledged)) = s.missing {
         text += &format!(
-            "WARNING  this store holds {held} of the {acknowledged} ops of this node's own chain it \
-             had acknowledged; it writes nothing until a peer sends them back (run the daemon)\n"
+            "{}  this store holds {held} of the {acknowledged} ops of this node's own chain it \
+             had acknowledged; it writes nothing until a peer sends them back (run the daemon)\n",
+            paint("WARNING", Tone::Bad)
         );
     }
     if let Some(e) = s.health.as_ref().map(|h| &h.events).filter(|e| e.enabled) {
         text += &format!(
             "events   bridge {} ({}): {} published, {} deduplicated, {} failed, {} ops pending\n",
-            if e.connected { "connected" } else { "NOT connected" },
-            e.stream.as_deref().unwrap_or("?"),
+            if e.connected {
+                paint("connected", Tone::Good)
+            } else {
+                paint("NOT connected", Tone::Bad)
+            },
+            esc(e.stream.as_deref().unwrap_or("?")),
             e.published,
             e.deduplicated,
             e.failed,
@@ -317,14 +408,17 @@ pub(crate) fn status(s: &StatusFacts<'_>) -> Out {
     }
     for e in &s.signals {
         let a = &e.attributes;
-        text += &format!(
-            "signal   {} {} {}\n",
-            e.kind,
-            a.story.as_deref().unwrap_or(""),
-            a.node
-                .as_deref()
-                .map_or(String::new(), |n| n.chars().take(8).collect())
-        );
+        let parts: Vec<String> = [
+            Some(e.kind.to_string()),
+            a.story.clone(),
+            a.node.as_deref().map(|n| n.chars().take(8).collect()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|p| !p.is_empty())
+        .map(|p| esc(&p).into_owned())
+        .collect();
+        text += &format!("signal   {}\n", paint(&parts.join(" "), Tone::Warn));
     }
     let health = &s.health;
     Out::new(
@@ -352,23 +446,35 @@ pub(crate) fn status(s: &StatusFacts<'_>) -> Out {
     )
 }
 
-/// `member list`.
-pub(crate) fn members(members: &[Member]) -> Out {
-    let text = members
-        .iter()
-        .map(|m| {
-            let mut flags = String::new();
-            if m.removed {
-                flags += " (removed)";
-            }
-            if m.quarantined {
-                flags += " (quarantined)";
-            }
-            format!("{} {}{}\n", m.node, m.role.as_str(), flags)
-        })
-        .collect();
+/// `member list`: each member with the label of its presence record (empty before its
+/// first heartbeat).
+pub(crate) fn members(members: &[Member], nodes: &[NodeInfo]) -> Out {
+    let mut table = Table::new(vec!["NODE", "ROLE", "LABEL", "STATE"]);
+    for m in members {
+        let label = nodes
+            .iter()
+            .find(|n| n.node == m.node)
+            .map_or(String::new(), |n| esc(&n.label).into_owned());
+        let mut state = Vec::new();
+        if m.removed {
+            state.push("removed");
+        }
+        if m.quarantined {
+            state.push("quarantined");
+        }
+        table.row(vec![
+            Cell::new(m.node.to_string()),
+            Cell::new(m.role.as_str()),
+            Cell::new(label),
+            if state.is_empty() {
+                Cell::new("-")
+            } else {
+                Cell::new(state.join(", ")).tone(Tone::Warn)
+            },
+        ]);
+    }
     Out::new(
-        text,
+        table.render(),
         json!({ "members": members.iter().map(output::member).collect::<Vec<_>>() }),
     )
 }
@@ -420,7 +526,7 @@ pub(crate) fn imported(report: &IngestReport) -> Out {
         report
             .rejected
             .iter()
-            .map(|r| format!("  rejected: {}\n", r.reason))
+            .map(|r| format!("  rejected: {}\n", esc(&r.reason.to_string())))
             .collect::<String>()
     );
     Out::new(
@@ -461,8 +567,10 @@ pub(crate) fn render(cli: &Cli, r: Result<Option<Out>, CliError>) -> Rendered {
         Ok(Some(out)) => {
             let stdout = if cli.json {
                 format!("{}\n", serde_json::to_string_pretty(&out.json).expect("json"))
-            } else {
+            } else if colour_on(cli) {
                 out.text
+            } else {
+                human::strip_colour(&out.text)
             };
             let code = if out.json.get("ok") == Some(&Value::Bool(false)) {
                 EXIT_REFUSED
@@ -476,6 +584,10 @@ pub(crate) fn render(cli: &Cli, r: Result<Option<Out>, CliError>) -> Rendered {
             }
         }
         Ok(None) => Rendered::default(),
+        Err(e) if e.code == EXIT_CLOSED_PIPE => Rendered {
+            code: EXIT_CLOSED_PIPE,
+            ..Default::default()
+        },
         Err(e) => Rendered {
             stdout: if cli.json {
                 format!(
@@ -486,23 +598,87 @@ pub(crate) fn render(cli: &Cli, r: Result<Option<Out>, CliError>) -> Rendered {
             } else {
                 Vec::new()
             },
-            stderr: format!("huskies: {}\n", e.message),
+            stderr: format!("huskies: {}\n", esc(&e.message)),
             code: e.code,
         },
     }
 }
 
+/// Whether human output on stdout is coloured: `--color always` or `never` decide; `auto`
+/// (the default) colours a terminal unless `NO_COLOR` is set to something. A command sent
+/// to a daemon carries the client's decision (`route`), never the daemon's terminal.
+pub(crate) fn colour_on(cli: &Cli) -> bool {
+    match cli.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => no_color_unset() && std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    }
+}
+
+/// `NO_COLOR` unset or empty (<https://no-color.org>).
+pub(crate) fn no_color_unset() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Prints a command's output and gives its exit code. A reader that closed stdout early
+/// (`| head -1`) ends the command quietly with [`EXIT_CLOSED_PIPE`]; another failure to
+/// write a successful command's output is an environment error.
 pub(crate) fn emit(r: Rendered) -> ExitCode {
-    let out_ok = std::io::stdout()
+    let written = std::io::stdout()
         .lock()
         .write_all(&r.stdout)
-        .and_then(|_| std::io::stdout().flush())
-        .is_ok();
+        .and_then(|_| std::io::stdout().flush());
     let _ = std::io::stderr().lock().write_all(r.stderr.as_bytes());
-    if !out_ok && r.code == 0 {
-        return ExitCode::from(EXIT_ENV);
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(EXIT_CLOSED_PIPE),
+        Err(_) if r.code == 0 => ExitCode::from(EXIT_ENV),
+        _ => ExitCode::from(r.code),
     }
-    ExitCode::from(r.code)
+}
+
+/// `bench`'s human table: each figure with its unit, read from its key's suffix
+/// (`docs/benchmarks.md` lists the keys).
+pub(crate) fn bench_table(figures: &Value) -> String {
+    let Some(map) = figures.as_object() else {
+        return String::new();
+    };
+    let mut table = Table::new(vec!["FIGURE", "VALUE", "UNIT"]);
+    for (key, value) in map {
+        let unit = bench_unit(key);
+        let value = match value {
+            Value::String(s) => esc(s).into_owned(),
+            Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        table.row(vec![Cell::new(key.clone()), Cell::new(value), Cell::new(unit)]);
+    }
+    table.render()
+}
+
+/// The unit of a `bench` figure, from its key.
+fn bench_unit(key: &str) -> &'static str {
+    if key.ends_with("_per_s") {
+        "ops/s"
+    } else if key.contains("_vs_") {
+        "ratio"
+    } else if key.ends_with("_ms") {
+        "ms"
+    } else if key.ends_with("_mb") {
+        "MiB"
+    } else if key.ends_with("bytes_per_op") || key == "op_bytes" {
+        "bytes/op"
+    } else if key.ends_with("bytes") || key.ends_with("_sled") {
+        "bytes"
+    } else {
+        match key {
+            "ops" | "sync_ops_sent" => "ops",
+            "group_commit" => "commands/group",
+            "verify_batch" | "core_verify_batch" => "signatures/batch",
+            "verify_threads_parallel" => "threads",
+            "cores" => "cores",
+            _ => "",
+        }
+    }
 }
 
 /// Ops as lines: one JSON object per line with `--json`, else one text line each.
@@ -518,7 +694,7 @@ pub(crate) fn op_lines(cli: &Cli, ops: &[OpSummary]) -> String {
                     o.seq,
                     o.lamport,
                     o.kind,
-                    o.story.as_ref().map_or("", |s| s.as_str())
+                    esc(o.story.as_ref().map_or("", |s| s.as_str()))
                 )
             }
         })

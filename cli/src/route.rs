@@ -78,7 +78,7 @@ fn prepare(cli: &Cli, argv: &[String]) -> Result<(Vec<String>, Option<String>), 
         }
         _ => {}
     }
-    let argv = argv
+    let mut argv: Vec<String> = argv
         .iter()
         .map(|a| {
             if paths.iter().any(|p| p.as_os_str() == a.as_str()) && Path::new(a).is_relative() {
@@ -88,6 +88,16 @@ fn prepare(cli: &Cli, argv: &[String]) -> Result<(Vec<String>, Option<String>), 
             }
         })
         .collect();
+    // Colour is the client's to decide (its terminal, its NO_COLOR): the last --color wins.
+    argv.push("--color".into());
+    argv.push(
+        if crate::render::colour_on(cli) {
+            "always"
+        } else {
+            "never"
+        }
+        .into(),
+    );
     Ok((argv, stdin))
 }
 

@@ -76,23 +76,29 @@ pub(crate) fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
             return Ok(None);
         }
         Commands::Demo => {
-            demo::run(cli.quiet)?;
-            return Ok(None);
+            let report = demo::run(&demo::DemoOptions {
+                silent: cli.quiet || cli.json,
+                colour: render::colour_on(cli),
+            })?;
+            if report.reader_gone {
+                return Err(CliError::reader_gone());
+            }
+            // The walkthrough is already out; `--json` prints the summary instead.
+            Out::new(String::new(), report.summary)
         }
         Commands::Bench { ops } => {
             let figures = bench::run(&bench::BenchOptions {
                 ops: *ops,
                 progress: progress_enabled(cli),
             })?;
-            let text = figures
-                .as_object()
-                .map(|m| m.iter().map(|(k, v)| format!("{k:>24}  {v}\n")).collect())
-                .unwrap_or_default();
-            Out::new(text, figures)
+            Out::new(render::bench_table(&figures), figures)
         }
         Commands::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "huskies", &mut buf);
+            if *shell == clap_complete::Shell::Fish {
+                buf.extend(fish_positional_values(&Cli::command()).into_bytes());
+            }
             Out {
                 raw: Some(buf),
                 text: String::new(),
@@ -168,7 +174,7 @@ fn init_join(cli: &Cli, root: &std::path::Path, ticket: &str, label: &str) -> Re
             &format!(
                 "joined cluster {} via {} ({} ops received); home {}\n",
                 ticket.cluster.short(),
-                ticket.address,
+                crate::human::esc(&ticket.address),
                 outcome.ops,
                 root.display()
             ),
@@ -283,4 +289,40 @@ pub(crate) fn open_for_daemon(root: &std::path::Path) -> Result<Node, CliError> 
             other => return Ok(other?),
         }
     }
+}
+
+/// clap_complete's fish script offers no values for positional arguments; these lines add
+/// them (event names for `story event`, the shells for `completions`), from the same
+/// definitions as every other shell's script.
+fn fish_positional_values(cli: &clap::Command) -> String {
+    let mut out = String::new();
+    let mut add = |condition: String, cmd: &clap::Command| {
+        for arg in cmd.get_positionals() {
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .map(|v| v.get_name().to_string())
+                .collect();
+            if !values.is_empty() {
+                out += &format!(
+                    "complete -c huskies -n \"{condition}\" -f -a \"{}\"\n",
+                    values.join(" ")
+                );
+            }
+        }
+    };
+    for top in cli.get_subcommands() {
+        let name = top.get_name();
+        add(format!("__fish_huskies_using_subcommand {name}"), top);
+        for sub in top.get_subcommands() {
+            add(
+                format!(
+                    "__fish_huskies_using_subcommand {name}; and __fish_seen_subcommand_from {}",
+                    sub.get_name()
+                ),
+                sub,
+            );
+        }
+    }
+    out
 }

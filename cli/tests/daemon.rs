@@ -202,6 +202,11 @@ fn join_sync_and_claim_conflicts_between_nodes() {
             .first()
             .cloned()
     });
+    // Human status: "1 peer", and an inbound peer (no address) without a stray comma.
+    let status = String::from_utf8(huskies(&a, &["status"]).stdout).unwrap();
+    assert!(status.contains(", 1 peer,"), "{status}");
+    assert!(!status.contains(" ,"), "{status}");
+    assert!(status.contains("inbound, lag"), "{status}");
     ok_json(&b, &["claim", "7_shared", "--ttl", "600"]);
     wait_for(10, "a sees b's claim", || {
         (!ok_json(&a, &["story", "show", "7_shared"])["claim"].is_null()).then_some(())

@@ -118,4 +118,4 @@ pub use version::VersionVector;
 /// A caller that depends on `rand_core` itself must pick 0.6 (`rand_core = { version = "0.6",
 /// features = ["getrandom"] }`); later versions are other, incompatible traits.
 pub use rand_core;
-pub use view::{Conflict, ForkInfo, Member, NodeInfo, OpSummary, Story, Transition, VerifyReport};
+pub use view::{Conflict, Creation, ForkInfo, Member, NodeInfo, OpSummary, Story, Transition, VerifyReport};

@@ -74,6 +74,19 @@ pub struct Transition {
     pub conflict: bool,
 }
 
+/// A story's creation, as `Node::story_creation` finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Creation {
+    /// The create op.
+    pub op_id: OpId,
+    /// Its author.
+    pub author: NodeId,
+    /// Its Lamport timestamp.
+    pub lamport: u64,
+    /// Its wall time (`None` if the op is no longer stored).
+    pub at: Option<Timestamp>,
+}
+
 /// A node's presence.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {

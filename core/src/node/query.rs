@@ -18,7 +18,7 @@ use crate::record::decode_story;
 use crate::storage::{self, Store};
 use crate::time::Timestamp;
 use crate::version::VersionVector;
-use crate::view::{self, ForkInfo, Member, NodeInfo, OpSummary, Story, Transition, VerifyReport};
+use crate::view::{self, Creation, ForkInfo, Member, NodeInfo, OpSummary, Story, Transition, VerifyReport};
 
 impl<S: Store> Node<S> {
     /// Sends the current stage of every live story through the event stream
@@ -126,6 +126,42 @@ impl<S: Store> Node<S> {
     /// A story's transitions in merge order, with conflicts flagged.
     pub fn history(&self, id: &StoryId) -> Result<Vec<Transition>, Error> {
         Ok(view::history_view(&self.record(id)?))
+    }
+
+    /// Who created the story and when: its earliest create op (two nodes may create one
+    /// story concurrently; the earliest counts). `at` is the op's wall time, read from the
+    /// author's chain (a binary search by Lamport timestamp, which grows along a chain);
+    /// `None` if that op is no longer stored.
+    pub fn story_creation(&self, id: &StoryId) -> Result<Creation, Error> {
+        let rec = self.record(id)?;
+        let (stamp, op_id) = rec
+            .created
+            .ok_or_else(|| Error::NotFound(format!("story {id} not found")))?;
+        let mut at = None;
+        if let Some(author) = self.state.authors.get(&stamp.author) {
+            let (mut lo, mut hi) = (1u64, author.head_seq);
+            while lo <= hi {
+                let mid = lo + (hi - lo) / 2;
+                let Some(op) = oplog::read_op(&self.db, author.idx, mid)? else {
+                    break;
+                };
+                let c = op.content();
+                match c.lamport.cmp(&stamp.lamport) {
+                    std::cmp::Ordering::Less => lo = mid + 1,
+                    std::cmp::Ordering::Greater => hi = mid - 1,
+                    std::cmp::Ordering::Equal => {
+                        at = (op.id() == op_id).then_some(c.wall);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(Creation {
+            op_id,
+            author: stamp.author,
+            lamport: stamp.lamport,
+            at,
+        })
     }
 
     /// This node's execution state for a story... or any node's.
