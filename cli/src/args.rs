@@ -255,7 +255,7 @@ pub(crate) enum StoryCmd {
         /// Story id.
         id: String,
     },
-    /// List stories sorted by id.
+    /// List stories in the natural order of their ids (1_a before 10_b).
     #[command(after_help = "Example:\n  huskies story list --stage merge")]
     List {
         // Help: "Only this stage: <the core's StageKind names>".
