@@ -174,7 +174,7 @@ impl Node<SledStore> {
     ///
     /// A restored node knows only what the export held. If it kept writing after the export
     /// and peers hold those ops, it must sync with them before it writes again (the sync
-    /// handshake sends them back, [`crate::sync::SessionEvent::BehindOwnChain`]): writing
+    /// handshake sends them back, reporting `SessionEvent::BehindOwnChain`): writing
     /// first would reuse sequence numbers and fork its chain.
     pub fn restore<R: Read + Seek>(
         root: &std::path::Path,
