@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use huskies_core::{EventKind, StageKind};
+use huskies_core::{EventKind, StageKind, MERGE_FAILURE_KINDS};
 use serde_json::json;
 
 use crate::render::{Rendered, EXIT_USAGE};
@@ -49,6 +49,7 @@ impl Commands {
         matches!(
             self,
             Commands::Init { .. }
+                | Commands::Inspect { .. }
                 | Commands::Demo
                 | Commands::Bench { .. }
                 | Commands::Completions { .. }
@@ -67,15 +68,29 @@ pub(crate) enum ColorChoice {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum Commands {
-    /// Create a home and a node key; start a new cluster, or join one with a ticket.
-    #[command(after_help = "Example:\n  huskies init --cluster-name acme --label build-1")]
+    /// Create a home and a node key; start a new cluster, join one with a ticket, or restore
+    /// one from an export.
+    #[command(
+        after_help = "Examples:\n  huskies init --cluster-name acme --label build-1\n  \
+        huskies --home restored init --restore backup.hsk\n  \
+        huskies init --restore backup.hsk --key kept/node.key   # the node's own home, after a disk loss"
+    )]
     Init {
         /// Name of the new cluster.
         #[arg(long, default_value = "huskies")]
         cluster_name: String,
         /// Join an existing cluster with a ticket from `huskies ticket create`.
-        #[arg(long, value_name = "TICKET")]
+        #[arg(long, value_name = "TICKET", conflicts_with = "restore")]
         join: Option<String>,
+        /// Make the home from a file written by `huskies export` (the whole history of its
+        /// cluster): all of it or nothing.
+        #[arg(long, value_name = "FILE", conflicts_with = "cluster_name")]
+        restore: Option<PathBuf>,
+        /// With --restore: the node key to use (a copy of a lost home's node.key, kept
+        /// apart from it), so the home is that node again; without it the home gets a new
+        /// key and is not a member.
+        #[arg(long, value_name = "FILE", requires = "restore")]
+        key: Option<PathBuf>,
         /// A human label for this node (shown in presence).
         #[arg(long)]
         label: Option<String>,
@@ -143,9 +158,17 @@ pub(crate) enum Commands {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
-    /// Verify and merge signed ops from a file written by `huskies export`.
+    /// Verify and merge signed ops from a file written by `huskies export`. A damaged file is
+    /// refused whole; exit 1 when any op was rejected.
     #[command(after_help = "Example:\n  huskies import backup.hsk")]
     Import {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Verify a file written by `huskies export` and show its cluster, stories and history;
+    /// needs no home and changes nothing. Exit 1 when anything in it does not verify.
+    #[command(after_help = "Example:\n  huskies --json inspect backup.hsk")]
+    Inspect {
         /// The file.
         file: PathBuf,
     },
@@ -237,7 +260,7 @@ pub(crate) enum StoryCmd {
         after_help = "Example:\n  huskies story add 42_fix_login --name 'Fix login' --depends-on 41_auth"
     )]
     Add {
-        /// Story id (letters, digits, '_', '-', '.').
+        /// Story id: a letter or digit, then letters, digits, '_', '-', '.' (at most 128 bytes).
         id: String,
         /// Name.
         #[arg(long)]
@@ -284,10 +307,11 @@ pub(crate) enum StoryCmd {
         /// Merge commit (merge-succeeded).
         #[arg(long)]
         commit: Option<String>,
-        /// Failure kind (merge-conflict).
-        #[arg(long)]
+        // Help: "Failure kind (merge-conflict): <the core's MERGE_FAILURE_KINDS>".
+        #[arg(long, help = kind_help())]
         kind: Option<String>,
-        /// Reason (gates-failed, merge-conflict, merge-failed-final, block, review-hold).
+        /// Reason, required and not blank (gates-failed, merge-conflict, merge-failed-final,
+        /// block, review-hold).
         #[arg(long)]
         reason: Option<String>,
         /// The superseding story (supersede).
@@ -348,11 +372,26 @@ fn event_names() -> Names {
     Names(|| EventKind::ALL.iter().map(|k| k.as_str()).collect())
 }
 
-/// `story event`'s help: the event names come from the core's `EventKind`, never a copy.
+
+/// `--kind`'s help: the merge failure kinds come from the core's `MERGE_FAILURE_KINDS`.
+fn kind_help() -> String {
+    let kinds: Vec<&str> = MERGE_FAILURE_KINDS.iter().map(|(k, _)| *k).collect();
+    format!(
+        "Failure kind (merge-conflict; default conflict): {}",
+        kinds.join(", ")
+    )
+}
+
+/// `story event`'s help: the event names come from the core's `EventKind`, the failure
+/// kinds from `MERGE_FAILURE_KINDS`, never a copy.
 fn event_help() -> String {
     let events: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+    let kinds: String = MERGE_FAILURE_KINDS
+        .iter()
+        .map(|(k, why)| format!("\n  {k:<9} {why}"))
+        .collect();
     format!(
-        "Events: {}\n\n\
+        "Events: {}\n\nMerge failure kinds (merge-conflict --kind):{kinds}\n\n\
         Examples:\n  huskies story event 42_fix_login gates-passed --branch feature/42 --commits 3\n  \
         huskies story event 42_fix_login merge-conflict --kind conflict --reason 'src/a.rs'",
         events.join(", ")
@@ -407,14 +446,8 @@ pub(crate) fn parse(argv: &[String]) -> Result<Cli, Rendered> {
                 code: 0,
             };
         }
-        let msg = e
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or("usage error")
-            .trim_start_matches("error: ")
-            .to_string();
         if json_requested {
+            let msg = usage_message(&e.render().to_string());
             Rendered {
                 stdout: format!(
                     "{}\n",
@@ -458,5 +491,40 @@ fn usage_colour(argv: &[String]) -> bool {
         "always" => true,
         "never" => false,
         _ => crate::render::no_color_unset() && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+/// A clap error as one line for `--json`: its first paragraph (which may run over several
+/// lines, e.g. the list of missing arguments) joined, and the usage line, without the
+/// "For more information" hint. Human mode prints clap's own rendering instead.
+fn usage_message(rendered: &str) -> String {
+    let mut paragraphs = rendered.split("\n\n").map(|p| {
+        p.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let first = paragraphs.next().unwrap_or_default();
+    let mut msg = first.trim_start_matches("error: ").to_string();
+    if msg.is_empty() {
+        msg = "usage error".into();
+    }
+    if let Some(usage) = paragraphs.find(|p| p.starts_with("Usage: ")) {
+        msg = format!("{msg}; usage: {}", usage.trim_start_matches("Usage: "));
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usage_message;
+
+    #[test]
+    fn a_usage_message_keeps_every_line_of_the_error_and_the_usage() {
+        let rendered = "error: the following required arguments were not provided:\n  <FILE>\n\n\
+            Usage: huskies import <FILE>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_message(rendered),
+            "the following required arguments were not provided: <FILE>; usage: huskies import <FILE>"
+        );
+        assert_eq!(usage_message(""), "usage error");
     }
 }

@@ -176,16 +176,26 @@ pub(crate) fn run(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Option<Out>, Cli
             let show = progress_enabled(cli) && slot.health().is_none();
             let node = slot.get(cli)?;
             let bar = progress::bar(show, 0, "importing");
-            // One bundle of the stream in memory at a time.
+            // One bundle of the stream in memory at a time; the whole file is checked
+            // before anything of it is stored (a damaged file is refused whole).
             let mut input = std::io::BufReader::new(input);
-            let report = node.import_reader(&mut input, |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })?;
+            let report = node
+                .import_checked(&mut input, |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .map_err(|e| match e {
+                    // The whole file is checked before any of it is stored.
+                    huskies_core::Error::InvalidArgument(why) => {
+                        CliError::usage(format!("{}: {why}; nothing was imported", file.display()))
+                    }
+                    other => other.into(),
+                })?;
             bar.finish_and_clear();
             render::imported(&report)
         }
         Commands::Init { .. }
+        | Commands::Inspect { .. }
         | Commands::Demo
         | Commands::Bench { .. }
         | Commands::Completions { .. }

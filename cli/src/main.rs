@@ -8,6 +8,7 @@
 
 mod agent;
 mod args;
+mod backup;
 mod bench;
 mod config;
 mod demo;
@@ -35,6 +36,11 @@ use crate::render::{emit, render};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // `HUSKIES_HOME=` (set but empty) means "not set", as for any other unset default;
+    // clap would refuse the empty value instead. Done first, while this is the only thread.
+    if std::env::var_os("HUSKIES_HOME").is_some_and(|v| v.is_empty()) {
+        std::env::remove_var("HUSKIES_HOME");
+    }
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let cli = match parse(&argv) {
         Ok(cli) => cli,

@@ -517,28 +517,68 @@ pub(crate) fn imported(report: &IngestReport) -> Out {
             })
         })
         .collect();
+    let reasons = rejection_counts(&report.rejected);
     let text = format!(
         "imported {} new ops ({} already held, {} waiting for predecessors, {} rejected)\n{}",
         report.applied,
         report.duplicates,
         report.buffered,
         report.rejected.len(),
-        report
-            .rejected
+        reasons
             .iter()
-            .map(|r| format!("  rejected: {}\n", esc(&r.reason.to_string())))
+            .map(|(_, reason, n)| format!("  rejected: {n} \u{d7} {}\n", esc(reason)))
             .collect::<String>()
     );
     Out::new(
         text,
         json!({
+            "ok": report.rejected.is_empty(),
             "applied": report.applied,
             "duplicates": report.duplicates,
             "buffered": report.buffered,
             "rejected": rejected,
+            "rejected_reasons": reasons
+                .iter()
+                .map(|(code, reason, n)| json!({ "code": code, "reason": reason, "count": n }))
+                .collect::<Vec<_>>(),
             "forks": report.forks.iter().map(|f| f.to_hex()).collect::<Vec<_>>(),
         }),
     )
+}
+
+/// Rejections grouped by reason code, in the order each code first appears:
+/// `(code, message, count)`, where the message is the group's own when all its ops share
+/// it, else the first one's, marked as an example. Seven ops of another cluster are one
+/// line, not seven.
+pub(crate) fn rejection_counts(rejected: &[huskies_core::Rejection]) -> Vec<(&'static str, String, usize)> {
+    let mut groups: Vec<(&'static str, String, usize, bool)> = Vec::new();
+    let mut index: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for r in rejected {
+        let code = r.reason.code();
+        let reason = r.reason.to_string();
+        match index.get(code) {
+            Some(&i) => {
+                let group = &mut groups[i];
+                group.2 += 1;
+                group.3 &= group.1 == reason;
+            }
+            None => {
+                index.insert(code, groups.len());
+                groups.push((code, reason, 1, true));
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(code, reason, n, same)| {
+            let reason = if same {
+                reason
+            } else {
+                format!("{code}, e.g. {reason}")
+            };
+            (code, reason, n)
+        })
+        .collect()
 }
 
 /// `ticket create`.

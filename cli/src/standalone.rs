@@ -1,4 +1,4 @@
-//! Commands that never run inside a daemon: init, daemon, demo, bench, completions.
+//! Commands that never run inside a daemon: init, inspect, daemon, demo, bench, completions.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,13 +20,16 @@ pub(crate) fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
         Commands::Init {
             cluster_name,
             join,
+            restore,
+            key,
             label,
         } => {
             let root = cli.home.clone().unwrap_or_else(|| PathBuf::from(".huskies"));
             let label = label.clone().unwrap_or_else(default_label);
-            let out = match join {
-                None => init_new(&root, cluster_name, &label)?,
-                Some(ticket) => init_join(cli, &root, ticket, &label)?,
+            let out = match (join, restore) {
+                (Some(ticket), _) => init_join(cli, &root, ticket, &label)?,
+                (None, Some(file)) => crate::backup::init_restore(&root, file, key.as_deref(), &label)?,
+                (None, None) => init_new(&root, cluster_name, &label)?,
             };
             let mut file = config::load(&root)?;
             file.daemon.label = Some(label);
@@ -75,6 +78,7 @@ pub(crate) fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
             )?;
             return Ok(None);
         }
+        Commands::Inspect { file } => crate::backup::inspect(file)?,
         Commands::Demo => {
             let report = demo::run(&demo::DemoOptions {
                 silent: cli.quiet || cli.json,

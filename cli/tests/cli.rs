@@ -357,7 +357,10 @@ fn export_and_import_move_signed_ops() {
     ok_json(&other, &["init", "--cluster-name", "other"]);
     let good = dir.path().join("good.hsk");
     ok_json(&home, &["export", "--out", good.to_str().unwrap()]);
-    let i = ok_json(&other, &["import", good.to_str().unwrap()]);
+    // ... and exits 1: an import that rejected ops did not do its job.
+    let out = huskies(&other, &["--json", "import", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let i = json(&out);
     assert_eq!(i["applied"], 0);
     assert_eq!(i["rejected"].as_array().unwrap().len(), 3);
     assert!(i["rejected"][0]["reason"].as_str().unwrap().contains("cluster"));

@@ -118,6 +118,20 @@ impl Home {
     }
 }
 
+/// Removes what creating a home at `root` made (after a failed restore, with its `Node`
+/// dropped): the whole directory when it did not exist before (`existed` false), else only
+/// the home's own files, so a directory the user made keeps what else it held.
+pub(crate) fn remove_made(root: &Path, existed: bool) {
+    if !existed {
+        let _ = fs::remove_dir_all(root);
+        return;
+    }
+    let _ = fs::remove_dir_all(root.join(STORE_DIR));
+    for file in [KEY_FILE, NEXT_KEY_FILE, MARK_FILE, LOCK_FILE] {
+        let _ = fs::remove_file(root.join(file));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

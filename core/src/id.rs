@@ -66,7 +66,9 @@ hex_id!(
 pub const MAX_STORY_ID_LEN: usize = 128;
 
 /// A story id such as `42_fix_login`: 1 to [`MAX_STORY_ID_LEN`] bytes of ASCII letters,
-/// digits, `_`, `-` and `.`, so it is safe in file names, URLs and shell scripts.
+/// digits, `_`, `-` and `.`, so it is safe in file names, URLs and shell scripts. A story
+/// created by a local command must also start with a letter or a digit (never `.`, `..`
+/// or `-x`); ids that arrive in ops from peers are held to the first rule only.
 ///
 /// Shared text: records, events and payloads each hold the id, and a clone only counts a
 /// reference.
@@ -91,6 +93,28 @@ impl StoryId {
             ));
         }
         Ok(())
+    }
+
+    /// The stricter grammar for the id of a story created by a local command: it must also
+    /// start with a letter or a digit, so that it is never `.`, `..`, a hidden file name or
+    /// something a shell or an argument parser reads as an option (`-x`). In all:
+    /// `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most [`MAX_STORY_ID_LEN`] bytes. Ids in ops from
+    /// peers are held only to [`StoryId::check`] (an op's validity must not depend on the
+    /// version judging it).
+    pub(crate) fn check_new(&self) -> Result<(), String> {
+        match self.0.chars().next() {
+            Some(c) if c.is_ascii_alphanumeric() => Ok(()),
+            _ => Err(format!(
+                "story id {:?} must start with a letter or a digit (then letters, digits, '_', '-' and '.')",
+                self.as_str()
+            )),
+        }
+    }
+
+    /// A valid id standing for any story, where only the shape of a value matters (the
+    /// pipeline's `allowed_events` tries each event with placeholder arguments).
+    pub(crate) fn placeholder() -> Self {
+        Self("x".into())
     }
 
     /// Wraps text that passed [`StoryId::check`].

@@ -2,7 +2,16 @@
 //! decoded once and ingested in bounded chunks, with progress after each, and the chunks'
 //! reports are merged into one.
 
-use crate::{decode_bundle, read_bundle, split_bundles, Error, IngestReport, Node, Rejection, Store};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom};
+
+use rand_core::CryptoRngCore;
+
+use crate::home::remove_made;
+use crate::{
+    decode_bundle, read_bundle, split_bundles, verify_ops, ClusterId, Error, IngestReport, InitMode, Node,
+    NodeConfig, NodeKey, Payload, Rejection, SledStore, Store, Timestamp,
+};
 
 /// Ops per ingest call when importing a bundle. Bounds the verified ops held at once (a
 /// bundle can hold a whole cluster's history) and sets how often progress is reported.
@@ -29,7 +38,83 @@ impl IngestReport {
     }
 }
 
+/// What [`check_bundle_stream`] found in an intact bundle stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BundleCheck {
+    /// Bundles in the stream.
+    pub bundles: u64,
+    /// Ops in the stream (every one decodes and carries a good signature).
+    pub ops: u64,
+    /// The cluster founded by a genesis op in the stream, and its name (an export of a
+    /// whole history holds one).
+    pub genesis: Option<(ClusterId, String)>,
+    /// How many ops name each cluster.
+    pub clusters: BTreeMap<ClusterId, u64>,
+}
+
+impl BundleCheck {
+    /// The cluster the stream belongs to: its genesis op's, else the one cluster all its
+    /// ops name; `None` when it holds no op or ops of several clusters and no genesis.
+    pub fn cluster(&self) -> Option<ClusterId> {
+        if let Some((cluster, _)) = &self.genesis {
+            return Some(*cluster);
+        }
+        match self.clusters.keys().collect::<Vec<_>>()[..] {
+            [only] => Some(*only),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a whole bundle stream from `r` without storing anything: the framing of every
+/// bundle, and that every op decodes and carries a good signature. One flipped byte
+/// anywhere makes it an `invalid_argument` error that says where, so a caller can refuse a
+/// damaged file before it imports any of it ([`Node::import_checked`]). Reads one bundle
+/// at a time (bounded memory). What the ops say (membership, chains, clusters) is judged
+/// by ingest, not here.
+pub fn check_bundle_stream(r: &mut impl Read) -> Result<BundleCheck, Error> {
+    let mut check = BundleCheck::default();
+    let mut keys = HashMap::new();
+    let damaged = |bundle: u64, op: usize, why: String| {
+        Error::InvalidArgument(format!("the bundle is damaged: op {op} of bundle {bundle} {why}"))
+    };
+    while let Some(bytes) = read_bundle(r)? {
+        let bundle = check.bundles;
+        let mut decoded = Vec::new();
+        for (i, op) in decode_bundle(&bytes)?.into_iter().enumerate() {
+            decoded.push(op.map_err(|e| damaged(bundle, i, format!("does not decode ({e})")))?);
+        }
+        for (i, op) in verify_ops(decoded, &mut keys).into_iter().enumerate() {
+            let op = op.map_err(|(_, e)| damaged(bundle, i, format!("fails its signature check ({e})")))?;
+            let content = op.content();
+            *check.clusters.entry(content.cluster).or_default() += 1;
+            if let Payload::Genesis { name, .. } = &content.payload {
+                check.genesis.get_or_insert((content.cluster, name.clone()));
+            }
+            check.ops += 1;
+        }
+        check.bundles += 1;
+    }
+    Ok(check)
+}
+
 impl<S: Store> Node<S> {
+    /// Imports a bundle stream that is checked whole first ([`check_bundle_stream`]), then
+    /// rewound and imported ([`Node::import_reader`]): a damaged file is refused with
+    /// nothing stored, and memory stays bounded by one bundle. Ops that are intact but
+    /// not valid here (another cluster's, a non-member's) are the report's `rejected`.
+    pub fn import_checked<R: Read + Seek>(
+        &mut self,
+        r: &mut R,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<IngestReport, Error> {
+        let io = |e: std::io::Error| Error::io("rewinding the bundle", e);
+        let start = r.stream_position().map_err(io)?;
+        check_bundle_stream(r)?;
+        r.seek(SeekFrom::Start(start)).map_err(io)?;
+        self.import_reader(r, progress)
+    }
+
     /// Decodes a bundle (see [`crate::encode_bundle`]), or a bundle stream (bundles back to
     /// back, as `huskies export` writes them), and ingests it in chunks of
     /// [`IMPORT_CHUNK_OPS`], calling `progress(ops_ingested, ops_in_input)` once the
@@ -73,6 +158,70 @@ impl<S: Store> Node<S> {
         }
         report.buffered = self.buffered_ops();
         Ok(report)
+    }
+}
+
+impl Node<SledStore> {
+    /// Makes a new home at `root` from a whole export (`huskies export`, a bundle stream
+    /// holding the cluster's genesis): the stream is checked ([`check_bundle_stream`]), a
+    /// home of its cluster is created and every op imported. With `key`, the home takes that
+    /// node key — the node's own, kept apart from the lost home — and so is that node again
+    /// (the key must be a member in the export); without, it gets a new key and is a copy
+    /// of the cluster's state that is not a member.
+    ///
+    /// All or nothing: when the stream is damaged, holds no genesis, any op is rejected or
+    /// the key is not a member, the half-made home is removed and the error says why.
+    ///
+    /// A restored node knows only what the export held. If it kept writing after the export
+    /// and peers hold those ops, it must sync with them before it writes again (the sync
+    /// handshake sends them back, reporting `SessionEvent::BehindOwnChain`): writing
+    /// first would reuse sequence numbers and fork its chain.
+    pub fn restore<R: Read + Seek>(
+        root: &std::path::Path,
+        r: &mut R,
+        key: Option<NodeKey>,
+        rng: &mut impl CryptoRngCore,
+        now: Timestamp,
+        config: NodeConfig,
+    ) -> Result<(Node, IngestReport), Error> {
+        let io = |e: std::io::Error| Error::io("rewinding the bundle", e);
+        let start = r.stream_position().map_err(io)?;
+        let check = check_bundle_stream(r)?;
+        let Some((cluster, _)) = check.genesis else {
+            return Err(Error::InvalidArgument(
+                "the bundle holds no genesis op: it is not a whole export of a cluster (`huskies export` writes one)"
+                    .into(),
+            ));
+        };
+        r.seek(SeekFrom::Start(start)).map_err(io)?;
+        let existed = root.exists();
+        let with_key = key.is_some();
+        let key = key.unwrap_or_else(|| NodeKey::generate(rng));
+        let own = key.node_id();
+        let mut node = Node::init_with_key(root, InitMode::Join { cluster }, key, rng, now, config)?;
+        let imported = node.import_reader(r, |_, _| {}).and_then(|report| {
+            if let Some(first) = report.rejected.first() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} op(s) of the bundle were rejected (first: {}); nothing was restored",
+                    report.rejected.len(),
+                    first.reason
+                )));
+            }
+            if with_key && node.members().iter().all(|m| m.node != own || m.removed) {
+                return Err(Error::InvalidArgument(format!(
+                    "the key is node {own}'s, which is not a member of cluster {cluster} in this bundle"
+                )));
+            }
+            Ok(report)
+        });
+        match imported {
+            Ok(report) => Ok((node, report)),
+            Err(e) => {
+                drop(node);
+                remove_made(root, existed);
+                Err(e)
+            }
+        }
     }
 }
 

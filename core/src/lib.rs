@@ -89,7 +89,7 @@ pub use event::{Event, Subscription, TransitionEvent};
 pub use execution::{apply_execution_event, ExecutionEvent, ExecutionState, InvalidExecutionEvent};
 pub use export::{ExportChunks, EXPORT_BUNDLE_BYTES};
 pub use id::{ClusterId, NodeId, OpId, StoryId, MAX_STORY_ID_LEN};
-pub use import::IMPORT_CHUNK_OPS;
+pub use import::{check_bundle_stream, BundleCheck, IMPORT_CHUNK_OPS};
 pub use key::NodeKey;
 pub use keyspace::STORE_FORMAT_VERSION;
 pub use node::{Command, IngestReport, InitMode, Node, NodeConfig, Receipt, Rejection};
@@ -100,8 +100,8 @@ pub use op::{
 pub use oplog::SEGMENT_MAX_OPS;
 pub use payload::{Payload, Role, StoryField, MAX_BODY_BYTES, MAX_DEPENDS_ON, MAX_TEXT_BYTES, MAX_TTL_SECS};
 pub use pipeline::{
-    transition, ArchiveReason, EventArgError, EventArgs, EventKind, InvalidTransition, PipelineEvent, Stage,
-    StageKind, UnknownEvent, UnknownStage,
+    allowed_events, is_merge_failure_kind, transition, ArchiveReason, EventArgError, EventArgs, EventKind,
+    InvalidTransition, PipelineEvent, Stage, StageKind, UnknownEvent, UnknownStage, MERGE_FAILURE_KINDS,
 };
 pub use policy::{policy_actions, policy_leader, PolicyAction, PolicyConfig, PolicyDue, PolicySchedule};
 pub use projection::{Lease, Stamp};

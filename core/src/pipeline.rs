@@ -520,12 +520,68 @@ pub enum EventArgError {
 
 /// An event that the table does not allow from the given stage.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("event {event} is not allowed from stage {from}")]
+#[error("event {event} is not allowed from stage {from}; {}", allowed_text(allowed))]
 pub struct InvalidTransition {
     /// The stage the story was in.
     pub from: StageKind,
     /// The refused event's name.
     pub event: &'static str,
+    /// The events the table does accept from that stage ([`allowed_events`]), so that the
+    /// refusal can say what would have worked.
+    pub allowed: Vec<EventKind>,
+}
+
+/// "events allowed from it: a, b" (or that none are), for [`InvalidTransition`]'s message.
+fn allowed_text(allowed: &[EventKind]) -> String {
+    if allowed.is_empty() {
+        return "no event moves a story on from there".into();
+    }
+    let names: Vec<&str> = allowed.iter().map(|k| k.as_str()).collect();
+    format!("events allowed from it: {}", names.join(", "))
+}
+
+/// The failure kinds a local `merge-conflict` may name (the `kind` of
+/// [`PipelineEvent::MergeConflict`] and of the `merge_failure` stage), with what each
+/// means. The one list: the CLI's help and `docs/cli.md` print it, and
+/// [`crate::Node::execute`] refuses another kind. Ops from peers are not held to it (an
+/// op's validity must not depend on the version that judges it).
+pub const MERGE_FAILURE_KINDS: [(&str, &str); 5] = [
+    ("conflict", "the branch does not merge cleanly"),
+    ("hook", "a merge or push hook refused the merge"),
+    ("gates", "checks run on the merged result failed"),
+    (
+        "push",
+        "the merged result could not be pushed (e.g. the target moved)",
+    ),
+    ("other", "anything else; say what in the reason"),
+];
+
+/// Whether `kind` is one of [`MERGE_FAILURE_KINDS`].
+pub fn is_merge_failure_kind(kind: &str) -> bool {
+    MERGE_FAILURE_KINDS.iter().any(|(k, _)| *k == kind)
+}
+
+/// The events [`transition`] accepts from `from`, in the contract's order: computed from
+/// the table itself (each event kind tried with placeholder arguments; no arm of the table
+/// looks at an event's fields), so it can never disagree with it.
+pub fn allowed_events(from: &Stage) -> Vec<EventKind> {
+    let placeholder = EventArgs {
+        branch: Some(String::new()),
+        commits: Some(1),
+        commit: Some(String::new()),
+        kind: Some(String::new()),
+        reason: Some(String::new()),
+        by: Some(StoryId::placeholder()),
+    };
+    EventKind::ALL
+        .into_iter()
+        .filter(|k| {
+            let event = k
+                .with_args(placeholder.clone())
+                .expect("the placeholder arguments make every event");
+            table(from, &event, Timestamp::from_millis(0)).is_some()
+        })
+        .collect()
 }
 
 /// The transition table. `at` is the wall time recorded in `Done` and `Archived`.
@@ -534,6 +590,15 @@ pub struct InvalidTransition {
 /// format 3, `record.rs`): changing the result of a pair the table accepts changes what
 /// stored records mean, so it takes a new store format.
 pub fn transition(from: &Stage, event: &PipelineEvent, at: Timestamp) -> Result<Stage, InvalidTransition> {
+    table(from, event, at).ok_or_else(|| InvalidTransition {
+        from: from.kind(),
+        event: event.name(),
+        allowed: allowed_events(from),
+    })
+}
+
+/// The table itself: the stage `event` moves `from` to, or `None` when it is not allowed.
+fn table(from: &Stage, event: &PipelineEvent, at: Timestamp) -> Option<Stage> {
     use PipelineEvent as E;
     use Stage as S;
     let archived = |reason| S::Archived {
@@ -603,14 +668,9 @@ pub fn transition(from: &Stage, event: &PipelineEvent, at: Timestamp) -> Result<
             | E::Abandon
             | E::Supersede { .. }
             | E::ReviewHold { .. },
-        ) => {
-            return Err(InvalidTransition {
-                from: from.kind(),
-                event: event.name(),
-            })
-        }
+        ) => return None,
     };
-    Ok(next)
+    Some(next)
 }
 
 #[cfg(test)]
@@ -783,6 +843,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `allowed_events` is the table read back: for every stage, exactly the events whose
+    /// transition succeeds, and a refusal carries that list in its message.
+    #[test]
+    fn allowed_events_are_the_tables_and_refusals_name_them() {
+        let at = Timestamp::from_millis(9);
+        for from in all_stages() {
+            let expected: Vec<EventKind> = all_events()
+                .iter()
+                .filter(|e| transition(&from, e, at).is_ok())
+                .map(PipelineEvent::kind)
+                .collect();
+            let mut sorted = expected.clone();
+            sorted.sort_by_key(|k| EventKind::ALL.iter().position(|a| a == k));
+            assert_eq!(allowed_events(&from), sorted, "{from:?}");
+        }
+        let err = transition(&Stage::Backlog, &PipelineEvent::Accepted, at).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "event accepted is not allowed from stage backlog; events allowed from it: deps-met, \
+             block, abandon, supersede, review-hold"
+        );
+        let archived = Stage::Archived {
+            archived_at: at,
+            reason: ArchiveReason::Completed,
+        };
+        let err = transition(&archived, &PipelineEvent::Accepted, at).unwrap_err();
+        assert!(err.allowed.is_empty());
+        assert!(
+            err.to_string().ends_with("no event moves a story on from there"),
+            "{err}"
+        );
     }
 
     #[test]

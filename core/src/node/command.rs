@@ -13,7 +13,7 @@ use crate::keyspace as key;
 use crate::merge::{require_admin, usable_key, Working};
 use crate::op::{rotation_proof, SignedOp};
 use crate::payload::{Payload, Role, StoryField};
-use crate::pipeline::{transition, PipelineEvent};
+use crate::pipeline::{is_merge_failure_kind, transition, PipelineEvent, MERGE_FAILURE_KINDS};
 use crate::projection::{Lease, StoryRecord};
 use crate::storage::{Store, WriteBatch};
 use crate::time::Timestamp;
@@ -23,7 +23,8 @@ use crate::time::Timestamp;
 pub enum Command {
     /// New story in the backlog.
     ///
-    /// Refused locally (nothing is signed): an id already used, an empty or blank `name`
+    /// Refused locally (nothing is signed): an id already used, an id that does not start
+    /// with a letter or a digit (`invalid_argument`; see [`StoryId`]), an empty or blank `name`
     /// (`invalid_argument`), a dependency that is not a live story on this node
     /// (`not_found`) or the story itself. An op from a peer is accepted whatever its
     /// dependencies and name say: a dependency may simply not have reached this node yet,
@@ -48,6 +49,13 @@ pub enum Command {
         field: StoryField,
     },
     /// Apply a pipeline event.
+    ///
+    /// Refused locally besides what the transition table refuses (`invalid_transition`,
+    /// naming the events allowed from the story's stage): a blank reason on an event that
+    /// records one, a `merge-conflict` kind outside [`crate::MERGE_FAILURE_KINDS`]
+    /// (`invalid_argument`), and a `supersede` by the story itself (`invalid_argument`) or
+    /// by a story that is not live on this node (`not_found`). Ops from peers are not held
+    /// to these, as for [`Command::AddStory`].
     Event {
         /// Story.
         id: StoryId,
@@ -246,6 +254,50 @@ impl<S: Store> Node<S> {
         Ok(())
     }
 
+    /// What a local pipeline event must say besides what the table checks: a reason where
+    /// the event records one (an archive or failure that says nothing helps nobody), a
+    /// merge-failure kind from [`MERGE_FAILURE_KINDS`], and a superseding story that is a
+    /// live story other than this one. Ops from peers are not held to it (see
+    /// [`Command::AddStory`] for why).
+    fn check_event(w: &mut Working<'_, S>, id: &StoryId, event: &PipelineEvent) -> Result<(), Error> {
+        match event {
+            PipelineEvent::GatesFailed { reason }
+            | PipelineEvent::MergeFailedFinal { reason }
+            | PipelineEvent::Block { reason }
+            | PipelineEvent::ReviewHold { reason }
+            | PipelineEvent::MergeConflict { reason, .. }
+                if reason.trim().is_empty() =>
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "event {} needs a reason (--reason): say why",
+                    event.name()
+                )));
+            }
+            PipelineEvent::MergeConflict { kind, .. } if !is_merge_failure_kind(kind) => {
+                let kinds: Vec<&str> = MERGE_FAILURE_KINDS.iter().map(|(k, _)| *k).collect();
+                return Err(Error::InvalidArgument(format!(
+                    "unknown merge failure kind {kind:?}; kinds are: {}",
+                    kinds.join(", ")
+                )));
+            }
+            PipelineEvent::Supersede { by } => {
+                if by == id {
+                    return Err(Error::InvalidArgument(format!(
+                        "story {id} cannot supersede itself"
+                    )));
+                }
+                Self::visible_story(w, by).map_err(|e| match e {
+                    Error::NotFound(why) => {
+                        Error::NotFound(format!("story {id} cannot be superseded by {by}: {why}"))
+                    }
+                    other => other,
+                })?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn my_role(&self, w: &Working<'_, S>) -> Option<Role> {
         w.state.members.get(&self.node_id()).and_then(|m| m.role())
     }
@@ -269,6 +321,7 @@ impl<S: Store> Node<S> {
                     };
                     return Err(Error::AlreadyExists(format!("story {id} {what}")));
                 }
+                id.check_new().map_err(Error::InvalidArgument)?;
                 check_name(&name)?;
                 Self::check_depends_on(w, &id, &depends_on)?;
                 Payload::StoryCreate {
@@ -288,6 +341,8 @@ impl<S: Store> Node<S> {
                 Payload::StoryUpdate { story: id, field }
             }
             Command::Event { id, event } => {
+                Self::visible_story(w, &id)?;
+                Self::check_event(w, &id, &event)?;
                 let rec = Self::visible_story(w, &id)?;
                 let from = rec.stage();
                 transition(&from, &event, now).map_err(|source| Error::InvalidTransition {

@@ -140,9 +140,22 @@ impl Node<SledStore> {
         now: Timestamp,
         config: NodeConfig,
     ) -> Result<Node, Error> {
+        let key = NodeKey::generate(rng);
+        Node::init_with_key(root, mode, key, rng, now, config)
+    }
+
+    /// [`Node::init`] with a given node key (one kept from a lost home: [`Node::restore`]).
+    pub(crate) fn init_with_key(
+        root: &Path,
+        mode: InitMode,
+        key: NodeKey,
+        rng: &mut impl CryptoRngCore,
+        now: Timestamp,
+        config: NodeConfig,
+    ) -> Result<Node, Error> {
         let home = Home::create(root)?;
         let db = SledStore::open(&home.store_path())?;
-        Node::init_in(home, db, mode, rng, now, config)
+        Node::init_in(home, db, mode, key, rng, now, config)
     }
 
     /// Opens an existing home and its sled store: see [`Node::open_with_backend`].
@@ -175,18 +188,19 @@ impl<S: Store> Node<S> {
         config: NodeConfig,
     ) -> Result<Node<S>, Error> {
         let home = Home::create(root)?;
-        Node::init_in(home, backend, mode, rng, now, config)
+        let key = NodeKey::generate(rng);
+        Node::init_in(home, backend, mode, key, rng, now, config)
     }
 
     fn init_in(
         home: Home,
         db: S,
         mode: InitMode,
+        key: NodeKey,
         rng: &mut impl CryptoRngCore,
         now: Timestamp,
         config: NodeConfig,
     ) -> Result<Node<S>, Error> {
-        let key = NodeKey::generate(rng);
         let me = key.node_id();
         let (cluster, genesis) = match &mode {
             InitMode::NewCluster { name } => {

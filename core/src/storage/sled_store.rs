@@ -44,6 +44,7 @@ impl SledStore {
                     retries += 1;
                     std::thread::sleep(LOCK_RETRY_PAUSE);
                 }
+                Err(sled::Error::Corruption { at, .. }) => return Err(damaged(Some(path), at)),
                 Err(other) => return Err(Error::from(other)),
             }
         }
@@ -132,11 +133,27 @@ impl From<sled::Error> for Error {
                 context: "store write failed".into(),
                 source,
             },
-            sled::Error::Corruption { at, .. } => Error::Corrupt(format!("store is corrupt at {at:?}")),
+            sled::Error::Corruption { at, .. } => damaged(None, at),
             other => Error::Io {
                 context: "store failure".into(),
                 source: std::io::Error::other(other.to_string()),
             },
         }
     }
+}
+
+/// The error for a store sled finds damaged: which store (when known) and where, and what
+/// to do about it, since nothing can be read or written until the store is replaced.
+fn damaged(path: Option<&Path>, at: Option<sled::DiskPtr>) -> Error {
+    let which = path.map_or_else(
+        || "the store".to_string(),
+        |p| format!("the store {}", p.display()),
+    );
+    let place = at.map_or_else(String::new, |at| format!(" (at {at:?})"));
+    Error::Corrupt(format!(
+        "{which} is damaged: sled found corruption in its files{place}; nothing was changed. \
+         Run `huskies verify` if the home still opens; otherwise move the home aside and \
+         restore it from a backup (`huskies init --restore FILE --key KEYFILE`, with a copy of \
+         its node.key) or join the cluster again"
+    ))
 }

@@ -365,6 +365,11 @@ impl Sim {
                     let expected = match e.kind() {
                         ErrorKind::NotFound | ErrorKind::InvalidTransition | ErrorKind::ClaimConflict => true,
                         ErrorKind::AlreadyExists => matches!(cmd, Command::AddStory { .. }),
+                        // A local supersede names another story (the pool may draw itself).
+                        ErrorKind::InvalidArgument => matches!(
+                            cmd,
+                            Command::Event { id, event: PipelineEvent::Supersede { by } } if by == id
+                        ),
                         _ => false,
                     };
                     assert!(
