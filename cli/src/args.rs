@@ -491,6 +491,9 @@ fn usage_colour(argv: &[String]) -> bool {
         "always" => true,
         "never" => false,
         _ => crate::render::no_color_unset() && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    }
+}
+
 /// A clap error as one line for `--json`: its first paragraph (which may run over several
 /// lines, e.g. the list of missing arguments) joined, and the usage line, without the
 /// "For more information" hint. Human mode prints clap's own rendering instead.

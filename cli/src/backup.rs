@@ -130,15 +130,20 @@ pub(crate) fn inspect(file: &Path) -> Result<Out, CliError> {
         verify.forks.len()
     );
     for (_, reason, n) in &reasons {
-        text += &format!("  rejected: {n} \u{d7} {reason}\n");
+        text += &format!("  rejected: {n} \u{d7} {}\n", crate::human::esc(reason));
     }
     for p in &verify.problems {
-        text += &format!("  problem: {p}\n");
+        text += &format!("  problem: {}\n", crate::human::esc(p));
     }
-    text += &format!("\nmembers\n{}", render::members(&node.members()).text);
-    text += &format!("\nstories\n{}", render::story_list(&stories).text);
+    text += &format!("\nmembers\n{}", render::members(&node.members(), &node.nodes(t)?).text);
+    text += &format!("\nstories\n{}", render::story_list(&stories, &render::ListFilter { stage: None, conflicts: false }).text);
     for (s, h) in stories.iter().zip(&histories) {
-        text += &format!("\nhistory of {}\n{}", s.id.as_str(), render::history(h).text);
+        let created = node.story_creation(&s.id)?;
+        text += &format!(
+            "\nhistory of {}\n{}",
+            crate::human::esc(s.id.as_str()),
+            render::history(&created, h).text
+        );
     }
 
     let stories_json: Vec<Value> = stories
