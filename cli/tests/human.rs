@@ -118,7 +118,7 @@ fn fields_from_ops_are_escaped_in_every_human_view_and_exact_in_json() {
             "1_evil",
             "merge-conflict",
             "--kind",
-            "k\r",
+            "other",
             "--reason",
             CLEAR,
         ],
@@ -177,7 +177,7 @@ fn fields_from_ops_are_escaped_in_every_human_view_and_exact_in_json() {
     let s = json(&home, &["story", "show", "1_evil"]);
     assert_eq!(s["name"], FAKE_ROW);
     assert_eq!(s["stage"]["reason"], CLEAR);
-    assert_eq!(s["stage"]["failure_kind"], "k\r");
+    assert_eq!(s["stage"]["failure_kind"], "other");
     assert_eq!(s["body"], "first line\n\u{1b}[2Jsecond\u{7f} line\u{85}");
     let b = json(&home, &["story", "show", "2_blocked"]);
     assert_eq!(b["stage"]["reason"]["reason"], CLEAR);
