@@ -270,6 +270,12 @@ pub(crate) fn status(s: &StatusFacts<'_>) -> Out {
                     p.lag
                 );
             }
+            for d in &h.dial_failures {
+                text += &format!(
+                    "unreachable {} ({}): {} attempts since {}, last error: {}\n",
+                    d.address, d.severity, d.attempts, d.since, d.last_error
+                );
+            }
         }
     }
     text += "stories ";
