@@ -43,7 +43,7 @@ pub(crate) struct Cli {
         global = true,
         env = "HUSKIES_LOCK_TIMEOUT",
         value_name = "SECS",
-        default_value_t = 5.0,
+        default_value_t = DEFAULT_LOCK_TIMEOUT,
         value_parser = lock_timeout
     )]
     pub(crate) lock_timeout: f64,
@@ -308,8 +308,15 @@ pub(crate) enum StoryCmd {
     },
 }
 
-/// `--lock-timeout`: a finite, non-negative number of seconds (at most a day).
+/// `--lock-timeout`'s default, in seconds.
+const DEFAULT_LOCK_TIMEOUT: f64 = 5.0;
+
+/// `--lock-timeout`: a finite, non-negative number of seconds (at most a day). Empty (as
+/// from `HUSKIES_LOCK_TIMEOUT=`, set but empty) means the default, as if unset.
 fn lock_timeout(s: &str) -> Result<f64, String> {
+    if s.trim().is_empty() {
+        return Ok(DEFAULT_LOCK_TIMEOUT);
+    }
     match s.parse::<f64>() {
         Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => Ok(secs),
         _ => Err(format!("{s:?} is not a number of seconds from 0 to 86400")),
@@ -351,8 +358,8 @@ pub(crate) enum TicketCmd {
     /// Create a one-time join ticket (admins only). The new node runs `huskies init --join TICKET`
     /// while this node's daemon is running.
     #[command(
-        after_help = "The ticket names the address the new node dials: the running daemon's advertised address, \
-        else --address, else the [daemon] advertise of config.toml; with none of them it is refused.\n\n\
+        after_help = "The ticket names the address the new node dials: --address, else the running daemon's \
+        advertised address, else the [daemon] advertise of config.toml; with none of them it is refused.\n\n\
         Examples:\n  huskies ticket create --ttl 600\n  huskies ticket create --address ws://10.0.0.5:3001/crdt-sync"
     )]
     Create {

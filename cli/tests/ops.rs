@@ -148,6 +148,17 @@ fn a_held_home_is_waited_for_then_names_its_holder() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    // Set but empty: the default, as if unset (not a usage error for every command).
+    let started = Instant::now();
+    let out = Command::new(bin())
+        .arg("--home")
+        .arg(&home)
+        .args(["--json", "story", "list"])
+        .env("HUSKIES_LOCK_TIMEOUT", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(started.elapsed() >= Duration::from_secs(5), "the default wait");
     let (code, err, _) = err_json(&home, &["--lock-timeout", "soon", "story", "list"]);
     assert_eq!((code, err["kind"].as_str()), (2, Some("invalid_argument")));
     // Released within the timeout: the command waits and succeeds.
