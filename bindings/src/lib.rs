@@ -531,9 +531,10 @@ impl NativeNode {
         label: String,
         timeout_ms: u64,
     ) -> Result<Arc<NativeNode>, HuskiesError> {
-        let node =
-            huskies_daemon::join_home(&home(&path), &ticket, &label, Duration::from_millis(timeout_ms))?;
-        Ok(NativeNode::new(Backend::Local(Box::new(node))))
+        let ticket: huskies_core::sync::Ticket = ticket.parse()?;
+        let options = huskies_daemon::JoinOptions::new(Duration::from_millis(timeout_ms));
+        let joined = huskies_daemon::join_home(&home(&path), &ticket, &label, &options, |_, _| {})?;
+        Ok(NativeNode::new(Backend::Local(Box::new(joined.node))))
     }
 
     /// Ids, and where calls run.

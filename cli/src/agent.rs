@@ -57,7 +57,9 @@ pub(crate) fn run(cli: &Cli, opts: AgentOptions) -> Result<(), CliError> {
     let root = home::resolve(cli.home.as_deref())?;
     let root = std::fs::canonicalize(&root).unwrap_or(root);
     let file = config::load(&root)?;
-    let node = crate::standalone::open_for_daemon(&root)?;
+    huskies_daemon::check_peer_url(&opts.rendezvous)
+        .map_err(|e| CliError::usage(format!("--rendezvous: {e}")))?;
+    let node = crate::standalone::open_for_daemon(&root, crate::exec::lock_wait(cli))?;
     let label = opts
         .label
         .clone()

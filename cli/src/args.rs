@@ -39,6 +39,16 @@ pub(crate) struct Cli {
     /// More logging on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
+    /// Seconds to wait for a home another command holds before failing with home_locked.
+    #[arg(
+        long,
+        global = true,
+        env = "HUSKIES_LOCK_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = DEFAULT_LOCK_TIMEOUT,
+        value_parser = lock_timeout
+    )]
+    pub(crate) lock_timeout: f64,
     #[command(subcommand)]
     pub(crate) command: Commands,
 }
@@ -332,6 +342,21 @@ pub(crate) enum StoryCmd {
     },
 }
 
+/// `--lock-timeout`'s default, in seconds.
+const DEFAULT_LOCK_TIMEOUT: f64 = 5.0;
+
+/// `--lock-timeout`: a finite, non-negative number of seconds (at most a day). Empty (as
+/// from `HUSKIES_LOCK_TIMEOUT=`, set but empty) means the default, as if unset.
+fn lock_timeout(s: &str) -> Result<f64, String> {
+    if s.trim().is_empty() {
+        return Ok(DEFAULT_LOCK_TIMEOUT);
+    }
+    match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => Ok(secs),
+        _ => Err(format!("{s:?} is not a number of seconds from 0 to 86400")),
+    }
+}
+
 /// `--stage`'s help: the stage names come from the core's `StageKind`, never a copy.
 fn stage_help() -> String {
     let kinds: Vec<&str> = StageKind::ALL.iter().map(|k| k.as_str()).collect();
@@ -415,11 +440,18 @@ pub(crate) enum MemberCmd {
 pub(crate) enum TicketCmd {
     /// Create a one-time join ticket (admins only). The new node runs `huskies init --join TICKET`
     /// while this node's daemon is running.
-    #[command(after_help = "Example:\n  huskies ticket create --ttl 600")]
+    #[command(
+        after_help = "The ticket names the address the new node dials: --address, else the running daemon's \
+        advertised address, else the [daemon] advertise of config.toml; with none of them it is refused.\n\n\
+        Examples:\n  huskies ticket create --ttl 600\n  huskies ticket create --address ws://10.0.0.5:3001/crdt-sync"
+    )]
     Create {
         /// Seconds the ticket stays valid.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// The address the new node dials (this node's daemon, e.g. ws://10.0.0.5:3001/crdt-sync).
+        #[arg(long, value_name = "URL")]
+        address: Option<String>,
     },
 }
 

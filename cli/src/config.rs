@@ -106,23 +106,6 @@ pub fn save(home: &Path, config: &FileConfig) -> Result<(), CliError> {
     })
 }
 
-impl FileConfig {
-    /// The listen address (default 127.0.0.1:3001).
-    pub fn listen(&self) -> SocketAddr {
-        self.daemon
-            .listen
-            .unwrap_or_else(|| huskies_daemon::DaemonConfig::default().listen)
-    }
-
-    /// The address other nodes dial: `advertise`, else derived from `listen`.
-    pub fn advertise_address(&self) -> String {
-        self.daemon
-            .advertise
-            .clone()
-            .unwrap_or_else(|| format!("ws://{}/crdt-sync", self.listen()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

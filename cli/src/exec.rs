@@ -42,7 +42,7 @@ impl NodeSlot<'_> {
             NodeSlot::Direct(slot) => {
                 if slot.is_none() {
                     let root = home::resolve(cli.home.as_deref())?;
-                    *slot = Some(Box::new(Node::open(&root, NodeConfig::default())?));
+                    *slot = Some(Box::new(home::open_waiting(&root, lock_wait(cli))?));
                 }
                 Ok(slot.as_mut().expect("opened"))
             }
@@ -67,6 +67,11 @@ impl NodeSlot<'_> {
             NodeSlot::Direct(_) => None,
         }
     }
+}
+
+/// How long a command waits for a home held by another command (`--lock-timeout`).
+pub(crate) fn lock_wait(cli: &Cli) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(cli.lock_timeout)
 }
 
 /// Progress bars on stderr: only for a person watching a terminal.
@@ -201,17 +206,42 @@ pub(crate) fn run(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Option<Out>, Cli
         | Commands::Completions { .. }
         | Commands::Daemon { .. }
         | Commands::Agent { .. } => return Err(CliError::usage("this command does not run inside a daemon")),
-        Commands::Ticket(TicketCmd::Create { ttl }) => {
-            let address = match slot.health() {
-                Some(h) => h.address.clone(),
-                None => config::load(&home::resolve(cli.home.as_deref())?)?.advertise_address(),
-            };
+        Commands::Ticket(TicketCmd::Create { ttl, address }) => {
+            let address = ticket_address(cli, slot, address.as_deref())?;
             let node = slot.get(cli)?;
             let ticket = node.create_ticket(now(), *ttl, address.clone(), &mut rand_core::OsRng)?;
             render::ticket(&ticket, &address)
         }
     };
     Ok(Some(out))
+}
+
+/// The address a join ticket names: `--address`, else the running daemon's advertised
+/// address, else the `[daemon] advertise` of `config.toml`. Never a default: a ticket that
+/// names an address nobody of this cluster listens on sends the new node to whatever
+/// answers there.
+fn ticket_address(cli: &Cli, slot: &NodeSlot<'_>, given: Option<&str>) -> Result<String, CliError> {
+    let checked = |url: String, source: &str| {
+        huskies_daemon::check_peer_url(&url)
+            .map(|()| url)
+            .map_err(|e| CliError::usage(format!("{source}: {e}")))
+    };
+    if let Some(url) = given {
+        return checked(url.to_string(), "--address");
+    }
+    if let Some(h) = slot.health() {
+        return Ok(h.address.clone());
+    }
+    let root = home::resolve(cli.home.as_deref())?;
+    match config::load(&root)?.daemon.advertise {
+        Some(url) => checked(url, "[daemon] advertise in config.toml"),
+        None => Err(CliError::usage(format!(
+            "no daemon is running on {} to name in the ticket: start `huskies daemon` (the ticket then \
+             names its advertised address), or give --address ws://HOST:PORT/crdt-sync, the address \
+             where this node's daemon will listen when the ticket is redeemed",
+            root.display()
+        ))),
+    }
 }
 
 /// The label a new node gets when none is given: the host name.

@@ -61,7 +61,23 @@ fn main() -> ExitCode {
         None => {
             let mut slot = NodeSlot::Direct(None);
             let r = run(&cli, &mut slot);
+            // A daemon that started while this command waited for the home owns it now:
+            // run the command there (nothing ran here: the home was never opened).
+            if matches!(&r, Err(e) if e.kind == "home_locked") && !reads_stdin(&cli.command) {
+                if let Some(routed) = route::through_daemon(&cli, &root, &argv) {
+                    return emit(routed);
+                }
+            }
             emit(render(&cli, r))
         }
     }
+}
+
+/// Whether the command has consumed this process's standard input (`--body-file -`), so it
+/// cannot be handed on once more.
+fn reads_stdin(command: &Commands) -> bool {
+    matches!(
+        command,
+        Commands::Story(args::StoryCmd::Add { body_file: Some(f), .. }) if f.as_os_str() == "-"
+    )
 }

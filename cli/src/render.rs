@@ -345,6 +345,12 @@ pub(crate) fn status(s: &StatusFacts<'_>) -> Out {
                     human::count(usize::try_from(p.lag).unwrap_or(usize::MAX), "op")
                 );
             }
+            for d in &h.dial_failures {
+                text += &format!(
+                    "unreachable {} ({}): {} attempts since {}, last error: {}\n",
+                    d.address, d.severity, d.attempts, d.since, d.last_error
+                );
+            }
         }
     }
     text += "stories ";

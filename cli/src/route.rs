@@ -21,7 +21,6 @@ pub(crate) fn through_daemon(cli: &Cli, root: &Path, argv: &[String]) -> Option<
         Err(e) => return Some(render(cli, Err(e))),
     };
     let request = ControlRequest { argv, stdin };
-    let json = cli.json;
     let response = huskies_daemon::control_request(root, &request, |chunk| {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
@@ -42,19 +41,69 @@ pub(crate) fn through_daemon(cli: &Cli, root: &Path, argv: &[String]) -> Option<
             stderr: resp.stderr,
             code: resp.code as u8,
         },
-        Err(e) => {
-            let message = format!("the daemon owning {} did not answer: {e}", root.display());
-            Rendered {
-                stdout: if json {
-                    format!("{}\n", json!({ "error": { "kind": "io", "message": message } })).into_bytes()
-                } else {
-                    Vec::new()
-                },
-                stderr: format!("huskies: {message}\n"),
-                code: crate::render::EXIT_ENV,
-            }
-        }
+        Err(e) => no_answer(cli, root, &e),
     })
+}
+
+/// The daemon gave no response. A request it never received whole ran nothing (`io`). A
+/// request it received may have run: a command that changes state then has an **unknown**
+/// outcome, and saying it failed would invite a retry that applies it twice; the error is
+/// `network` with `"outcome": "unknown"` and says how to check.
+fn no_answer(cli: &Cli, root: &Path, e: &huskies_daemon::ControlError) -> Rendered {
+    let (kind, message, outcome) = match (e.sent, check_hint(&cli.command)) {
+        (true, Some(check)) => (
+            "network",
+            format!(
+                "the connection to the daemon owning {} broke after the command was sent ({e}): its \
+                 outcome is unknown — it may or may not have been applied. Check with `{check}` before \
+                 retrying",
+                root.display()
+            ),
+            Some("unknown"),
+        ),
+        (true, None) => (
+            "io",
+            format!("the daemon owning {} did not answer: {e}", root.display()),
+            None,
+        ),
+        (false, _) => (
+            "io",
+            format!(
+                "the command could not be sent to the daemon owning {} ({e}); nothing was run",
+                root.display()
+            ),
+            None,
+        ),
+    };
+    let mut error = json!({ "kind": kind, "message": message });
+    if let Some(outcome) = outcome {
+        error["outcome"] = json!(outcome);
+    }
+    Rendered {
+        stdout: if cli.json {
+            format!("{}\n", json!({ "error": error })).into_bytes()
+        } else {
+            Vec::new()
+        },
+        stderr: format!("huskies: {message}\n"),
+        code: crate::render::EXIT_ENV,
+    }
+}
+
+/// For a command that changes state: the command that shows whether it was applied.
+/// `None` for commands that only read.
+fn check_hint(command: &Commands) -> Option<String> {
+    use crate::args::{KeyCmd, MemberCmd, TicketCmd};
+    match command {
+        Commands::Story(StoryCmd::Add { id, .. } | StoryCmd::Event { id, .. } | StoryCmd::Rm { id, .. }) => {
+            Some(format!("huskies story show {id}"))
+        }
+        Commands::Claim { id, .. } | Commands::Release { id, .. } => Some(format!("huskies story show {id}")),
+        Commands::Member(MemberCmd::Remove { .. }) => Some("huskies member list".into()),
+        Commands::Key(KeyCmd::Rotate) => Some("huskies id".into()),
+        Commands::Import { .. } | Commands::Ticket(TicketCmd::Create { .. }) => Some("huskies log".into()),
+        _ => None,
+    }
 }
 
 /// Makes file arguments absolute (the daemon runs elsewhere) and reads stdin if needed.

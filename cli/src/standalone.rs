@@ -145,57 +145,43 @@ fn init_join(cli: &Cli, root: &std::path::Path, ticket: &str, label: &str) -> Re
     let ticket: Ticket = ticket
         .parse()
         .map_err(|e: huskies_core::Error| CliError::usage(e.to_string()))?;
-    let existed = root.exists();
-    let mut node = Node::init(
-        root,
-        InitMode::Join {
-            cluster: ticket.cluster,
-        },
-        &mut rand_core::OsRng,
-        now(),
-        NodeConfig::default(),
-    )?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let bar = crate::render::progress::bar(crate::exec::progress_enabled(cli), 0, "catching up");
-    let joined = runtime.block_on(huskies_daemon::join_cluster(
-        &mut node,
+    let joined = huskies_daemon::join_home(
+        root,
         &ticket,
         label,
-        Duration::from_secs(600),
+        &huskies_daemon::JoinOptions::new(Duration::from_secs(600)),
         |held, total| {
             bar.set_length(total);
             bar.set_position(held);
         },
-    ));
+    );
     bar.finish_and_clear();
-    match joined {
-        Ok(outcome) => Ok(render::id(
-            node.node_id(),
-            node.cluster_id(),
-            label,
-            &format!(
-                "joined cluster {} via {} ({} ops received); home {}\n",
-                ticket.cluster.short(),
-                crate::human::esc(&ticket.address),
-                outcome.ops,
-                root.display()
+    let joined = joined.map_err(|e| match e {
+        // Creating the home failed: the core's kind (already_exists, io, ...).
+        huskies_daemon::DaemonError::Core(core) => CliError::from(core),
+        other => CliError {
+            kind: "network",
+            message: format!(
+                "joining failed: {}",
+                other.to_string().trim_start_matches("network: ")
             ),
-        )),
-        Err(e) => {
-            // Leave nothing half-made behind: the node was never admitted.
-            drop(node);
-            if !existed {
-                let _ = std::fs::remove_dir_all(root);
-            }
-            Err(CliError {
-                kind: "network",
-                message: format!("joining failed: {e}"),
-                code: crate::render::EXIT_ENV,
-            })
-        }
-    }
+            code: crate::render::EXIT_ENV,
+        },
+    })?;
+    let node = &joined.node;
+    Ok(render::id(
+        node.node_id(),
+        node.cluster_id(),
+        label,
+        &format!(
+            "joined cluster {} via {} ({} ops received); home {}\n",
+            ticket.cluster.short(),
+            crate::human::esc(&ticket.address),
+            joined.outcome.ops,
+            root.display()
+        ),
+    ))
 }
 
 fn run_daemon(
@@ -209,17 +195,22 @@ fn run_daemon(
     init_logging(cli);
     let root = home::resolve(cli.home.as_deref())?;
     let file = config::load(&root)?;
-    let node = open_for_daemon(&root)?;
+    let peers = if peers.is_empty() {
+        file.daemon.peers.clone().unwrap_or_default()
+    } else {
+        peers.to_vec()
+    };
+    // A peer that is not a URL is a mistake to fix now, not a dial to retry forever.
+    for url in &peers {
+        huskies_daemon::check_peer_url(url).map_err(|e| CliError::usage(e.to_string()))?;
+    }
+    let node = open_for_daemon(&root, crate::exec::lock_wait(cli))?;
     let defaults = DaemonConfig::default();
     let d = &file.daemon;
     let presence_label = crate::exec::own_label(&node).ok().filter(|l| !l.is_empty());
     let config = DaemonConfig {
         listen: listen.or(d.listen).unwrap_or(defaults.listen),
-        peers: if peers.is_empty() {
-            d.peers.clone().unwrap_or_default()
-        } else {
-            peers.to_vec()
-        },
+        peers,
         max_mesh_peers: max_mesh_peers
             .or(d.max_mesh_peers)
             .unwrap_or(defaults.max_mesh_peers),
@@ -245,6 +236,7 @@ fn run_daemon(
         ))
         .map_err(|e| match e {
             huskies_daemon::DaemonError::Core(core) => core.into(),
+            e @ huskies_daemon::DaemonError::InvalidPeer { .. } => CliError::usage(e.to_string()),
             other => CliError {
                 kind: "network",
                 message: other.to_string(),
@@ -280,18 +272,19 @@ pub(crate) fn init_logging(cli: &Cli) {
 }
 
 /// Opens the home for a long-running process. A short-lived command may hold the home for
-/// a moment, so a locked home is retried for a few seconds before giving up.
-pub(crate) fn open_for_daemon(root: &std::path::Path) -> Result<Node, CliError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match Node::open(root, NodeConfig::default()) {
-            Err(huskies_core::Error::HomeLocked(_) | huskies_core::Error::HomeLockedByDaemon(_))
-                if std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            other => return Ok(other?),
-        }
+/// a moment, so a locked home is waited for (`--lock-timeout`); a home that another daemon
+/// owns fails at once, naming it (pid, where it listens).
+pub(crate) fn open_for_daemon(root: &std::path::Path, wait: Duration) -> Result<Node, CliError> {
+    match home::open_waiting(root, wait) {
+        Err(huskies_core::Error::HomeLockedByDaemon(holder)) if holder.is_daemon() => Err(CliError {
+            kind: "home_locked",
+            message: format!(
+                "a daemon already runs on this home: {}",
+                huskies_core::Error::HomeLockedByDaemon(holder)
+            ),
+            code: crate::render::EXIT_ENV,
+        }),
+        other => Ok(other?),
     }
 }
 

@@ -3,38 +3,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_huskies")
-}
-
-fn huskies(home: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("HUSKIES_HOME")
-        .output()
-        .expect("runs")
-}
-
-fn ok_json(home: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = huskies(home, &all);
-    assert!(
-        out.status.success(),
-        "huskies {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
+mod common;
+use common::{bin, daemon_url, huskies, ok_json, wait_for};
 
 fn err_kind(home: &Path, args: &[&str]) -> (i32, String) {
     let mut all = vec!["--json"];
@@ -55,60 +29,18 @@ struct Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
+        common::stop(&mut self.child);
     }
 }
 
 fn start_daemon(home: &Path, extra: &[&str]) -> (Daemon, String) {
-    let mut args = vec![
-        "--home".to_string(),
-        home.display().to_string(),
-        "daemon".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let child = Command::new(bin())
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = common::spawn_daemon(home, extra, Stdio::null());
     let d = Daemon {
         child,
         home: home.to_path_buf(),
     };
-    wait_for(20, "the daemon's control socket", || {
-        home.join("daemon.sock").exists().then_some(())
-    });
-    let url = wait_for(20, "the daemon answers on its control socket", || {
-        let out = huskies(&d.home, &["--json", "status"]);
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v["daemon"] == true).then(|| v["health"]["address"].as_str().unwrap().to_string())
-    });
+    let url = daemon_url(&d.home);
     (d, url)
-}
-
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if let Some(v) = f() {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 fn init(home: &Path, label: &str) {
@@ -224,7 +156,12 @@ fn environment_errors_have_their_kinds() {
     // A ticket to nowhere: network error, and nothing is left behind.
     let a = dir.path().join("a");
     init(&a, "a");
-    let t = ok_json(&a, &["ticket", "create"]);
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let nowhere = format!("ws://{nowhere}/crdt-sync");
+    let t = ok_json(&a, &["ticket", "create", "--address", &nowhere]);
     let ticket = t["ticket"].as_str().unwrap().to_string();
     let b = dir.path().join("b");
     assert_eq!(err_kind(&b, &["init", "--join", &ticket]), (3, "network".into()));

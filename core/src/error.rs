@@ -101,13 +101,15 @@ pub enum Error {
     HomeNotFound(PathBuf),
     /// Another process owns the home, and it has no daemon control socket: another CLI
     /// command, a program using the core, or a daemon starting or stopping.
-    #[error("home {0} is in use by another process")]
-    HomeLocked(PathBuf),
+    #[error("{}", .0.describe_process())]
+    HomeLocked(Box<LockHolder>),
     /// Another process owns the home and `<home>/daemon.sock` exists: most likely a running
     /// `huskies daemon` (CLI commands reach it through that socket; a Rust program should
     /// go through the daemon too, or stop it).
-    #[error("home {0} is in use by another process, most likely a running daemon (its control socket {0}/daemon.sock exists)")]
-    HomeLockedByDaemon(PathBuf),
+    /// The holder names where the daemon listens when it has said so
+    /// ([`LockHolder::listen`]).
+    #[error("{}", .0.describe_daemon())]
+    HomeLockedByDaemon(Box<LockHolder>),
     /// A `Node` of this same process already holds the home: use that one (one `Node` per
     /// home per process), or drop it first.
     #[error("home {0} is already open in this process: one Node per home; use that Node or drop it first")]
@@ -215,6 +217,69 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+}
+
+/// Who holds a home's lock, as the holder wrote it into `<home>/LOCK` (lines `pid=N`,
+/// and for a daemon `listen=ADDR` and `advertise=URL`): what a refused opener is told, so
+/// that a person can find the holder, wait for it, or reach the daemon.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockHolder {
+    /// The home.
+    pub home: PathBuf,
+    /// The holder's process id, when it wrote one (a holder that has just taken the lock
+    /// may not have yet).
+    pub pid: Option<u32>,
+    /// Where the holder's daemon listens, when the holder is a running daemon.
+    pub listen: Option<String>,
+    /// The address the holder's daemon advertises to peers.
+    pub advertise: Option<String>,
+}
+
+impl LockHolder {
+    /// Whether the holder says it is a running daemon.
+    pub fn is_daemon(&self) -> bool {
+        self.listen.is_some()
+    }
+
+    /// `pid 1234`, or `pid unknown`.
+    fn pid_text(&self) -> String {
+        self.pid
+            .map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"))
+    }
+
+    /// The holder in words, for [`Error::HomeLocked`]: a process that is not a daemon.
+    pub(crate) fn describe_process(&self) -> String {
+        format!(
+            "home {} is in use by another process ({}; not a daemon: another huskies command or a \
+             program using the home)",
+            self.home.display(),
+            self.pid_text()
+        )
+    }
+
+    /// The holder in words, for [`Error::HomeLockedByDaemon`].
+    pub(crate) fn describe_daemon(&self) -> String {
+        match (&self.listen, &self.advertise) {
+            (Some(listen), advertise) => format!(
+                "home {} is owned by a running daemon ({}, listening on {listen}{}); commands reach it \
+                 through its control socket {}",
+                self.home.display(),
+                self.pid_text(),
+                advertise
+                    .as_deref()
+                    .map(|a| format!(", advertised as {a}"))
+                    .unwrap_or_default(),
+                self.home.join("daemon.sock").display()
+            ),
+            (None, _) => format!(
+                "home {} is in use by another process ({}), most likely a daemon starting or \
+                 stopping (its control socket {} exists)",
+                self.home.display(),
+                self.pid_text(),
+                self.home.join("daemon.sock").display()
+            ),
         }
     }
 }

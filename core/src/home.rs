@@ -3,10 +3,11 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::error::Error;
+use crate::error::{Error, LockHolder};
 
 pub(crate) const KEY_FILE: &str = "node.key";
 pub(crate) const NEXT_KEY_FILE: &str = "node.key.next";
@@ -26,13 +27,34 @@ fn held_here() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
     HELD_HERE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Reads the holder's note from the lock file (lines `pid=N`, `listen=ADDR`,
+/// `advertise=URL`; see [`LockHolder`]). Best effort: a holder that cannot be described is
+/// still refused.
+fn read_holder(root: &Path, file: &mut File) -> LockHolder {
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let mut holder = LockHolder {
+        home: root.to_path_buf(),
+        ..LockHolder::default()
+    };
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("pid", v)) => holder.pid = v.trim().parse().ok(),
+            Some(("listen", v)) => holder.listen = Some(v.trim().to_string()),
+            Some(("advertise", v)) => holder.advertise = Some(v.trim().to_string()),
+            _ => {}
+        }
+    }
+    holder
+}
+
 /// A node's home directory, locked for the lifetime of this value.
 #[derive(Debug)]
 pub struct Home {
     root: PathBuf,
     /// `root` canonicalized, as registered in `HELD_HERE`.
     canonical: PathBuf,
-    _lock: File,
+    lock: File,
 }
 
 impl Drop for Home {
@@ -67,12 +89,20 @@ impl Home {
 
     fn lock(root: &Path) -> Result<Home, Error> {
         let path = root.join(LOCK_FILE);
-        let file = fs::OpenOptions::new()
+        let opened = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))?;
+            .open(&path);
+        let mut file = match opened {
+            Ok(file) => file,
+            // A read-only home (a read-only mount, or no write permission): an existing lock
+            // file can still be locked for reading, and the store decides what else works.
+            Err(e) if path.exists() && read_only_error(&e) => fs::File::open(&path)
+                .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))?,
+            Err(e) => return Err(Error::io(format!("opening lock file {}", path.display()), e)),
+        };
         let canonical =
             fs::canonicalize(root).map_err(|e| Error::io(format!("resolving home {}", root.display()), e))?;
         let mut held = held_here();
@@ -82,16 +112,24 @@ impl Home {
         match file.try_lock() {
             Ok(()) => {
                 held.insert(canonical.clone());
-                Ok(Home {
+                let home = Home {
                     root: root.to_path_buf(),
                     canonical,
-                    _lock: file,
-                })
+                    lock: file,
+                };
+                // Best effort: a home that cannot take the note (read-only, full) is still
+                // held; refused openers are then told less.
+                let _ = home.write_note(&format!("pid={}\n", std::process::id()));
+                Ok(home)
             }
-            Err(fs::TryLockError::WouldBlock) if root.join(DAEMON_SOCKET).exists() => {
-                Err(Error::HomeLockedByDaemon(root.to_path_buf()))
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = read_holder(root, &mut file);
+                if holder.is_daemon() || root.join(DAEMON_SOCKET).exists() {
+                    Err(Error::HomeLockedByDaemon(Box::new(holder)))
+                } else {
+                    Err(Error::HomeLocked(Box::new(holder)))
+                }
             }
-            Err(fs::TryLockError::WouldBlock) => Err(Error::HomeLocked(root.to_path_buf())),
             Err(fs::TryLockError::Error(e)) => Err(Error::io(format!("locking {}", path.display()), e)),
         }
     }
@@ -99,6 +137,26 @@ impl Home {
     /// The home directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Replaces the lock file's note (what refused openers are told about the holder).
+    fn write_note(&self, note: &str) -> std::io::Result<()> {
+        let mut file = &self.lock;
+        file.set_len(0)?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        file.write_all(note.as_bytes())
+    }
+
+    /// Records in the lock file that the holder is a daemon listening on `listen` and
+    /// advertised as `advertise`, so that a second daemon or a command that cannot route is
+    /// told where it is.
+    pub(crate) fn note_daemon(&self, listen: &str, advertise: &str) -> Result<(), Error> {
+        let note = format!(
+            "pid={}\nlisten={listen}\nadvertise={advertise}\n",
+            std::process::id()
+        );
+        self.write_note(&note)
+            .map_err(|e| Error::io(format!("writing {}", self.root.join(LOCK_FILE).display()), e))
     }
 
     pub(crate) fn key_path(&self) -> PathBuf {
@@ -130,6 +188,14 @@ pub(crate) fn remove_made(root: &Path, existed: bool) {
     for file in [KEY_FILE, NEXT_KEY_FILE, MARK_FILE, LOCK_FILE] {
         let _ = fs::remove_file(root.join(file));
     }
+}
+
+/// Errors that mean the file system refuses writes here (read-only mount, no permission).
+fn read_only_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+    )
 }
 
 #[cfg(test)]
@@ -168,14 +234,41 @@ mod tests {
             .open(dir.path().join(LOCK_FILE))
             .unwrap();
         other.try_lock().unwrap();
+        fs::write(dir.path().join(LOCK_FILE), "pid=4242\n").unwrap();
         let err = Home::open(dir.path()).unwrap_err();
-        assert!(matches!(err, Error::HomeLocked(_)), "{err:?}");
+        assert!(
+            matches!(&err, Error::HomeLocked(h) if h.pid == Some(4242)),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("pid 4242"), "{err}");
+        assert!(err.to_string().contains("not a daemon"), "{err}");
         fs::write(dir.path().join(DAEMON_SOCKET), "").unwrap();
         let err = Home::open(dir.path()).unwrap_err();
         assert!(matches!(err, Error::HomeLockedByDaemon(_)), "{err:?}");
         assert_eq!(err.kind(), crate::ErrorKind::HomeLocked);
         assert!(err.to_string().contains("daemon"), "{err}");
+        // A daemon's note names where it listens.
+        fs::remove_file(dir.path().join(DAEMON_SOCKET)).unwrap();
+        fs::write(
+            dir.path().join(LOCK_FILE),
+            "pid=7\nlisten=127.0.0.1:3001\nadvertise=ws://127.0.0.1:3001/crdt-sync\n",
+        )
+        .unwrap();
+        let err = Home::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, Error::HomeLockedByDaemon(h) if h.is_daemon()),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("pid 7, listening on 127.0.0.1:3001"),
+            "{err}"
+        );
         drop(other);
-        assert!(Home::open(dir.path()).is_ok());
+        let home = Home::open(dir.path()).unwrap();
+        let note = fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(note, format!("pid={}\n", std::process::id()));
+        home.note_daemon("127.0.0.1:9", "ws://x/crdt-sync").unwrap();
+        let note = fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(note.contains("listen=127.0.0.1:9\n"), "{note}");
     }
 }

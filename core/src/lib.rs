@@ -84,7 +84,7 @@ pub use envelope::{
     stage_json, stage_signals, subject_token, Attributes, Envelope, EventBatch, EventCursor, EventType,
     TransitionFacts, ENVELOPE_VERSION, PUBLISHER, SIGNAL_STAGES, SUBJECT_ROOT,
 };
-pub use error::{Error, ErrorKind};
+pub use error::{Error, ErrorKind, LockHolder};
 pub use event::{Event, Subscription, TransitionEvent};
 pub use execution::{apply_execution_event, ExecutionEvent, ExecutionState, InvalidExecutionEvent};
 pub use export::{ExportChunks, EXPORT_BUNDLE_BYTES};

@@ -115,6 +115,9 @@ impl From<crate::DaemonError> for ApiError {
             crate::DaemonError::Core(core) => core.into(),
             crate::DaemonError::Bind { .. } => ApiError::new(ApiErrorKind::Io, e.to_string()),
             crate::DaemonError::Network(_) => ApiError::new(ApiErrorKind::Network, e.to_string()),
+            crate::DaemonError::InvalidPeer { .. } => {
+                ApiError::new(ApiErrorKind::InvalidArgument, e.to_string())
+            }
         }
     }
 }

@@ -145,6 +145,12 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, handler: Arc<dyn Contro
     if reader.read_line(&mut line).await.is_err() {
         return;
     }
+    // A request counts only once its newline has arrived: a client cut off mid-line may
+    // rely on nothing having run. (A line cut by the size limit is answered below, as
+    // malformed.)
+    if !line.ends_with('\n') && line.len() < MAX_TYPED_REQUEST_BYTES {
+        return;
+    }
     if line.trim_start().starts_with("{\"api\"") {
         api_client(shared, &line, reader, write).await;
         return;
@@ -262,13 +268,25 @@ where
     }
 }
 
+/// Why a control request got no response.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct ControlError {
+    /// The whole request had reached the daemon before the connection failed: the daemon
+    /// may have run it (or may still), so its outcome is unknown. False when the request
+    /// could not be sent whole: the daemon runs only complete lines, so nothing ran.
+    pub sent: bool,
+    /// What failed.
+    pub source: std::io::Error,
+}
+
 /// Sends a request to the daemon that owns `home`, if one is running. `None` when there is
 /// no daemon (no socket, or a stale one). `on_follow` receives streamed output.
 pub fn request(
     home: &Path,
     req: &ControlRequest,
     mut on_follow: impl FnMut(&str) -> bool,
-) -> Option<std::io::Result<ControlResponse>> {
+) -> Option<Result<ControlResponse, ControlError>> {
     let path = socket_path(home);
     if !path.exists() {
         return None;
@@ -277,10 +295,19 @@ pub fn request(
         Ok(s) => s,
         Err(_) => return None,
     };
+    let not_sent = |source| ControlError { sent: false, source };
+    let sent = |source| ControlError { sent: true, source };
+    let mut line = match serde_json::to_vec(req) {
+        Ok(line) => line,
+        Err(e) => return Some(Err(not_sent(std::io::Error::other(e)))),
+    };
+    // One write of the whole line: the daemon runs a request only once its newline has
+    // arrived, so a failed write means it ran nothing.
+    line.push(b'\n');
+    if let Err(e) = stream.write_all(&line) {
+        return Some(Err(not_sent(e)));
+    }
     let mut run = || -> std::io::Result<ControlResponse> {
-        let line = serde_json::to_string(req).map_err(std::io::Error::other)?;
-        stream.write_all(line.as_bytes())?;
-        stream.write_all(b"\n")?;
         // A daemon that does not answer within a minute is stuck: say so rather than hang.
         stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
         let mut reader = BufReader::new(stream.try_clone()?);
@@ -303,5 +330,5 @@ pub fn request(
         }
         Ok(resp)
     };
-    Some(run())
+    Some(run().map_err(sent))
 }

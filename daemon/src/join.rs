@@ -98,7 +98,19 @@ async fn join_inner(
         expect_peer: Some(ticket.issuer),
     };
     let mut session = Session::new(node, now(), challenge, session_options, options.session.clone());
-    let session_failed = |e: SyncError| DaemonError::Network(format!("joining via {}: {e}", ticket.address));
+    let session_failed = |e: SyncError| {
+        if crate::peer::is_wrong_cluster(&e) {
+            DaemonError::Network(format!(
+                "the daemon at {} is not in the ticket's cluster {} ({e}): the node that issued the \
+                 ticket no longer listens there (another cluster's daemon does); ask an admin of \
+                 the cluster for a ticket from its running daemon",
+                ticket.address,
+                ticket.cluster.short()
+            ))
+        } else {
+            DaemonError::Network(format!("joining via {}: {e}", ticket.address))
+        }
+    };
     let mut target = None;
     let mut announced = None;
     loop {
@@ -130,18 +142,30 @@ async fn join_inner(
             }
         };
         // Frames already received are merged in one ingest (one flush) during catch-up.
+        // A failure behind them is reported after them: the frames before a close often
+        // say why (a `Refuse`).
         let mut frames = vec![frame];
+        let mut ended = None;
         while frames.len() < 8 {
             match stream.next().now_or_never() {
                 Some(Some(Incoming::Frame(f))) => frames.push(f),
-                Some(Some(Incoming::Error(_, e))) => return Err(DaemonError::Network(e)),
-                Some(None) => return Err(DaemonError::Network("the issuer closed the connection".into())),
+                Some(Some(Incoming::Error(_, e))) => {
+                    ended = Some(e);
+                    break;
+                }
+                Some(None) => {
+                    ended = Some("the issuer closed the connection".into());
+                    break;
+                }
                 None => break,
             }
         }
         session
             .handle_frames(node, now(), &frames)
             .map_err(session_failed)?;
+        if let Some(e) = ended {
+            return Err(DaemonError::Network(e));
+        }
         for ev in session.take_events() {
             if let SessionEvent::Established { .. } = ev {
                 target = Some(session.peer_version().clone());
@@ -189,17 +213,32 @@ async fn send_all(
     Ok(())
 }
 
-/// Creates a home at `root` for the cluster of `ticket` (`huskies-ticket-v1:...`) and
-/// redeems the ticket with its issuing daemon, within `timeout`. On failure nothing is left
-/// behind at `root` if it did not exist before. For hosts without an async runtime of their
-/// own (the bindings); runs a small runtime for the join.
+/// What [`join_home`] made: the new member's node (its home created and locked) and what
+/// the join did.
+#[derive(Debug)]
+pub struct JoinedHome {
+    /// The node, a member of the ticket's cluster.
+    pub node: Node,
+    /// What joining did.
+    pub outcome: JoinOutcome,
+}
+
+/// Creates a home at `root` for the cluster of `ticket` and redeems the ticket with its
+/// issuing daemon, bounded by `options`; `progress(held, total)` is called as ops arrive.
+/// On failure nothing is left behind at `root` if it did not exist before. For hosts
+/// without an async runtime of their own (the CLI's `init --join`, the bindings); runs a
+/// small runtime for the join.
+///
+/// Errors keep their kinds: creating the home fails with the core's error
+/// ([`DaemonError::Core`]: `already_exists`, `io`, ...), everything about reaching and
+/// redeeming with the issuer is [`DaemonError::Network`], saying why.
 pub fn join_home(
     root: &std::path::Path,
-    ticket: &str,
+    ticket: &Ticket,
     label: &str,
-    timeout: Duration,
-) -> Result<Node, DaemonError> {
-    let ticket: Ticket = ticket.parse()?;
+    options: &JoinOptions,
+    progress: impl FnMut(u64, u64),
+) -> Result<JoinedHome, DaemonError> {
     let existed = root.exists();
     let mut node = Node::init(
         root,
@@ -210,13 +249,15 @@ pub fn join_home(
         now(),
         huskies_core::NodeConfig::default(),
     )?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let joined = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| DaemonError::Network(format!("cannot start a runtime to join: {e}")))?;
-    match runtime.block_on(join_cluster(&mut node, &ticket, label, timeout, |_, _| {})) {
-        Ok(_) => Ok(node),
+        .map_err(|e| DaemonError::Network(format!("cannot start a runtime to join: {e}")))
+        .and_then(|runtime| runtime.block_on(join_cluster_with(&mut node, ticket, label, options, progress)));
+    match joined {
+        Ok(outcome) => Ok(JoinedHome { node, outcome }),
         Err(e) => {
+            // Leave nothing half-made behind: the node was never admitted.
             drop(node);
             if !existed {
                 let _ = std::fs::remove_dir_all(root);

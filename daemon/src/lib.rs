@@ -29,11 +29,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use control::{
-    request as control_request, socket_path, ControlHandler, ControlRequest, ControlResponse, TypedOnly,
+    request as control_request, socket_path, ControlError, ControlHandler, ControlRequest, ControlResponse,
+    TypedOnly,
 };
 pub use events::{default_stream_name, load_cursor, stream_config, EventsConfig, EventsHealth, CURSOR_FILE};
-pub use join::{join_cluster, join_cluster_with, join_home, JoinOptions, JoinOutcome};
-pub use metrics::{HealthReport, PeerStatus};
+pub use join::{join_cluster, join_cluster_with, join_home, JoinOptions, JoinOutcome, JoinedHome};
+pub use metrics::{DialStatus, HealthReport, PeerStatus};
 pub use policy::apply_policies;
 pub use remote::{RemoteNode, RemoteSubscription, DEFAULT_TIMEOUT};
 
@@ -122,6 +123,39 @@ pub enum DaemonError {
     /// Network failure (joining).
     #[error("network: {0}")]
     Network(String),
+    /// A configured peer address is not a WebSocket URL (a configuration mistake: the
+    /// daemon does not start).
+    #[error("bad peer address {url:?}: {reason} (expected e.g. ws://host:3001/crdt-sync)")]
+    InvalidPeer {
+        /// The address as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Checks that `url` is an address a daemon can dial: a `ws://` or `wss://` URL with a
+/// host (e.g. `ws://10.0.0.5:3001/crdt-sync`). Whether anything answers there is not
+/// checked (a peer may start later).
+pub fn check_peer_url(url: &str) -> Result<(), DaemonError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let bad = |reason: String| DaemonError::InvalidPeer {
+        url: url.to_string(),
+        reason,
+    };
+    let request = url
+        .into_client_request()
+        .map_err(|e| bad(format!("not a URL ({e})")))?;
+    let uri = request.uri();
+    match uri.scheme_str() {
+        Some("ws" | "wss") => {}
+        Some(other) => return Err(bad(format!("scheme {other:?} is not ws or wss"))),
+        None => return Err(bad("no scheme (ws:// or wss://)".into())),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("no host".into()));
+    }
+    Ok(())
 }
 
 /// A running daemon.
@@ -141,6 +175,9 @@ impl Daemon {
         control: Arc<dyn ControlHandler>,
     ) -> Result<Daemon, DaemonError> {
         let home: PathBuf = node.home().to_path_buf();
+        for url in &config.peers {
+            check_peer_url(url)?;
+        }
         if let Some((held, acknowledged)) = node.own_ops_missing() {
             tracing::error!(
                 held,
@@ -178,6 +215,11 @@ impl Daemon {
         tasks.push(tokio::spawn(policy::run(shared.clone())));
         tasks.push(tokio::spawn(mesh::run(shared.clone())));
         tasks.push(tokio::spawn(events::run(shared.clone())));
+        // Whoever is refused the home from now on is told where this daemon listens.
+        let advertised = shared.advertise.clone();
+        if let Err(e) = shared.with_node(|n| n.note_daemon(&local_addr.to_string(), &advertised)) {
+            tracing::warn!(error = %e, "cannot record this daemon in the home's lock file");
+        }
         tracing::info!(node = %shared.node_id().short(), %local_addr, "daemon started");
         Ok(Daemon {
             shared,

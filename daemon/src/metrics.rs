@@ -59,6 +59,27 @@ pub struct PeerStatus {
     pub lag: u64,
 }
 
+/// A peer this daemon dials and cannot currently reach (or that refused it): what
+/// `/health` and `huskies status` show, so that a misconfigured `--peer` is visible
+/// without logs at debug level.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct DialStatus {
+    /// The dialled address.
+    pub address: String,
+    /// `warn` for a failure that may pass (unreachable, refused, timed out); `error` for
+    /// a peer of another cluster (a configuration mistake: retried only every few minutes).
+    pub severity: &'static str,
+    /// The last failure in words.
+    pub last_error: String,
+    /// When the failures began (RFC 3339 UTC): the first failed attempt since the last
+    /// success.
+    pub since: String,
+    /// Failed attempts since the last success.
+    pub attempts: u64,
+    /// Milliseconds before the next attempt, as scheduled after the last failure.
+    pub retry_in_ms: u64,
+}
+
 /// What `/health` returns.
 #[derive(Clone, Debug, Serialize)]
 pub struct HealthReport {
@@ -90,6 +111,8 @@ pub struct HealthReport {
     pub disconnects: BTreeMap<String, u64>,
     /// The event bridge to NATS JetStream.
     pub events: crate::events::EventsHealth,
+    /// Peers this daemon dials and cannot reach now (empty when every dial succeeds).
+    pub dial_failures: Vec<DialStatus>,
 }
 
 pub(crate) fn health(shared: &Shared) -> HealthReport {
@@ -129,5 +152,12 @@ pub(crate) fn health(shared: &Shared) -> HealthReport {
         rejected: m.rejected.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         disconnects: m.disconnects.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         events: shared.bridge.report(vv.total()),
+        dial_failures: shared
+            .dials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect(),
     }
 }

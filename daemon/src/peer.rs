@@ -57,6 +57,8 @@ pub(crate) struct Ended {
     pub reason: String,
     /// Human detail.
     pub detail: String,
+    /// Either side refused the other for being in another cluster.
+    pub wrong_cluster: bool,
 }
 
 /// Frames queued between the reader and the session: small, so a flood from the peer
@@ -165,7 +167,7 @@ pub(crate) async fn drive(
                 }
                 if let Err(e) = r {
                     let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
-                    break ended(peer, e.reason(), e.to_string());
+                    break sync_ended_with(peer, &e);
                 }
                 if let Some((reason, e)) = pending_error {
                     let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
@@ -176,7 +178,7 @@ pub(crate) async fn drive(
             _ = tokio::time::sleep(wait) => {
                 if let Err(e) = session.handle_timeout(Shared::now()) {
                     let _ = flush(&shared, &mut session, &mut sink, write_timeout).await;
-                    break ended(peer, e.reason(), e.to_string());
+                    break sync_ended_with(peer, &e);
                 }
             }
             _ = kill.changed() => {
@@ -226,7 +228,32 @@ fn ended(peer: Option<NodeId>, reason: &str, detail: String) -> Ended {
         peer,
         reason: reason.to_string(),
         detail,
+        wrong_cluster: false,
     }
+}
+
+/// How a connection ended on a session error: its reason, and whether either side
+/// refused the other for being in another cluster.
+fn sync_ended_with(peer: Option<NodeId>, e: &SyncError) -> Ended {
+    Ended {
+        wrong_cluster: is_wrong_cluster(e),
+        ..ended(peer, e.reason(), e.to_string())
+    }
+}
+
+/// Whether a session ended because the two sides are in different clusters (whichever
+/// side noticed first).
+pub(crate) fn is_wrong_cluster(e: &SyncError) -> bool {
+    matches!(
+        e,
+        SyncError::Refused {
+            code: RefuseCode::Cluster,
+            ..
+        } | SyncError::PeerRefused {
+            code: RefuseCode::Cluster,
+            ..
+        }
+    )
 }
 
 async fn flush(
@@ -269,7 +296,7 @@ async fn flush(
 }
 
 fn sync_ended(session: &Session, e: SyncError) -> Ended {
-    ended(session.peer(), e.reason(), e.to_string())
+    sync_ended_with(session.peer(), &e)
 }
 
 fn rejection_name(r: &huskies_core::RejectReason) -> &'static str {

@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     /// The event bridge's counters.
     pub bridge: crate::events::BridgeStats,
+    /// Dialled peers whose last attempt failed, by address (`mesh.rs` keeps it).
+    pub dials: Mutex<BTreeMap<String, crate::metrics::DialStatus>>,
     next_conn: AtomicU64,
     connections: watch::Sender<usize>,
 }
@@ -90,6 +92,7 @@ impl Shared {
             peers: Mutex::new(BTreeMap::new()),
             metrics: Metrics::default(),
             bridge: Default::default(),
+            dials: Mutex::new(BTreeMap::new()),
             next_conn: AtomicU64::new(1),
             connections,
         })

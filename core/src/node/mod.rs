@@ -389,6 +389,14 @@ impl<S: Store> Node<S> {
         self.home.root()
     }
 
+    /// Records in the home's lock file that this node is run by a daemon listening on
+    /// `listen` and advertised as `advertise`: another process refused the home is then
+    /// told where the daemon is (`Error::HomeLockedByDaemon`, [`crate::LockHolder`]), and
+    /// a second daemon can fail at once naming it.
+    pub fn note_daemon(&self, listen: &str, advertise: &str) -> Result<(), Error> {
+        self.home.note_daemon(listen, advertise)
+    }
+
     /// The Lamport clock: the highest timestamp seen or issued.
     pub fn lamport(&self) -> u64 {
         self.state.clock.value()

@@ -21,7 +21,14 @@ impl SledStore {
     /// process can find that lock still held for a moment (sled reports it as an `Other`
     /// I/O error). Callers hold the home's lock, so nobody else can be behind it: wait for
     /// it briefly; if it persists, the home is in use.
+    ///
+    /// sled 0.34 also counts an unfinished snapshot (`snap.*.generating`, left when writing
+    /// one failed, e.g. on a full disk) as the newest snapshot and then refuses the whole
+    /// store as corrupt; such a file is by construction incomplete (a finished snapshot is
+    /// renamed), so it is removed before opening. A store that cannot be opened because the
+    /// file system is read-only or full says so (sled writes when it opens, even to read).
     pub fn open(path: &Path) -> Result<SledStore, Error> {
+        remove_unfinished_snapshots(path);
         const LOCK_RETRIES: u32 = 200;
         const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
         let mut retries = 0;
@@ -39,12 +46,21 @@ impl SledStore {
                         || io.to_string().starts_with("could not acquire lock") =>
                 {
                     if retries == LOCK_RETRIES {
-                        return Err(Error::HomeLocked(path.to_path_buf()));
+                        return Err(Error::HomeLocked(Box::new(crate::error::LockHolder {
+                            home: path.to_path_buf(),
+                            ..Default::default()
+                        })));
                     }
                     retries += 1;
                     std::thread::sleep(LOCK_RETRY_PAUSE);
                 }
                 Err(sled::Error::Corruption { at, .. }) => return Err(damaged(Some(path), at)),
+                Err(sled::Error::Io(io)) if unwritable(&io) => {
+                    return Err(Error::Io {
+                        context: unwritable_context(path, &io),
+                        source: io,
+                    })
+                }
                 Err(other) => return Err(Error::from(other)),
             }
         }
@@ -53,6 +69,52 @@ impl SledStore {
     /// Whether the database holds no key.
     pub fn is_empty(&self) -> bool {
         self.db.is_empty()
+    }
+}
+
+/// Removes `snap.*.generating` files from a sled directory: snapshots whose writing never
+/// finished (see [`SledStore::open`]). Best effort: what cannot be removed is left for
+/// sled to judge.
+fn remove_unfinished_snapshots(path: &Path) {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether opening failed because the file system takes no writes here.
+fn unwritable(io: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        io.kind(),
+        K::ReadOnlyFilesystem | K::StorageFull | K::PermissionDenied
+    )
+}
+
+/// What to say when the store cannot be opened for want of writes.
+fn unwritable_context(path: &Path, io: &std::io::Error) -> String {
+    let home = path.parent().unwrap_or(path);
+    if io.kind() == std::io::ErrorKind::StorageFull {
+        format!(
+            "opening the store {}: the disk is full, and the store writes when it opens, even \
+             for a command that only reads; the store is intact: free some space and retry",
+            path.display()
+        )
+    } else {
+        format!(
+            "opening the store {}: the home is read-only (a read-only mount, or not writable by \
+             this user), and the store must open its files for writing even for a command that \
+             only reads; to read it, copy the home to a writable place (`cp -a {} COPY`) and \
+             use `--home COPY`",
+            path.display(),
+            home.display()
+        )
     }
 }
 
@@ -156,4 +218,29 @@ fn damaged(path: Option<&Path>, at: Option<sled::DiskPtr>) -> Error {
          restore it from a backup (`huskies init --restore FILE --key KEYFILE`, with a copy of \
          its node.key) or join the cluster again"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Store;
+
+    /// sled 0.34 took a snapshot left unfinished (a failed write on a full disk) for the
+    /// newest one and refused the whole store as corrupt ("store is corrupt at None").
+    #[test]
+    fn an_unfinished_snapshot_does_not_make_the_store_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let store = SledStore::open(&path).unwrap();
+            let mut batch = SledBatch::default();
+            batch.insert(b"k", b"v");
+            store.apply(batch).unwrap();
+            store.flush().unwrap();
+        }
+        std::fs::write(path.join("snap.FFFFFFFFFFFFFFFF.generating"), b"").unwrap();
+        let store = SledStore::open(&path).expect("opens despite the unfinished snapshot");
+        assert_eq!(store.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert!(!path.join("snap.FFFFFFFFFFFFFFFF.generating").exists());
+    }
 }
