@@ -24,6 +24,13 @@ use huskies_daemon::{Daemon, DaemonConfig, RemoteNode};
 
 uniffi::setup_scaffolding!();
 
+/// mimalloc without transparent huge pages, as in the `huskies` binary: appends and ingests
+/// allocate and free many small buffers on several threads, and glibc's allocator spent
+/// about a third of an append's non-signing time there (cli/src/main.rs). Only the
+/// library's own allocations use it; Python's objects keep Python's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One error type for every call; each variant is one exception class of the Python
 /// contract (the Python layer re-raises them as `huskies.NotFound`, ...). The payload is
 /// the human message.
@@ -422,6 +429,55 @@ pub struct NodeInfo {
     pub route: String,
 }
 
+/// One lifecycle event: the envelope `huskies events` prints and the NATS bridge publishes.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct EnvelopeLine {
+    /// The envelope as JSON (`{id, type, version, timestamp, publisher, attributes}`).
+    pub envelope: String,
+    /// The cursor that resumes just after it.
+    pub cursor: String,
+}
+
+/// One step of the walk over the local log's lifecycle events.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct EventPage {
+    /// The events, in the log's Lamport order.
+    pub events: Vec<EnvelopeLine>,
+    /// The cursor after the last op read.
+    pub end: String,
+    /// Ops read: 0 means the end of the local log was reached.
+    pub ops_read: u64,
+}
+
+impl From<api::EventsData> for EventPage {
+    fn from(d: api::EventsData) -> EventPage {
+        EventPage {
+            events: d
+                .events
+                .into_iter()
+                .map(|e| EnvelopeLine {
+                    envelope: e.envelope,
+                    cursor: e.cursor,
+                })
+                .collect(),
+            end: d.end,
+            ops_read: d.ops_read,
+        }
+    }
+}
+
+/// Receives lifecycle envelopes on a delivery thread of the library's own.
+#[uniffi::export(callback_interface)]
+pub trait EnvelopeListener: Send + Sync {
+    /// One event: its envelope as JSON and the cursor after it. Must not raise (the Python
+    /// layer catches and reports).
+    fn on_envelope(&self, envelope: String, cursor: String);
+}
+
+/// How often an envelope subscription re-reads the log when nothing woke it: ops that raise
+/// no transition event (claims, members) are seen within this.
+const ENVELOPE_POLL: Duration = Duration::from_millis(200);
+
 /// Receives events on a delivery thread of the library's own.
 #[uniffi::export(callback_interface)]
 pub trait EventListener: Send + Sync {
@@ -467,6 +523,60 @@ impl NativeNode {
                 drop(guard);
                 host.call(&request)
             }
+        }
+    }
+
+    /// Where a subscription's wake-ups come from: the committed transitions of whichever
+    /// node this handle reaches, sent to `tx` until the returned source is dropped.
+    fn source(&self, tx: mpsc::Sender<EventData>) -> Result<Source, HuskiesError> {
+        let guard = self.backend.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            None => Err(closed()),
+            Some(Backend::Local(node)) => {
+                let sub = node.subscribe(move |e| {
+                    if let Some(d) = EventData::from_event(e) {
+                        // The receiver gone means the subscription ended: nothing to do.
+                        let _ = tx.send(d);
+                    }
+                });
+                Ok(Source::Local { _sub: sub })
+            }
+            Some(Backend::Remote(remote)) => {
+                let remote = remote.clone();
+                drop(guard);
+                Ok(Source::Remote {
+                    _sub: remote.subscribe(move |d| {
+                        let _ = tx.send(d);
+                    })?,
+                })
+            }
+            Some(Backend::InProcess(host)) => host.forward_events(tx),
+        }
+    }
+
+    /// Keeps a subscription so that closing the node ends it.
+    fn keep(&self, sub: Arc<NativeSubscription>) {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sub);
+    }
+
+    /// Runs one group request; returns the refused commands.
+    fn group(&self, commands: Vec<ApiCommand>) -> Result<Vec<Refusal>, HuskiesError> {
+        match self.call(ApiRequest::Group { commands })? {
+            ApiReply::Group(results) => Ok(results
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    r.map(|e| Refusal {
+                        index: i as u32,
+                        kind: e.kind.as_str().to_string(),
+                        message: e.message,
+                    })
+                })
+                .collect()),
+            _ => Err(unexpected("execute_group")),
         }
     }
 
@@ -569,21 +679,17 @@ impl NativeNode {
     /// Commits the commands as one group (one atomic write, one flush). Returns the
     /// refused ones; the others were committed.
     pub fn execute_group(&self, commands: Vec<Command>) -> Result<Vec<Refusal>, HuskiesError> {
-        let commands = commands.into_iter().map(ApiCommand::from).collect();
-        match self.call(ApiRequest::Group { commands })? {
-            ApiReply::Group(results) => Ok(results
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, r)| {
-                    r.map(|e| Refusal {
-                        index: i as u32,
-                        kind: e.kind.as_str().to_string(),
-                        message: e.message,
-                    })
-                })
-                .collect()),
-            _ => Err(unexpected("execute_group")),
-        }
+        self.group(commands.into_iter().map(ApiCommand::from).collect())
+    }
+
+    /// [`NativeNode::execute_group`] with the commands as one JSON array of the typed API's
+    /// commands (`{"command": "add_story", "id": ..., ...}`, the control socket's wire form),
+    /// parsed once by the API's own serde types: a host language builds that text in native
+    /// code (Python's `json.dumps`) instead of packing one record per command across the
+    /// FFI. Text that is not such an array is refused with `InvalidArgument` and nothing is
+    /// written.
+    pub fn execute_group_json(&self, commands: String) -> Result<Vec<Refusal>, HuskiesError> {
+        self.group(api::commands_from_json(&commands)?)
     }
 
     /// One story.
@@ -686,6 +792,24 @@ impl NativeNode {
         }
     }
 
+    /// The lifecycle events after `since` (a cursor's text; empty: the start of the log),
+    /// one bounded step of the walk `huskies events` makes: call again with `end` until
+    /// `ops_read` is 0.
+    pub fn events_after(&self, since: String) -> Result<EventPage, HuskiesError> {
+        match self.call(ApiRequest::Events { since })? {
+            ApiReply::Events(d) => Ok(d.into()),
+            _ => Err(unexpected("events_after")),
+        }
+    }
+
+    /// The cursor at the end of the local log (events after it are not committed yet).
+    pub fn event_cursor(&self) -> Result<String, HuskiesError> {
+        match self.call(ApiRequest::EventCursor)? {
+            ApiReply::Cursor(c) => Ok(c),
+            _ => Err(unexpected("event_cursor")),
+        }
+    }
+
     /// Delivers every committed transition (local or remote) to `listener`, on a thread of
     /// the library's own, until the subscription is cancelled or the node closed.
     pub fn subscribe(
@@ -693,35 +817,80 @@ impl NativeNode {
         listener: Box<dyn EventListener>,
     ) -> Result<Arc<NativeSubscription>, HuskiesError> {
         let (tx, rx) = mpsc::channel::<EventData>();
-        let source = {
-            let guard = self.backend.lock().unwrap_or_else(|e| e.into_inner());
-            match guard.as_ref() {
-                None => return Err(closed()),
-                Some(Backend::Local(node)) => {
-                    let sub = node.subscribe(move |e| {
-                        if let Some(d) = EventData::from_event(e) {
-                            let _ = tx.send(d);
-                        }
-                    });
-                    Source::Local { _sub: sub }
+        let source = self.source(tx)?;
+        let sub = NativeSubscription::start(source, move |cancelled| {
+            for event in rx {
+                if cancelled.load(Ordering::SeqCst) {
+                    return;
                 }
-                Some(Backend::Remote(remote)) => {
-                    let remote = remote.clone();
-                    drop(guard);
-                    Source::Remote {
-                        _sub: remote.subscribe(move |d| {
-                            let _ = tx.send(d);
-                        })?,
+                // A listener that panics (it should not: the Python layer catches
+                // everything) ends delivery, never the process.
+                let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    listener.on_event(event.into())
+                }));
+                if delivered.is_err() {
+                    return;
+                }
+            }
+        })?;
+        self.keep(sub.clone());
+        Ok(sub)
+    }
+
+    /// Delivers the lifecycle envelopes of the local log after `since` (a cursor's text;
+    /// empty: the start of the log; `None`: only events committed from now on) to
+    /// `listener`, in log order, on a thread of the library's own: the same envelopes as
+    /// `huskies events --follow`, local and merged alike, read from the log by the API's
+    /// event walk (woken by each committed transition, and every 200 ms for the rest).
+    /// Ends when cancelled or when the node is closed.
+    pub fn subscribe_envelopes(
+        self: Arc<Self>,
+        since: Option<String>,
+        listener: Box<dyn EnvelopeListener>,
+    ) -> Result<Arc<NativeSubscription>, HuskiesError> {
+        let start = match since {
+            Some(c) => c,
+            None => self.event_cursor()?,
+        };
+        // The first step here, so that a bad cursor is the caller's error.
+        let first = self.events_after(start)?;
+        let (tx, rx) = mpsc::channel::<EventData>();
+        let source = self.source(tx)?;
+        let node = Arc::downgrade(&self);
+        let sub = NativeSubscription::start(source, move |cancelled| {
+            let mut page = first;
+            loop {
+                for e in std::mem::take(&mut page.events) {
+                    if cancelled.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        listener.on_envelope(e.envelope, e.cursor)
+                    }));
+                    if delivered.is_err() {
+                        return;
                     }
                 }
-                Some(Backend::InProcess(host)) => host.forward_events(tx)?,
+                if page.ops_read == 0 {
+                    // At the end of the log: wait for a commit (or the poll interval).
+                    match rx.recv_timeout(ENVELOPE_POLL) {
+                        Ok(_) => while rx.try_recv().is_ok() {},
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                if cancelled.load(Ordering::SeqCst) {
+                    return;
+                }
+                // A node dropped or closed (or its daemon gone) ends delivery.
+                let Some(n) = node.upgrade() else { return };
+                match n.events_after(std::mem::take(&mut page.end)) {
+                    Ok(next) => page = next,
+                    Err(_) => return,
+                }
             }
-        };
-        let sub = NativeSubscription::start(source, rx, listener)?;
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(sub.clone());
+        })?;
+        self.keep(sub.clone());
         Ok(sub)
     }
 
@@ -782,30 +951,17 @@ pub struct NativeSubscription {
 }
 
 impl NativeSubscription {
+    /// Runs `deliver` on a delivery thread of its own; `deliver` returns when the flag it is
+    /// given is set or its channel ends (dropping `source` ends it).
     fn start(
         source: Source,
-        rx: mpsc::Receiver<EventData>,
-        listener: Box<dyn EventListener>,
+        deliver: impl FnOnce(&AtomicBool) + Send + 'static,
     ) -> Result<Arc<NativeSubscription>, HuskiesError> {
         let cancelled = Arc::new(AtomicBool::new(false));
         let flag = cancelled.clone();
         let thread = std::thread::Builder::new()
             .name("huskies-events".into())
-            .spawn(move || {
-                for event in rx {
-                    if flag.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    // A listener that panics (it should not: the Python layer catches
-                    // everything) ends delivery, never the process.
-                    let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        listener.on_event(event.into())
-                    }));
-                    if delivered.is_err() {
-                        return;
-                    }
-                }
-            })
+            .spawn(move || deliver(&flag))
             .map_err(|e| HuskiesError::Io(format!("cannot start the event thread: {e}")))?;
         Ok(Arc::new(NativeSubscription {
             cancelled,

@@ -9,7 +9,7 @@ use rand_core::CryptoRngCore;
 
 use crate::home::remove_made;
 use crate::{
-    decode_bundle, read_bundle, split_bundles, verify_ops, ClusterId, Error, IngestReport, InitMode, Node,
+    decode_bundle, read_bundle, split_bundles, verify_ops, ClusterId, Error, Event, IngestReport, InitMode, Node,
     NodeConfig, NodeKey, Payload, Rejection, SledStore, Store, Timestamp,
 };
 
@@ -139,22 +139,43 @@ impl<S: Store> Node<S> {
     /// bundles before it stay stored (each stored op is valid on its own; importing again
     /// skips them as duplicates) and the error is returned.
     ///
-    /// The report's `events` stay empty: subscribers hear every event as usual, but a
-    /// report holding one event per transition of a whole history would not be bounded.
+    /// Subscribers hear every imported transition as they do for any ingest. The report's
+    /// `events` stay empty: one event per transition of a whole history would not be
+    /// bounded; [`Node::import_reader_with_events`] hands them over chunk by chunk.
     pub fn import_reader(
         &mut self,
         r: &mut impl std::io::Read,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<IngestReport, Error> {
+        self.import_reader_with_events(r, progress, |_| {})
+    }
+
+    /// [`Node::import_reader`], handing the events each chunk's ingest published (what
+    /// [`IngestReport::events`] holds for one ingest, and what subscribers heard) to
+    /// `events`, in order, after each chunk, so a caller can report or forward every
+    /// imported transition without the import holding them all.
+    pub fn import_reader_with_events(
+        &mut self,
+        r: &mut impl std::io::Read,
         mut progress: impl FnMut(u64, u64),
+        mut events: impl FnMut(Vec<Event>),
     ) -> Result<IngestReport, Error> {
         let mut report = IngestReport::default();
         let (mut done, mut total) = (0u64, 0u64);
         while let Some(bundle) = read_bundle(r)? {
             total = total.saturating_add(op_count(&bundle));
             progress(done, total);
-            import_in_chunks(self, &bundle, IMPORT_CHUNK_OPS, Events::Drop, &mut report, |n| {
-                done = done.saturating_add(n);
-                progress(done, total);
-            })?;
+            import_in_chunks(
+                self,
+                &bundle,
+                IMPORT_CHUNK_OPS,
+                Events::Hand(&mut events),
+                &mut report,
+                |n| {
+                    done = done.saturating_add(n);
+                    progress(done, total);
+                },
+            )?;
         }
         report.buffered = self.buffered_ops();
         Ok(report)
@@ -257,20 +278,19 @@ fn op_count(bundle: &[u8]) -> u64 {
     ))
 }
 
-/// Decodes one bundle and ingests it in chunks of `chunk_ops` into `report`, calling
-/// `ingested(n)` after each chunk of `n` ops.
-/// Whether an import's report collects the events its ingests published.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Events {
+/// Where an import's events go: into its report, or to a caller's sink chunk by chunk.
+enum Events<'a> {
     Keep,
-    Drop,
+    Hand(&'a mut dyn FnMut(Vec<Event>)),
 }
 
+/// Decodes one bundle and ingests it in chunks of `chunk_ops` into `report`, calling
+/// `ingested(n)` after each chunk of `n` ops.
 fn import_in_chunks<S: Store>(
     node: &mut Node<S>,
     bytes: &[u8],
     chunk_ops: usize,
-    events: Events,
+    mut events: Events<'_>,
     report: &mut IngestReport,
     mut ingested: impl FnMut(u64),
 ) -> Result<(), Error> {
@@ -292,8 +312,8 @@ fn import_in_chunks<S: Store>(
         let chunk: Vec<_> = rest.by_ref().take(chunk_ops.max(1)).collect();
         let n = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
         let mut chunk_report = node.ingest(chunk)?;
-        if events == Events::Drop {
-            chunk_report.events = Vec::new();
+        if let Events::Hand(sink) = &mut events {
+            sink(std::mem::take(&mut chunk_report.events));
         }
         report.absorb(chunk_report);
         ingested(n);
@@ -384,6 +404,50 @@ mod tests {
         assert_eq!(report.applied, ops.len());
         assert_eq!(report.buffered, 0, "nothing is left waiting");
         assert_eq!(b.version_vector(), a.version_vector());
+    }
+
+    #[test]
+    fn a_streamed_import_hands_over_every_event_subscribers_hear() {
+        use crate::{Event, PipelineEvent};
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b) = pair(dir.path(), 3);
+        for i in 0..3 {
+            let id = StoryId::new(format!("{i}_s")).unwrap();
+            a.execute(t(2), Command::event(id, PipelineEvent::DepsMet))
+                .unwrap();
+        }
+        let stream: Vec<u8> = a
+            .export_chunks(&VersionVector::default(), crate::MIN_BUNDLE_BYTES)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect::<Vec<_>>()
+            .concat();
+        let heard = Arc::new(Mutex::new(Vec::<Event>::new()));
+        let sink = heard.clone();
+        let _sub = b.subscribe(move |e| sink.lock().unwrap().push(e.clone()));
+        let mut handed = Vec::new();
+        let report = b
+            .import_reader_with_events(&mut stream.as_slice(), |_, _| {}, |events| handed.extend(events))
+            .unwrap();
+        assert_eq!(report.applied, a.version_vector().total() as usize);
+        assert!(report.events.is_empty(), "the report stays bounded");
+        let heard = heard.lock().unwrap().clone();
+        let transitions = |events: &[Event]| {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Transition(t) if t.event == Some("deps-met") => Some(t.story.as_str().to_string()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            transitions(&heard).len(),
+            3,
+            "the subscription hears the imported transitions"
+        );
+        assert_eq!(handed, heard, "the sink gets what subscribers heard, in order");
     }
 
     #[test]

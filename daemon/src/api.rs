@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use huskies_core::{
-    ArchiveReason, Command, Event, EventArgs, EventKind, Lease, Node, NodeId, Stage, StageKind, StoryId,
-    Timestamp, VersionVector,
+    ArchiveReason, Command, Event, EventArgs, EventCursor, EventKind, Lease, Node, NodeId, Stage, StageKind,
+    StoryId, Timestamp, VersionVector,
 };
 use serde::{Deserialize, Serialize};
 
@@ -154,8 +154,10 @@ pub enum ApiCommand {
         /// Name.
         name: String,
         /// Body.
+        #[serde(default)]
         body: Option<String>,
-        /// Dependencies.
+        /// Dependencies (none when left out).
+        #[serde(default)]
         depends_on: Vec<String>,
     },
     /// A pipeline event by its contract name (`gates-passed`, ...).
@@ -164,7 +166,8 @@ pub enum ApiCommand {
         id: String,
         /// Event name.
         event: String,
-        /// Its arguments.
+        /// Its arguments (none when left out).
+        #[serde(default)]
         args: ApiEventArgs,
     },
     /// Claim (or renew) a story.
@@ -184,6 +187,15 @@ pub enum ApiCommand {
         /// Story id.
         id: String,
     },
+}
+
+/// Commands from one JSON array in their wire form (what [`ApiRequest::Group`] carries):
+/// how a host language hands a whole batch across in one string, parsed once here by the
+/// same serde types. Text that is not such an array is `InvalidArgument`; the commands'
+/// contents are checked later by the core, as for every other route.
+pub fn commands_from_json(text: &str) -> Result<Vec<ApiCommand>, ApiError> {
+    serde_json::from_str(text)
+        .map_err(|e| invalid(format!("a batch that is not a JSON array of commands: {e}")))
 }
 
 impl ApiCommand {
@@ -303,7 +315,22 @@ pub enum ApiRequest {
     },
     /// Keep the connection open and stream [`EventData`] (control socket only).
     Subscribe,
+    /// One step of the lifecycle-event walk over the local log after a cursor (the text
+    /// form `huskies events` prints; empty: the start of the log): the envelopes of about
+    /// [`EVENTS_STEP_BYTES`] of ops. Replies [`ApiReply::Events`]; call again with its
+    /// `end` until `ops_read` is 0.
+    Events {
+        /// Where the reader stands.
+        since: String,
+    },
+    /// The event cursor at the end of the local log: events after it are the ones not yet
+    /// committed. Replies [`ApiReply::Cursor`].
+    EventCursor,
 }
+
+/// Bytes of ops one [`ApiRequest::Events`] step reads: bounds a step's memory and the time
+/// it holds the node, not what a reader gets in all.
+pub const EVENTS_STEP_BYTES: usize = 1 << 20;
 
 /// A stage with its fields, flat: `kind` is the contract's stage kind name and only the
 /// fields of that kind are set.
@@ -528,6 +555,27 @@ impl EventData {
     }
 }
 
+/// One lifecycle event of [`ApiRequest::Events`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeData {
+    /// The envelope as JSON (`huskies_core::Envelope`, the wire form of `huskies events` and
+    /// the NATS bridge), as text so that every route hands on the same bytes.
+    pub envelope: String,
+    /// The cursor that resumes just after this event.
+    pub cursor: String,
+}
+
+/// One step of the event walk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsData {
+    /// The events, in the log's Lamport order.
+    pub events: Vec<EnvelopeData>,
+    /// The cursor after the last op read (ops without events move it too).
+    pub end: String,
+    /// Ops read: 0 means the reader is at the end of the local log.
+    pub ops_read: u64,
+}
+
 /// A node's ids.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InfoData {
@@ -547,6 +595,10 @@ pub enum ApiReply {
     Story(Box<StoryData>),
     /// Done, nothing to say.
     Done,
+    /// [`ApiRequest::Events`]
+    Events(EventsData),
+    /// [`ApiRequest::EventCursor`]: a cursor's text form.
+    Cursor(String),
     /// [`ApiRequest::Group`]: per command, `None` when committed.
     Group(Vec<Option<ApiError>>),
     /// [`ApiRequest::Stories`]
@@ -716,6 +768,27 @@ pub fn serve(
                     .to_string(),
             )
         }
+        ApiRequest::Events { since } => {
+            let cursor: EventCursor = since.parse()?;
+            let batch = huskies_core::events_after(node, &cursor, EVENTS_STEP_BYTES)?;
+            let events = batch
+                .events
+                .iter()
+                .map(|(env, after)| {
+                    Ok(EnvelopeData {
+                        envelope: serde_json::to_string(env)
+                            .map_err(|e| ApiError::new(ApiErrorKind::Io, format!("an envelope: {e}")))?,
+                        cursor: after.to_string(),
+                    })
+                })
+                .collect::<Result<_, ApiError>>()?;
+            ApiReply::Events(EventsData {
+                events,
+                end: batch.end.to_string(),
+                ops_read: batch.ops_read as u64,
+            })
+        }
+        ApiRequest::EventCursor => ApiReply::Cursor(EventCursor::at(node.version_vector()).to_string()),
         ApiRequest::Subscribe => {
             return Err(invalid(
                 "subscribe streams events: use a subscription, not a single call",

@@ -100,6 +100,69 @@ fn serve_on_an_owned_node_validates_through_the_core() {
 }
 
 #[test]
+fn a_batch_as_one_json_array_parses_to_the_same_commands() {
+    // The wire form a host language builds in native code (Python's `json.dumps`): fields
+    // that are empty may be left out.
+    let text = r#"[
+        {"command": "add_story", "id": "1_a", "name": "A"},
+        {"command": "add_story", "id": "2_b", "name": "B", "body": "x", "depends_on": ["1_a"]},
+        {"command": "event", "id": "1_a", "event": "deps-met"},
+        {"command": "event", "id": "1_a", "event": "gates-passed", "args": {"branch": "f", "commits": 2}},
+        {"command": "claim", "id": "1_a", "ttl_secs": 60},
+        {"command": "release", "id": "1_a"},
+        {"command": "remove", "id": "2_b"}
+    ]"#;
+    let parsed = huskies_daemon::api::commands_from_json(text).unwrap();
+    let expected = vec![
+        ApiCommand::AddStory {
+            id: "1_a".into(),
+            name: "A".into(),
+            body: None,
+            depends_on: vec![],
+        },
+        ApiCommand::AddStory {
+            id: "2_b".into(),
+            name: "B".into(),
+            body: Some("x".into()),
+            depends_on: vec!["1_a".into()],
+        },
+        event("1_a", "deps-met"),
+        ApiCommand::Event {
+            id: "1_a".into(),
+            event: "gates-passed".into(),
+            args: ApiEventArgs {
+                branch: Some("f".into()),
+                commits: Some(2),
+                ..ApiEventArgs::default()
+            },
+        },
+        ApiCommand::Claim {
+            id: "1_a".into(),
+            ttl_secs: 60,
+        },
+        ApiCommand::Release { id: "1_a".into() },
+        ApiCommand::Remove { id: "2_b".into() },
+    ];
+    assert_eq!(parsed, expected);
+    // What serializes comes back the same.
+    let round = huskies_daemon::api::commands_from_json(&serde_json::to_string(&expected).unwrap()).unwrap();
+    assert_eq!(round, expected);
+    // Not an array of commands: a typed refusal, never a panic.
+    for bad in [
+        "",
+        "{}",
+        "[1]",
+        r#"[{"command": "fly", "id": "1_a"}]"#,
+        r#"[{"command": "add_story"}]"#,
+        r#"[{"command": "claim", "id": "1_a", "ttl_secs": -1}]"#,
+        r#"[{"command": "event", "id": "1_a", "event": "deps-met", "args": {"commits": "2"}}]"#,
+    ] {
+        let e = huskies_daemon::api::commands_from_json(bad).unwrap_err();
+        assert_eq!(e.kind, ApiErrorKind::InvalidArgument, "{bad:?}");
+    }
+}
+
+#[test]
 fn remote_node_runs_requests_on_the_daemons_node() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -19,6 +19,7 @@ use automerge::{transaction::Transactable, AutoCommit, Change, ObjType, ReadDoc,
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
 use huskies_core::{
     Command, InitMode, Node, NodeConfig, PipelineEvent, StageKind, StoryId, Timestamp, VersionVector,
+    EXPORT_BUNDLE_BYTES,
 };
 use serde_json::{json, Value as Json};
 
@@ -238,9 +239,20 @@ fn huskies_side(n: usize) -> Result<Json> {
         story.stage
     );
 
-    // Export the whole history (signed ops) and receive it on a fresh replica.
+    // Export the whole history (signed ops) as a bundle stream, one bounded bundle at a time
+    // (what `huskies export` writes), and receive it on a fresh replica the same way
+    // (`import_reader`, what `huskies import` does): neither side holds the whole history.
     let t = Instant::now();
-    let bundle = node.export_since(&VersionVector::default())?;
+    let stream = tmp.path().join("history.hsk");
+    let mut out = std::io::BufWriter::new(File::create(&stream)?);
+    let mut bundle_bytes = 0usize;
+    for bundle in node.export_chunks(&VersionVector::default(), EXPORT_BUNDLE_BYTES)? {
+        let bundle = bundle?;
+        out.write_all(&bundle)?;
+        bundle_bytes += bundle.len();
+    }
+    out.flush()?;
+    drop(out);
     let export_ms = ms(t);
     let expected = node.version_vector().total();
     drop(node);
@@ -252,7 +264,7 @@ fn huskies_side(n: usize) -> Result<Json> {
         NodeConfig::default(),
     )?;
     let t = Instant::now();
-    let report = fresh.import_bundle(&bundle, |_, _| {})?;
+    let report = fresh.import_reader(&mut std::io::BufReader::new(File::open(&stream)?), |_, _| {})?;
     fresh.flush()?;
     let receive_ms = ms(t);
     if let Some(first) = report.rejected.first() {
@@ -277,7 +289,7 @@ fn huskies_side(n: usize) -> Result<Json> {
         "store_bytes": store_bytes,
         "reopen_query_ms": reopen_query_ms,
         "export_ms": export_ms,
-        "bundle_bytes": bundle.len(),
+        "bundle_bytes": bundle_bytes,
         "receive_ms": receive_ms,
         "receive_us_per_change": receive_ms * 1e3 / ops,
         "peak_rss_mb": peak_rss_mb(),

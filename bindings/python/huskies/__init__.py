@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json as _json
 import os
 import socket
 import sys
@@ -45,6 +46,7 @@ __all__ = [
     "Member",
     "VerifyReport",
     "Event",
+    "Envelope",
     "HuskiesError",
     "NotFound",
     "AlreadyExists",
@@ -340,6 +342,80 @@ class Event:
     conflict: bool
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """A lifecycle event: the envelope ``huskies events`` prints and the NATS bridge
+    publishes (``docs/events.md``), for every committed change with an event (a story
+    added or removed, a pipeline transition local or merged, a claim taken, released or
+    lost, a member added, removed or rotated). ``cursor`` resumes just after it
+    (``node.events(since=envelope.cursor)``)."""
+
+    id: str
+    type: str
+    version: str
+    timestamp: str
+    publisher: str
+    attributes: Dict[str, Any]
+    cursor: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The envelope as its JSON object (without the cursor)."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "version": self.version,
+            "timestamp": self.timestamp,
+            "publisher": self.publisher,
+            "attributes": self.attributes,
+        }
+
+    @property
+    def story_id(self) -> Optional[str]:
+        """``attributes["story"]``: the story, for story and claim events."""
+        return _text(self.attributes.get("story"))
+
+    @property
+    def before(self) -> Optional[str]:
+        """The stage kind before a transition (``attributes["from"]["kind"]``)."""
+        return _kind(self.attributes.get("from"))
+
+    @property
+    def after(self) -> Optional[str]:
+        """The stage kind after a transition or a story's creation."""
+        return _kind(self.attributes.get("to"))
+
+    @property
+    def event(self) -> Optional[str]:
+        """The pipeline event name of a transition."""
+        return _text(self.attributes.get("event"))
+
+    @property
+    def author(self) -> Optional[str]:
+        """The author of the op that caused it."""
+        return _text(self.attributes.get("author"))
+
+
+def _text(value: object) -> Optional[str]:
+    return None if value is None else str(value)
+
+
+def _kind(stage: object) -> Optional[str]:
+    return _text(stage.get("kind")) if isinstance(stage, dict) else None
+
+
+def _envelope(text: str, cursor: str) -> Envelope:
+    d = _json.loads(text)
+    return Envelope(
+        id=d["id"],
+        type=d["type"],
+        version=d["version"],
+        timestamp=d["timestamp"],
+        publisher=d["publisher"],
+        attributes=d["attributes"],
+        cursor=cursor,
+    )
+
+
 def _stage(s: Any) -> Stage:
     return Stage(
         kind=s.kind,
@@ -392,17 +468,21 @@ def _report(error: BaseException) -> None:
     traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
 
 
-class _Listener:
-    """The native listener: runs on the library's delivery thread; never raises."""
+EnvelopeCallback = Callable[[Envelope], object]
 
-    def __init__(self, callback: EventCallback, on_error: Optional[ErrorCallback]) -> None:
+
+class _Listener:
+    """The native listener (of transitions or of envelopes): runs on the library's delivery
+    thread; never raises."""
+
+    def __init__(self, callback: Callable[[Any], object], on_error: Optional[ErrorCallback]) -> None:
         self._callback = callback
         self._on_error = on_error
         self.errors = 0
 
-    def on_event(self, event: Any) -> None:
+    def _deliver(self, make: Callable[[], object]) -> None:
         try:
-            self._callback(_event(event))
+            self._callback(make())
         except BaseException as e:  # noqa: BLE001 - a callback must never kill delivery
             self.errors += 1
             try:
@@ -410,11 +490,22 @@ class _Listener:
             except BaseException:  # noqa: BLE001
                 pass
 
+    def on_event(self, event: Any) -> None:
+        self._deliver(lambda: _event(event))
+
+    def on_envelope(self, envelope: str, cursor: str) -> None:
+        self._deliver(lambda: _envelope(envelope, cursor))
+
 
 class Subscription:
     """A live subscription; ``cancel()`` stops delivery (also on ``with`` exit)."""
 
-    def __init__(self, native: Any, listener: _Listener, on_cancel: Optional[Callable[[], None]] = None) -> None:
+    def __init__(
+        self,
+        native: Any,
+        listener: _Listener,
+        on_cancel: Optional[Callable[[], None]] = None,
+    ) -> None:
         self._native = native
         self._listener = listener
         self._on_cancel = on_cancel
@@ -451,14 +542,15 @@ _END = object()
 
 
 class EventStream:
-    """``async for event in node.events()``: the node's events for asyncio code. Ends when
-    closed (``aclose()``, ``async with`` exit) or when its node is closed."""
+    """``async for envelope in node.events()``: the node's lifecycle envelopes for asyncio
+    code (the same as ``node.subscribe_events``). Ends when closed (``aclose()``,
+    ``async with`` exit) or when its node is closed."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: "Node", since: Optional[str]) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: "asyncio.Queue[object]" = asyncio.Queue()
         self._done = False
-        self._sub = node.subscribe(self._deliver)
+        self._sub = node.subscribe_events(self._deliver, since=since)
         self._sub._on_cancel = self._end
 
     def _put(self, item: object) -> None:
@@ -467,8 +559,8 @@ class EventStream:
         except RuntimeError:
             pass  # the loop is closed: nobody is listening any more
 
-    def _deliver(self, event: Event) -> None:
-        self._put(event)
+    def _deliver(self, envelope: Envelope) -> None:
+        self._put(envelope)
 
     def _end(self) -> None:
         self._put(_END)
@@ -476,14 +568,14 @@ class EventStream:
     def __aiter__(self) -> "EventStream":
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> Envelope:
         if self._done:
             raise StopAsyncIteration
         item = await self._queue.get()
         if item is _END:
             self._done = True
             raise StopAsyncIteration
-        assert isinstance(item, Event)
+        assert isinstance(item, Envelope)
         return item
 
     async def aclose(self) -> None:
@@ -589,17 +681,22 @@ class Node:
         return str(self._ids().route)
 
     # -- commands
+    #
+    # A command is a dict in the typed API's wire form (``{"command": "add_story", ...}``);
+    # a group crosses the FFI as one JSON array built by ``json.dumps`` (C code) and parsed
+    # once in Rust, instead of one record per command packed field by field in Python.
 
-    def _run(self, command: Any) -> None:
-        pending: Optional[List[Any]] = getattr(self._local, "batch", None)
+    def _run(self, command: Dict[str, Any]) -> None:
+        pending: Optional[List[Dict[str, Any]]] = getattr(self._local, "batch", None)
         if pending is not None:
             pending.append(command)
             return
         self._group([command])
 
-    def _group(self, commands: List[Any]) -> None:
+    def _group(self, commands: List[Dict[str, Any]]) -> None:
+        text = _json.dumps(commands, separators=(",", ":"))
         with _errors():
-            refusals = self._native.execute_group(commands)
+            refusals = self._native.execute_group_json(text)
         if refusals:
             r = refusals[0]
             cls = _BY_KIND.get(r.kind, HuskiesError)
@@ -618,15 +715,16 @@ class Node:
         sid = _str("story_id", story_id)
         if isinstance(depends_on, str):
             raise TypeError("depends_on must be a list of story ids, not a str")
-        deps = [_str("depends_on item", d) for d in depends_on]
-        self._run(
-            _n.Command.ADD_STORY(
-                id=sid,
-                name=sid if name is None else _str("name", name),
-                body=_opt_str("body", body),
-                depends_on=deps,
-            )
-        )
+        command: Dict[str, Any] = {
+            "command": "add_story",
+            "id": sid,
+            "name": sid if name is None else _str("name", name),
+        }
+        if body is not None:
+            command["body"] = _str("body", body)
+        if depends_on:
+            command["depends_on"] = [_str("depends_on item", d) for d in depends_on]
+        self._run(command)
 
     def event(
         self,
@@ -642,38 +740,52 @@ class Node:
     ) -> None:
         """Applies a pipeline event by name (see ``EVENT_NAMES``), with the arguments it
         needs (``gates-passed``: branch and commits; ``merge-succeeded``: commit; ...)."""
-        args = _n.EventArgs(
-            branch=_opt_str("branch", branch),
-            commits=_opt_int("commits", commits, 0, _U32),
-            commit=_opt_str("commit", commit),
-            kind=_opt_str("kind", kind),
-            reason=_opt_str("reason", reason),
-            by=_opt_str("by", by),
-        )
-        self._run(_n.Command.EVENT(id=_str("story_id", story_id), event=_str("event", event), args=args))
+        command: Dict[str, Any] = {
+            "command": "event",
+            "id": _str("story_id", story_id),
+            "event": _str("event", event),
+        }
+        args: Dict[str, Any] = {}
+        if branch is not None:
+            args["branch"] = _str("branch", branch)
+        if commits is not None:
+            args["commits"] = _int("commits", commits, 0, _U32)
+        if commit is not None:
+            args["commit"] = _str("commit", commit)
+        if kind is not None:
+            args["kind"] = _str("kind", kind)
+        if reason is not None:
+            args["reason"] = _str("reason", reason)
+        if by is not None:
+            args["by"] = _str("by", by)
+        if args:
+            command["args"] = args
+        self._run(command)
 
     def claim(self, story_id: str, ttl_secs: int = 600) -> None:
         """Claims (or renews this node's claim on) a story for ``ttl_secs``."""
-        self._run(_n.Command.CLAIM(id=_str("story_id", story_id), ttl_secs=_int("ttl_secs", ttl_secs, 0, _U32)))
+        self._run(
+            {"command": "claim", "id": _str("story_id", story_id), "ttl_secs": _int("ttl_secs", ttl_secs, 0, _U32)}
+        )
 
     def release(self, story_id: str) -> None:
         """Gives up this node's claim."""
-        self._run(_n.Command.RELEASE(id=_str("story_id", story_id)))
+        self._run({"command": "release", "id": _str("story_id", story_id)})
 
     def remove_story(self, story_id: str) -> None:
         """Tombstones a story."""
-        self._run(_n.Command.REMOVE(id=_str("story_id", story_id)))
+        self._run({"command": "remove", "id": _str("story_id", story_id)})
 
     @contextmanager
     def batch(self) -> Iterator["Node"]:
         """Commands inside the block (on this thread) are committed together at its end: one
         atomic write, one flush. If the block raises, nothing of it is stored. A command the
         core refuses raises at the end (the others were committed)."""
-        outer: Optional[List[Any]] = getattr(self._local, "batch", None)
+        outer: Optional[List[Dict[str, Any]]] = getattr(self._local, "batch", None)
         if outer is not None:
             yield self  # nested: part of the outer batch
             return
-        pending: List[Any] = []
+        pending: List[Dict[str, Any]] = []
         self._local.batch = pending
         try:
             yield self
@@ -780,10 +892,49 @@ class Node:
         self._subs.add(sub)
         return sub
 
-    def events(self) -> EventStream:
-        """The same events for asyncio code: ``async for event in node.events(): ...``.
-        Call it from a running event loop."""
-        return EventStream(self)
+    def subscribe_events(
+        self,
+        callback: EnvelopeCallback,
+        *,
+        since: Optional[str] = None,
+        on_error: Optional[ErrorCallback] = None,
+    ) -> Subscription:
+        """Calls ``callback(envelope)`` for every lifecycle event of the local log after
+        ``since`` (a cursor; ``""``: the start of the log; ``None``: only events committed
+        from now on), local or merged from another node, in log order, from a delivery
+        thread of the library's own: the envelopes of ``huskies events --follow``. A
+        callback that raises is reported (to ``on_error``, else stderr) and delivery goes
+        on."""
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        if on_error is not None and not callable(on_error):
+            raise TypeError("on_error must be callable")
+        cursor = _opt_str("since", since)
+        listener = _Listener(callback, on_error)
+        with _errors():
+            native = self._native.subscribe_envelopes(cursor, listener)
+        sub = Subscription(native, listener)
+        self._subs.add(sub)
+        return sub
+
+    def events(self, since: Optional[str] = None) -> EventStream:
+        """The lifecycle envelopes for asyncio code: ``async for envelope in
+        node.events(): ...`` (``since`` as in ``subscribe_events``). Call it from a running
+        event loop."""
+        return EventStream(self, _opt_str("since", since))
+
+    def event_log(self, since: str = "") -> Iterator[Envelope]:
+        """The lifecycle envelopes of the local log after ``since`` (``""``: from the
+        start) up to its end, as ``huskies events`` prints them, read in bounded steps."""
+        cursor = _str("since", since)
+        while True:
+            with _errors():
+                page = self._native.events_after(cursor)
+            for line in page.events:
+                yield _envelope(line.envelope, line.cursor)
+            if page.ops_read == 0:
+                return
+            cursor = page.end
 
     # -- lifetime
 

@@ -99,20 +99,24 @@ def test_events_from_ingested_transitions_and_convergence(tmp_path: pathlib.Path
 
 
 def test_events_by_async_for(node: huskies.Node) -> None:
-    async def main() -> List[huskies.Event]:
-        seen: List[huskies.Event] = []
+    async def main() -> List[huskies.Envelope]:
+        seen: List[huskies.Envelope] = []
         async with node.events() as stream:
             node.add_story("1_a")
             node.event("1_a", "deps-met")
             node.event("1_a", "gates-started")
             async for event in stream:
                 seen.append(event)
-                if len(seen) == 2:
+                if len(seen) == 3:
                     break
         return seen
 
     seen = asyncio.run(asyncio.wait_for(main(), timeout=20))
-    assert [(e.story_id, e.after) for e in seen] == [("1_a", "coding"), ("1_a", "qa")]
+    assert [(e.type, e.story_id, e.before, e.after) for e in seen] == [
+        ("org.huskies.story.added", "1_a", None, "backlog"),
+        ("org.huskies.story.transitioned", "1_a", "backlog", "coding"),
+        ("org.huskies.story.transitioned", "1_a", "coding", "qa"),
+    ]
 
 
 def test_async_stream_ends_when_the_node_closes(tmp_path: pathlib.Path) -> None:
@@ -124,12 +128,13 @@ def test_async_stream_ends_when_the_node_closes(tmp_path: pathlib.Path) -> None:
         n.add_story("1_a")
         n.event("1_a", "deps-met")
         loop = asyncio.get_running_loop()
-        loop.call_later(0.3, n.close)
+        loop.call_later(1.0, n.close)
         async for _ in stream:
             count += 1
         return count
 
-    assert asyncio.run(asyncio.wait_for(main(), timeout=20)) == 1
+    # story.added and story.transitioned
+    assert asyncio.run(asyncio.wait_for(main(), timeout=20)) == 2
 
 
 def test_garbage_and_forged_ingest_change_nothing(tmp_path: pathlib.Path) -> None:

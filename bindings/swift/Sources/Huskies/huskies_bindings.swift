@@ -819,6 +819,18 @@ public protocol NativeNodeProtocol: AnyObject, Sendable {
     func close() 
     
     /**
+     * The cursor at the end of the local log (events after it are not committed yet).
+     */
+    func eventCursor() throws  -> String
+    
+    /**
+     * The lifecycle events after `since` (a cursor's text; empty: the start of the log),
+     * one bounded step of the walk `huskies events` makes: call again with `end` until
+     * `ops_read` is 0.
+     */
+    func eventsAfter(since: String) throws  -> EventPage
+    
+    /**
      * Applies one command; returns the story after it (`None` after `Remove`).
      */
     func execute(command: Command) throws  -> Story?
@@ -828,6 +840,16 @@ public protocol NativeNodeProtocol: AnyObject, Sendable {
      * refused ones; the others were committed.
      */
     func executeGroup(commands: [Command]) throws  -> [Refusal]
+    
+    /**
+     * [`NativeNode::execute_group`] with the commands as one JSON array of the typed API's
+     * commands (`{"command": "add_story", "id": ..., ...}`, the control socket's wire form),
+     * parsed once by the API's own serde types: a host language builds that text in native
+     * code (Python's `json.dumps`) instead of packing one record per command across the
+     * FFI. Text that is not such an array is refused with `InvalidArgument` and nothing is
+     * written.
+     */
+    func executeGroupJson(commands: String) throws  -> [Refusal]
     
     /**
      * Signed ops the holder of `have` lacks, as a bundle.
@@ -874,6 +896,16 @@ public protocol NativeNodeProtocol: AnyObject, Sendable {
      * the library's own, until the subscription is cancelled or the node closed.
      */
     func subscribe(listener: EventListener) throws  -> NativeSubscription
+    
+    /**
+     * Delivers the lifecycle envelopes of the local log after `since` (a cursor's text;
+     * empty: the start of the log; `None`: only events committed from now on) to
+     * `listener`, in log order, on a thread of the library's own: the same envelopes as
+     * `huskies events --follow`, local and merged alike, read from the log by the API's
+     * event walk (woken by each committed transition, and every 200 ms for the rest).
+     * Ends when cancelled or when the node is closed.
+     */
+    func subscribeEnvelopes(since: String?, listener: EnvelopeListener) throws  -> NativeSubscription
     
     /**
      * A one-time join ticket naming the daemon that serves this node.
@@ -1007,6 +1039,33 @@ open func close()  {try! rustCall() {
 }
     
     /**
+     * The cursor at the end of the local log (events after it are not committed yet).
+     */
+open func eventCursor()throws  -> String  {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeHuskiesError_lift) {
+        uniffiCallStatus in
+    uniffi_huskies_bindings_fn_method_nativenode_event_cursor(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The lifecycle events after `since` (a cursor's text; empty: the start of the log),
+     * one bounded step of the walk `huskies events` makes: call again with `end` until
+     * `ops_read` is 0.
+     */
+open func eventsAfter(since: String)throws  -> EventPage  {
+    return try  FfiConverterTypeEventPage_lift(try rustCallWithError(FfiConverterTypeHuskiesError_lift) {
+        uniffiCallStatus in
+    uniffi_huskies_bindings_fn_method_nativenode_events_after(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(since),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Applies one command; returns the story after it (`None` after `Remove`).
      */
 open func execute(command: Command)throws  -> Story?  {
@@ -1029,6 +1088,24 @@ open func executeGroup(commands: [Command])throws  -> [Refusal]  {
     uniffi_huskies_bindings_fn_method_nativenode_execute_group(
             self.uniffiCloneHandle(),
         FfiConverterSequenceTypeCommand.lower(commands),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * [`NativeNode::execute_group`] with the commands as one JSON array of the typed API's
+     * commands (`{"command": "add_story", "id": ..., ...}`, the control socket's wire form),
+     * parsed once by the API's own serde types: a host language builds that text in native
+     * code (Python's `json.dumps`) instead of packing one record per command across the
+     * FFI. Text that is not such an array is refused with `InvalidArgument` and nothing is
+     * written.
+     */
+open func executeGroupJson(commands: String)throws  -> [Refusal]  {
+    return try  FfiConverterSequenceTypeRefusal.lift(try rustCallWithError(FfiConverterTypeHuskiesError_lift) {
+        uniffiCallStatus in
+    uniffi_huskies_bindings_fn_method_nativenode_execute_group_json(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(commands),uniffiCallStatus
     )
 })
 }
@@ -1144,6 +1221,25 @@ open func subscribe(listener: EventListener)throws  -> NativeSubscription  {
     uniffi_huskies_bindings_fn_method_nativenode_subscribe(
             self.uniffiCloneHandle(),
         FfiConverterCallbackInterfaceEventListener_lower(listener),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Delivers the lifecycle envelopes of the local log after `since` (a cursor's text;
+     * empty: the start of the log; `None`: only events committed from now on) to
+     * `listener`, in log order, on a thread of the library's own: the same envelopes as
+     * `huskies events --follow`, local and merged alike, read from the log by the API's
+     * event walk (woken by each committed transition, and every 200 ms for the rest).
+     * Ends when cancelled or when the node is closed.
+     */
+open func subscribeEnvelopes(since: String?, listener: EnvelopeListener)throws  -> NativeSubscription  {
+    return try  FfiConverterTypeNativeSubscription_lift(try rustCallWithError(FfiConverterTypeHuskiesError_lift) {
+        uniffiCallStatus in
+    uniffi_huskies_bindings_fn_method_nativenode_subscribe_envelopes(
+            self.uniffiCloneHandle(),
+        FfiConverterOptionString.lower(since),
+        FfiConverterCallbackInterfaceEnvelopeListener_lower(listener),uniffiCallStatus
     )
 })
 }
@@ -1460,6 +1556,75 @@ public func FfiConverterTypeClaim_lower(_ value: Claim) -> RustBuffer {
 
 
 /**
+ * One lifecycle event: the envelope `huskies events` prints and the NATS bridge publishes.
+ */
+public struct EnvelopeLine: Equatable, Hashable {
+    /**
+     * The envelope as JSON (`{id, type, version, timestamp, publisher, attributes}`).
+     */
+    public var envelope: String
+    /**
+     * The cursor that resumes just after it.
+     */
+    public var cursor: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The envelope as JSON (`{id, type, version, timestamp, publisher, attributes}`).
+         */envelope: String, 
+        /**
+         * The cursor that resumes just after it.
+         */cursor: String) {
+        self.envelope = envelope
+        self.cursor = cursor
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension EnvelopeLine: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeEnvelopeLine: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> EnvelopeLine {
+        return
+            try EnvelopeLine(
+                envelope: FfiConverterString.read(from: &buf), 
+                cursor: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: EnvelopeLine, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.envelope, into: &buf)
+        FfiConverterString.write(value.cursor, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEnvelopeLine_lift(_ buf: RustBuffer) throws -> EnvelopeLine {
+    return try FfiConverterTypeEnvelopeLine.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEnvelopeLine_lower(_ value: EnvelopeLine) -> RustBuffer {
+    return FfiConverterTypeEnvelopeLine.lower(value)
+}
+
+
+/**
  * A committed transition.
  */
 public struct Event: Equatable, Hashable {
@@ -1674,6 +1839,85 @@ public func FfiConverterTypeEventArgs_lift(_ buf: RustBuffer) throws -> EventArg
 #endif
 public func FfiConverterTypeEventArgs_lower(_ value: EventArgs) -> RustBuffer {
     return FfiConverterTypeEventArgs.lower(value)
+}
+
+
+/**
+ * One step of the walk over the local log's lifecycle events.
+ */
+public struct EventPage: Equatable, Hashable {
+    /**
+     * The events, in the log's Lamport order.
+     */
+    public var events: [EnvelopeLine]
+    /**
+     * The cursor after the last op read.
+     */
+    public var end: String
+    /**
+     * Ops read: 0 means the end of the local log was reached.
+     */
+    public var opsRead: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The events, in the log's Lamport order.
+         */events: [EnvelopeLine], 
+        /**
+         * The cursor after the last op read.
+         */end: String, 
+        /**
+         * Ops read: 0 means the end of the local log was reached.
+         */opsRead: UInt64) {
+        self.events = events
+        self.end = end
+        self.opsRead = opsRead
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension EventPage: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeEventPage: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> EventPage {
+        return
+            try EventPage(
+                events: FfiConverterSequenceTypeEnvelopeLine.read(from: &buf), 
+                end: FfiConverterString.read(from: &buf), 
+                opsRead: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: EventPage, into buf: inout [UInt8]) {
+        FfiConverterSequenceTypeEnvelopeLine.write(value.events, into: &buf)
+        FfiConverterString.write(value.end, into: &buf)
+        FfiConverterUInt64.write(value.opsRead, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEventPage_lift(_ buf: RustBuffer) throws -> EventPage {
+    return try FfiConverterTypeEventPage.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEventPage_lower(_ value: EventPage) -> RustBuffer {
+    return FfiConverterTypeEventPage.lower(value)
 }
 
 
@@ -2847,6 +3091,150 @@ public func FfiConverterTypeHuskiesError_lower(_ value: HuskiesError) -> RustBuf
 
 
 /**
+ * Receives lifecycle envelopes on a delivery thread of the library's own.
+ */
+public protocol EnvelopeListener: AnyObject, Sendable {
+    
+    /**
+     * One event: its envelope as JSON and the cursor after it. Must not raise (the Python
+     * layer catches and reports).
+     */
+    func onEnvelope(envelope: String, cursor: String) 
+    
+}
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceEnvelopeListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceEnvelopeListener = UniffiVTableCallbackInterfaceEnvelopeListener(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterCallbackInterfaceEnvelopeListener.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface EnvelopeListener: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterCallbackInterfaceEnvelopeListener.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface EnvelopeListener: handle missing in uniffiClone")
+            }
+        },
+        onEnvelope: { (
+            uniffiHandle: UInt64,
+            envelope: RustBuffer,
+            cursor: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterCallbackInterfaceEnvelopeListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onEnvelope(
+                     envelope: try FfiConverterString.lift(envelope),
+                     cursor: try FfiConverterString.lift(cursor)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceEnvelopeListener> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceEnvelopeListener>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitEnvelopeListener() {
+    uniffi_huskies_bindings_fn_init_callback_vtable_envelopelistener(UniffiCallbackInterfaceEnvelopeListener.vtablePtr)
+}
+
+// FfiConverter protocol for callback interfaces
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterCallbackInterfaceEnvelopeListener {
+    fileprivate static let handleMap = UniffiHandleMap<EnvelopeListener>()
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+extension FfiConverterCallbackInterfaceEnvelopeListener : FfiConverter {
+    typealias SwiftType = EnvelopeListener
+    typealias FfiType = UInt64
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func lift(_ handle: UInt64) throws -> SwiftType {
+        try handleMap.get(handle: handle)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func lower(_ v: SwiftType) -> UInt64 {
+        return handleMap.insert(obj: v)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func write(_ v: SwiftType, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(v))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterCallbackInterfaceEnvelopeListener_lift(_ handle: UInt64) throws -> EnvelopeListener {
+    return try FfiConverterCallbackInterfaceEnvelopeListener.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterCallbackInterfaceEnvelopeListener_lower(_ v: EnvelopeListener) -> UInt64 {
+    return FfiConverterCallbackInterfaceEnvelopeListener.lower(v)
+}
+
+
+
+
+/**
  * Receives events on a delivery thread of the library's own.
  */
 public protocol EventListener: AnyObject, Sendable {
@@ -3108,6 +3496,31 @@ fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeEnvelopeLine: FfiConverterRustBuffer {
+    typealias SwiftType = [EnvelopeLine]
+
+    public static func write(_ value: [EnvelopeLine], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeEnvelopeLine.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [EnvelopeLine] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [EnvelopeLine]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeEnvelopeLine.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeMember: FfiConverterRustBuffer {
     typealias SwiftType = [Member]
 
@@ -3315,10 +3728,19 @@ private let initializationResult: InitializationResult = {
     if (uniffi_huskies_bindings_checksum_method_nativenode_close() != 35804) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_huskies_bindings_checksum_method_nativenode_event_cursor() != 3756) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_huskies_bindings_checksum_method_nativenode_events_after() != 10711) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_huskies_bindings_checksum_method_nativenode_execute() != 37833) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_huskies_bindings_checksum_method_nativenode_execute_group() != 16046) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_huskies_bindings_checksum_method_nativenode_execute_group_json() != 31759) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_huskies_bindings_checksum_method_nativenode_export_since() != 54889) {
@@ -3348,6 +3770,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_huskies_bindings_checksum_method_nativenode_subscribe() != 43699) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_huskies_bindings_checksum_method_nativenode_subscribe_envelopes() != 54401) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_huskies_bindings_checksum_method_nativenode_ticket() != 24749) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -3375,10 +3800,14 @@ private let initializationResult: InitializationResult = {
     if (uniffi_huskies_bindings_checksum_constructor_nativenode_open() != 10647) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_huskies_bindings_checksum_method_envelopelistener_on_envelope() != 52416) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_huskies_bindings_checksum_method_eventlistener_on_event() != 35544) {
         return InitializationResult.apiChecksumMismatch
     }
 
+    uniffiCallbackInitEnvelopeListener()
     uniffiCallbackInitEventListener()
     return InitializationResult.ok
 }()

@@ -243,11 +243,27 @@ typedef void (*UniffiForeignFutureCompleteVoid)(uint64_t, UniffiForeignFutureRes
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_ENVELOPE_LISTENER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_ENVELOPE_LISTENER_METHOD0
+typedef void (*UniffiCallbackInterfaceEnvelopeListenerMethod0)(uint64_t, RustBuffer, RustBuffer, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD0
 #define UNIFFI_FFIDEF_CALLBACK_INTERFACE_EVENT_LISTENER_METHOD0
 typedef void (*UniffiCallbackInterfaceEventListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
         RustCallStatus *_Nonnull uniffiCallStatus
     );
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_ENVELOPE_LISTENER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_ENVELOPE_LISTENER
+typedef struct UniffiVTableCallbackInterfaceEnvelopeListener {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceEnvelopeListenerMethod0 _Nonnull onEnvelope;
+} UniffiVTableCallbackInterfaceEnvelopeListener;
 
 #endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_EVENT_LISTENER
@@ -329,6 +345,16 @@ uint64_t uniffi_huskies_bindings_fn_constructor_nativenode_open(RustBuffer path,
 void uniffi_huskies_bindings_fn_method_nativenode_close(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_EVENT_CURSOR
+#define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_EVENT_CURSOR
+RustBuffer uniffi_huskies_bindings_fn_method_nativenode_event_cursor(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_EVENTS_AFTER
+#define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_EVENTS_AFTER
+RustBuffer uniffi_huskies_bindings_fn_method_nativenode_events_after(uint64_t ptr, RustBuffer since, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_EXECUTE
 #define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_EXECUTE
 RustBuffer uniffi_huskies_bindings_fn_method_nativenode_execute(uint64_t ptr, RustBuffer command, RustCallStatus *_Nonnull out_status
@@ -337,6 +363,11 @@ RustBuffer uniffi_huskies_bindings_fn_method_nativenode_execute(uint64_t ptr, Ru
 #ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_EXECUTE_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_EXECUTE_GROUP
 RustBuffer uniffi_huskies_bindings_fn_method_nativenode_execute_group(uint64_t ptr, RustBuffer commands, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_EXECUTE_GROUP_JSON
+#define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_EXECUTE_GROUP_JSON
+RustBuffer uniffi_huskies_bindings_fn_method_nativenode_execute_group_json(uint64_t ptr, RustBuffer commands, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_EXPORT_SINCE
@@ -384,6 +415,11 @@ RustBuffer uniffi_huskies_bindings_fn_method_nativenode_story(uint64_t ptr, Rust
 uint64_t uniffi_huskies_bindings_fn_method_nativenode_subscribe(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_SUBSCRIBE_ENVELOPES
+#define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_SUBSCRIBE_ENVELOPES
+uint64_t uniffi_huskies_bindings_fn_method_nativenode_subscribe_envelopes(uint64_t ptr, RustBuffer since, uint64_t listener, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_TICKET
 #define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVENODE_TICKET
 RustBuffer uniffi_huskies_bindings_fn_method_nativenode_ticket(uint64_t ptr, uint64_t ttl_secs, RustCallStatus *_Nonnull out_status
@@ -417,6 +453,11 @@ void uniffi_huskies_bindings_fn_method_nativesubscription_cancel(uint64_t ptr, R
 #ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVESUBSCRIPTION_IS_CANCELLED
 #define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_METHOD_NATIVESUBSCRIPTION_IS_CANCELLED
 int8_t uniffi_huskies_bindings_fn_method_nativesubscription_is_cancelled(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_INIT_CALLBACK_VTABLE_ENVELOPELISTENER
+#define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_INIT_CALLBACK_VTABLE_ENVELOPELISTENER
+void uniffi_huskies_bindings_fn_init_callback_vtable_envelopelistener(const UniffiVTableCallbackInterfaceEnvelopeListener* _Nonnull vtable
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_FN_INIT_CALLBACK_VTABLE_EVENTLISTENER
@@ -744,6 +785,18 @@ uint16_t uniffi_huskies_bindings_checksum_method_nativenode_close(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_EVENT_CURSOR
+#define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_EVENT_CURSOR
+uint16_t uniffi_huskies_bindings_checksum_method_nativenode_event_cursor(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_EVENTS_AFTER
+#define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_EVENTS_AFTER
+uint16_t uniffi_huskies_bindings_checksum_method_nativenode_events_after(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_EXECUTE
 #define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_EXECUTE
 uint16_t uniffi_huskies_bindings_checksum_method_nativenode_execute(void
@@ -753,6 +806,12 @@ uint16_t uniffi_huskies_bindings_checksum_method_nativenode_execute(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_EXECUTE_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_EXECUTE_GROUP
 uint16_t uniffi_huskies_bindings_checksum_method_nativenode_execute_group(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_EXECUTE_GROUP_JSON
+#define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_EXECUTE_GROUP_JSON
+uint16_t uniffi_huskies_bindings_checksum_method_nativenode_execute_group_json(void
     
 );
 #endif
@@ -810,6 +869,12 @@ uint16_t uniffi_huskies_bindings_checksum_method_nativenode_subscribe(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_SUBSCRIBE_ENVELOPES
+#define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_SUBSCRIBE_ENVELOPES
+uint16_t uniffi_huskies_bindings_checksum_method_nativenode_subscribe_envelopes(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_TICKET
 #define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_NATIVENODE_TICKET
 uint16_t uniffi_huskies_bindings_checksum_method_nativenode_ticket(void
@@ -861,6 +926,12 @@ uint16_t uniffi_huskies_bindings_checksum_constructor_nativenode_join(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_CONSTRUCTOR_NATIVENODE_OPEN
 #define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_CONSTRUCTOR_NATIVENODE_OPEN
 uint16_t uniffi_huskies_bindings_checksum_constructor_nativenode_open(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_ENVELOPELISTENER_ON_ENVELOPE
+#define UNIFFI_FFIDEF_UNIFFI_HUSKIES_BINDINGS_CHECKSUM_METHOD_ENVELOPELISTENER_ON_ENVELOPE
+uint16_t uniffi_huskies_bindings_checksum_method_envelopelistener_on_envelope(void
     
 );
 #endif
