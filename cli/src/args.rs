@@ -397,7 +397,6 @@ fn event_names() -> Names {
     Names(|| EventKind::ALL.iter().map(|k| k.as_str()).collect())
 }
 
-
 /// `--kind`'s help: the merge failure kinds come from the core's `MERGE_FAILURE_KINDS`.
 fn kind_help() -> String {
     let kinds: Vec<&str> = MERGE_FAILURE_KINDS.iter().map(|(k, _)| *k).collect();

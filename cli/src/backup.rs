@@ -135,8 +135,21 @@ pub(crate) fn inspect(file: &Path) -> Result<Out, CliError> {
     for p in &verify.problems {
         text += &format!("  problem: {}\n", crate::human::esc(p));
     }
-    text += &format!("\nmembers\n{}", render::members(&node.members(), &node.nodes(t)?).text);
-    text += &format!("\nstories\n{}", render::story_list(&stories, &render::ListFilter { stage: None, conflicts: false }).text);
+    text += &format!(
+        "\nmembers\n{}",
+        render::members(&node.members(), &node.nodes(t)?).text
+    );
+    text += &format!(
+        "\nstories\n{}",
+        render::story_list(
+            &stories,
+            &render::ListFilter {
+                stage: None,
+                conflicts: false
+            }
+        )
+        .text
+    );
     for (s, h) in stories.iter().zip(&histories) {
         let created = node.story_creation(&s.id)?;
         text += &format!(

@@ -9,8 +9,8 @@ use rand_core::CryptoRngCore;
 
 use crate::home::remove_made;
 use crate::{
-    decode_bundle, read_bundle, split_bundles, verify_ops, ClusterId, Error, Event, IngestReport, InitMode, Node,
-    NodeConfig, NodeKey, Payload, Rejection, SledStore, Store, Timestamp,
+    decode_bundle, read_bundle, split_bundles, verify_ops, ClusterId, Error, Event, IngestReport, InitMode,
+    Node, NodeConfig, NodeKey, Payload, Rejection, SledStore, Store, Timestamp,
 };
 
 /// Ops per ingest call when importing a bundle. Bounds the verified ops held at once (a
