@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use huskies_core::sync::Ticket;
 use huskies_core::{
-    ClusterId, Error, ErrorKind, ForkInfo, IngestReport, Lease, Member, NodeId, NodeInfo, OpSummary,
-    StageKind, Story, StoryId, Transition, VerifyReport, VersionVector,
+    ClusterId, Error, ErrorKind, ForkInfo, IngestReport, Member, NodeId, NodeInfo, OpSummary, StageKind,
+    Story, StoryId, Transition, VerifyReport, VersionVector,
 };
 use huskies_daemon::HealthReport;
 use serde_json::{json, Value};
@@ -154,13 +154,16 @@ pub(crate) fn history(history: &[Transition]) -> Out {
         .iter()
         .map(|h| {
             format!(
-                "{:>8} {} {:<18} {} -> {}{}\n",
+                "{:>8} {} {:<18} {} -> {}{}{}\n",
                 h.lamport,
                 h.author.short(),
                 h.event.name(),
                 h.from.kind(),
                 output::stage_line(&h.to),
-                if h.conflict { "  (concurrent)" } else { "" }
+                if h.conflict { "  (concurrent)" } else { "" },
+                h.forced_over
+                    .map(|n| format!("  (forced over {}'s claim)", n.short()))
+                    .unwrap_or_default()
             )
         })
         .collect();
@@ -179,11 +182,30 @@ pub(crate) fn story_deleted(id: &StoryId) -> Out {
 }
 
 /// `claim`: the claim now held on the story.
-pub(crate) fn claimed(id: &StoryId, ttl: u32, claim: Option<&Lease>) -> Out {
-    let claim = claim.map(output::lease).unwrap_or(Value::Null);
+pub(crate) fn claimed(id: &StoryId, status: &huskies_core::ClaimStatus, took: bool) -> Out {
+    let verb = if took { "claimed" } else { "holds" };
+    let state = if status.confirmed {
+        "confirmed".to_string()
+    } else {
+        format!(
+            "not confirmed yet: waiting for {} alive member(s) to see it: {}",
+            status.pending.len(),
+            status
+                .pending
+                .iter()
+                .map(|n| n.short())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     Out::new(
-        format!("claimed {id} for {ttl} s\n"),
-        json!({ "story": id.as_str(), "claim": claim }),
+        format!("{verb} {id} until {} ({state})\n", status.lease.expires_at),
+        json!({
+            "story": id.as_str(),
+            "claim": output::claim(&status.lease, status.confirmed),
+            "confirmed": status.confirmed,
+            "pending": status.pending.iter().map(|n| n.to_hex()).collect::<Vec<_>>(),
+        }),
     )
 }
 
@@ -241,6 +263,8 @@ pub(crate) struct StatusFacts<'a> {
     pub(crate) missing: Option<(u64, u64)>,
     /// Time-based signals that hold now (orphaned and due executions, expired claims, forks).
     pub(crate) signals: Vec<huskies_core::Envelope>,
+    /// Claims this node took that another node's claim overrode while they still ran.
+    pub(crate) lost: Vec<huskies_core::LostClaim>,
 }
 
 /// `status`.
@@ -326,10 +350,24 @@ pub(crate) fn status(s: &StatusFacts<'_>) -> Out {
                 .map_or(String::new(), |n| n.chars().take(8).collect())
         );
     }
+    for l in &s.lost {
+        text += &format!(
+            "LOST     claim on {} (taken {}): now held by {}\n",
+            l.story,
+            l.lease.claimed_at,
+            l.winner.as_ref().map_or("nobody".to_string(), |w| w.node.short())
+        );
+    }
     let health = &s.health;
     Out::new(
         text,
         json!({
+            "lost_claims": s.lost.iter().map(|l| json!({
+                "story": l.story.as_str(),
+                "claimed_at": output::time(l.lease.claimed_at),
+                "expires_at": output::time(l.lease.expires_at),
+                "winner": l.winner.as_ref().map(|w| w.node.to_hex()),
+            })).collect::<Vec<_>>(),
             "node_id": s.node.to_hex(),
             "cluster_id": s.cluster.to_hex(),
             "cluster_name": s.cluster_name,
