@@ -188,6 +188,8 @@ pub struct Claim {
     pub claimed_at: String,
     /// RFC 3339.
     pub expires_at: String,
+    /// Confirmed: every alive member has seen it (no alive member can win against it).
+    pub confirmed: bool,
 }
 
 /// A story.
@@ -223,6 +225,7 @@ impl From<api::StoryData> for Story {
                 node: c.node,
                 claimed_at: c.claimed_at,
                 expires_at: c.expires_at,
+                confirmed: c.confirmed,
             }),
             deleted: s.deleted,
             conflicts: s.conflicts,
@@ -615,7 +618,7 @@ impl NativeNode {
             now(),
             NodeConfig::default(),
         )?;
-        node.execute(now(), CoreCommand::Heartbeat { label, address: None })?;
+        node.execute(now(), CoreCommand::Announce { label, address: None })?;
         Ok(NativeNode::new(Backend::Local(Box::new(node))))
     }
 

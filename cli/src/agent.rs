@@ -6,7 +6,9 @@
 //! `HUSKIES_STORY_ID`, `HUSKIES_STORY_NAME`, `HUSKIES_HOME` and `HUSKIES_NODE_ID` set.
 //! Exit status 0 moves the story to QA (`gates-started`); anything else leaves it in coding
 //! for another node (this node does not retry it) and records the exit code in this node's
-//! execution state. If the claim is lost to another node, the command is stopped.
+//! execution state. A command starts only once its claim is confirmed (every alive member
+//! has seen it: `Node::claim_status`). If the claim is lost to another node, the command is
+//! stopped at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -160,19 +162,37 @@ async fn agent_loop(
                 exec(daemon, &r.story, ExecutionEvent::Heartbeat, t);
             }
         }
-        // Claims that survived the settle window (long enough for a concurrent claim to
-        // arrive through the rendezvous) start their command.
-        let settled: Vec<Pending> = {
-            let (ready, wait): (Vec<Pending>, Vec<Pending>) =
-                pending.drain(..).partition(|p| p.since.elapsed() >= opts.settle);
-            pending = wait;
-            ready
-        };
-        for p in settled {
-            if holder(daemon, &p.story, t) != Some(me) {
-                tracing::info!(story = %p.story, "lost a concurrent claim before starting");
-                continue;
+        // Claims start their command once confirmed (every alive member has seen them, so
+        // none can win against them: `Node::claim_status`) and the settle window is over;
+        // lost ones are dropped, and one that stays unconfirmed for half its lease (a member
+        // that cannot be reached) is given up.
+        let mut ready = Vec::new();
+        for p in std::mem::take(&mut pending) {
+            let status = daemon.with_node(|n| n.claim_status(&p.story, t)).ok().flatten();
+            match status {
+                Some(s) if s.lease.node == me && s.confirmed && p.since.elapsed() >= opts.settle => {
+                    ready.push(p)
+                }
+                Some(s) if s.lease.node == me => {
+                    if p.since.elapsed() >= Duration::from_secs(u64::from(opts.ttl / 2).max(1)) {
+                        tracing::warn!(
+                            story = %p.story,
+                            unconfirmed = ?s.pending.iter().map(|n| n.short()).collect::<Vec<_>>(),
+                            "claim not confirmed in time: giving it up"
+                        );
+                        exec(daemon, &p.story, ExecutionEvent::Stopped, t);
+                        let _ = daemon.with_node(|n| n.execute(t, Cmd::Release { id: p.story.clone() }));
+                    } else {
+                        pending.push(p);
+                    }
+                }
+                _ => {
+                    tracing::info!(story = %p.story, "lost a concurrent claim before starting");
+                    exec(daemon, &p.story, ExecutionEvent::Stopped, t);
+                }
             }
+        }
+        for p in ready {
             match spawn(daemon, opts, root, &p.story, me, label, t) {
                 Ok(r) => {
                     running.insert(p.story.clone(), r);

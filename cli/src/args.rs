@@ -111,20 +111,37 @@ pub(crate) enum Commands {
     /// Stories: add, show, list, apply events, history, delete.
     #[command(subcommand)]
     Story(StoryCmd),
-    /// Claim a story for this node (refused while another node holds a live claim).
-    #[command(after_help = "Example:\n  huskies claim 42_fix_login --ttl 900")]
+    /// Claim a story for this node (refused while another node holds a live claim). The
+    /// answer says whether the claim is confirmed: every alive member has seen it, so no
+    /// alive member can win against it any more.
+    #[command(
+        after_help = "Examples:\n  huskies claim 42_fix_login --ttl 900\n  huskies claim 42_fix_login --wait 10   # exit 0 only once confirmed"
+    )]
     Claim {
         /// Story id.
         id: String,
         /// Lease length in seconds.
         #[arg(long, default_value_t = 600)]
         ttl: u32,
+        /// Wait up to SECS for the claim to be confirmed: exit 0 once it is, 1
+        /// (claim_conflict) if another node's claim won meanwhile, 3 (network) naming the
+        /// members that had not confirmed it in time.
+        #[arg(long, value_name = "SECS", conflicts_with = "check")]
+        wait: Option<u64>,
+        /// Only report the story's claim (held by this node: whether it is confirmed);
+        /// take or renew nothing.
+        #[arg(long)]
+        check: bool,
     },
-    /// Give up this node's claim on a story.
+    /// Give up this node's claim on a story (or, with --force, end another node's).
     #[command(after_help = "Example:\n  huskies release 42_fix_login")]
     Release {
         /// Story id.
         id: String,
+        /// Release even though another node holds a live claim: its lease ends, and the op
+        /// records the override.
+        #[arg(long)]
+        force: bool,
     },
     /// List stored ops in merge order.
     #[command(after_help = "Example:\n  huskies --json log --author 3f2a...")]
@@ -327,6 +344,10 @@ pub(crate) enum StoryCmd {
         /// The superseding story (supersede).
         #[arg(long)]
         by: Option<String>,
+        /// Apply it even though another node holds a live claim on the story (recorded in
+        /// the op and shown by `story history`).
+        #[arg(long)]
+        force: bool,
     },
     /// A story's transitions in merge order, conflicts flagged.
     #[command(after_help = "Example:\n  huskies --json story history 42_fix_login")]
@@ -339,6 +360,9 @@ pub(crate) enum StoryCmd {
     Rm {
         /// Story id.
         id: String,
+        /// Delete it even though another node holds a live claim on it (recorded in the op).
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -373,6 +373,9 @@ async fn run_async(opts: &DemoOptions) -> Result<DemoReport> {
             commit: "4be0d17".into(),
         },
     )?;
+    // Merged: bob gives the story up, so alice may accept it (a live claim of another node
+    // refuses her pipeline events).
+    bob.with_node(|n| n.execute(now(), Command::Release { id: id("10_login") }))?;
     converge(&[&alice, &bob], 10).await?;
     demo.event(&alice, "alice", "10_login", PipelineEvent::Accepted)?;
     let mut cfg = config("carol", vec![alice.url()]);

@@ -89,24 +89,26 @@ pub(crate) fn run(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Option<Out>, Cli
             render::id(node.node_id(), node.cluster_id(), &label, "")
         }
         Commands::Story(cmd) => story_cmd(cli, slot, cmd)?,
-        Commands::Claim { id, ttl } => {
+        Commands::Claim { id, ttl, check, .. } => {
             let id = story_id(id)?;
             let node = slot.get(cli)?;
             let t = now();
-            node.execute(
-                t,
-                Cmd::Claim {
-                    id: id.clone(),
-                    ttl_secs: *ttl,
-                },
-            )?;
-            let story = node.story(&id, t)?;
-            render::claimed(&id, *ttl, story.claim.as_ref())
+            if !*check {
+                node.execute(
+                    t,
+                    Cmd::Claim {
+                        id: id.clone(),
+                        ttl_secs: *ttl,
+                    },
+                )?;
+            }
+            let status = own_claim(node, &id, t)?;
+            render::claimed(&id, &status, !*check)
         }
-        Commands::Release { id } => {
+        Commands::Release { id, force } => {
             let id = story_id(id)?;
             let node = slot.get(cli)?;
-            node.execute(now(), Cmd::Release { id: id.clone() })?;
+            node.execute(now(), forced(*force, Cmd::Release { id: id.clone() }))?;
             render::released(&id)
         }
         Commands::Log { author, follow } => {
@@ -399,16 +401,20 @@ fn story_cmd(cli: &Cli, slot: &mut NodeSlot<'_>, cmd: &StoryCmd) -> Result<Out, 
             kind,
             reason,
             by,
+            force,
         } => {
             let id = story_id(id)?;
             let event = parse_event(event, branch, *commits, commit, kind, reason, by)?;
             let node = slot.get(cli)?;
             node.execute(
                 t,
-                Cmd::Event {
-                    id: id.clone(),
-                    event,
-                },
+                forced(
+                    *force,
+                    Cmd::Event {
+                        id: id.clone(),
+                        event,
+                    },
+                ),
             )?;
             story_out(node, &id, t)
         }
@@ -417,12 +423,42 @@ fn story_cmd(cli: &Cli, slot: &mut NodeSlot<'_>, cmd: &StoryCmd) -> Result<Out, 
             let node = slot.get(cli)?;
             Ok(render::history(&node.story_creation(&id)?, &node.history(&id)?))
         }
-        StoryCmd::Rm { id } => {
+        StoryCmd::Rm { id, force } => {
             let id = story_id(id)?;
             let node = slot.get(cli)?;
-            node.execute(t, Cmd::DeleteStory { id: id.clone() })?;
+            node.execute(t, forced(*force, Cmd::DeleteStory { id: id.clone() }))?;
             Ok(render::story_deleted(&id))
         }
+    }
+}
+
+/// The command, or with `--force` the command forced over another node's live claim (the
+/// refusal and the override are the core's: `Command::Force`).
+fn forced(force: bool, cmd: Cmd) -> Cmd {
+    if force {
+        Cmd::Force(Box::new(cmd))
+    } else {
+        cmd
+    }
+}
+
+/// This node's live claim on `id` and whether it is confirmed (`Node::claim_status`, the
+/// one home of the rule): `claim_conflict` when another node holds the story, `not_found`
+/// when nobody does.
+fn own_claim(node: &Node, id: &StoryId, t: Timestamp) -> Result<huskies_core::ClaimStatus, CliError> {
+    match node.claim_status(id, t)? {
+        Some(s) if s.lease.node == node.node_id() => Ok(s),
+        Some(s) => Err(huskies_core::Error::ClaimConflict {
+            what: format!("story {id}"),
+            holder: s.lease.node,
+            expires_at: s.lease.expires_at,
+        }
+        .into()),
+        None => Err(CliError {
+            kind: "not_found",
+            message: format!("this node holds no live claim on story {id}"),
+            code: render::EXIT_REFUSED,
+        }),
     }
 }
 
@@ -460,5 +496,6 @@ fn status(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Out, CliError> {
         forks: node.forks()?,
         missing: node.own_ops_missing(),
         signals: huskies_core::signals(node, t, stale_ms())?,
+        lost: node.lost_claims(t)?,
     }))
 }

@@ -10,6 +10,7 @@ mod agent;
 mod args;
 mod backup;
 mod bench;
+mod claim_wait;
 mod config;
 mod demo;
 mod events;
@@ -55,6 +56,9 @@ fn main() -> ExitCode {
     };
     if let Commands::Log { follow: true, .. } | Commands::Events { follow: true, .. } = &cli.command {
         return follow::run(&cli, &root, &argv);
+    }
+    if let Commands::Claim { wait: Some(secs), .. } = &cli.command {
+        return emit(claim_wait::run_wait(&cli, &root, &argv, *secs));
     }
     match route::through_daemon(&cli, &root, &argv) {
         Some(r) => emit(r),

@@ -24,6 +24,13 @@ pub fn lease(l: &Lease) -> Value {
     json!({ "node": l.node.to_hex(), "claimed_at": time(l.claimed_at), "expires_at": time(l.expires_at) })
 }
 
+/// A live claim: the lease and whether it is confirmed (`Node::claim_status`).
+pub fn claim(l: &Lease, confirmed: bool) -> Value {
+    let mut v = lease(l);
+    v["confirmed"] = Value::Bool(confirmed);
+    v
+}
+
 fn execution(s: &ExecutionState) -> Value {
     let kind = s.kind_str();
     match s {
@@ -59,7 +66,7 @@ pub fn story(s: &Story) -> Value {
         "body": s.body,
         "depends_on": s.depends_on.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
         "stage": stage(&s.stage),
-        "claim": s.claim.as_ref().map(lease),
+        "claim": s.claim.as_ref().map(|l| claim(l, s.claim_confirmed)),
         "deleted": s.deleted,
         "conflicts": s.conflicts.iter().map(|c| json!({
             "op_id": c.op_id.to_hex(),
@@ -87,6 +94,7 @@ pub fn transition(t: &Transition) -> Value {
         "to_stage": stage(&t.to),
         "event": t.event.name(),
         "conflict": t.conflict,
+        "forced_over": t.forced_over.map(|n| n.to_hex()),
     })
 }
 
@@ -209,7 +217,16 @@ pub fn story_text(s: &Story, history: &[Transition]) -> String {
         out += &format!("  depends on: {}\n", deps.join(", "));
     }
     if let Some(c) = &s.claim {
-        out += &format!("  claimed by {} until {}\n", c.node.short(), c.expires_at);
+        let confirmed = if s.claim_confirmed {
+            "confirmed"
+        } else {
+            "not confirmed yet"
+        };
+        out += &format!(
+            "  claimed by {} until {} ({confirmed})\n",
+            c.node.short(),
+            c.expires_at
+        );
     }
     if s.deleted {
         out += &format!("  {}\n", paint("deleted", Tone::Warn));

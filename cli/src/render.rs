@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use huskies_core::sync::Ticket;
 use huskies_core::{
-    ClusterId, Creation, Error, ErrorKind, ForkInfo, IngestReport, Lease, Member, NodeId, NodeInfo,
-    OpSummary, StageKind, Story, StoryId, Transition, VerifyReport, VersionVector,
+    ClusterId, Creation, Error, ErrorKind, ForkInfo, IngestReport, Member, NodeId, NodeInfo, OpSummary,
+    StageKind, Story, StoryId, Transition, VerifyReport, VersionVector,
 };
 use huskies_daemon::HealthReport;
 use serde_json::{json, Value};
@@ -212,10 +212,19 @@ pub(crate) fn history(created: &Creation, history: &[Transition]) -> Out {
             Cell::new(h.event.name()),
             Cell::new(h.from.kind().as_str()).tone(Tone::Stage(h.from.kind())),
             Cell::new(output::stage_line(&h.to)).tone(Tone::Stage(h.to.kind())),
-            if h.conflict {
-                Cell::new("(concurrent)").tone(Tone::Bad)
-            } else {
-                Cell::new("")
+            {
+                let mut notes = Vec::new();
+                if h.conflict {
+                    notes.push("(concurrent)".to_string());
+                }
+                if let Some(n) = h.forced_over {
+                    notes.push(format!("(forced over {}'s claim)", n.short()));
+                }
+                if notes.is_empty() {
+                    Cell::new("")
+                } else {
+                    Cell::new(notes.join(" ")).tone(Tone::Bad)
+                }
             },
         ]);
     }
@@ -242,11 +251,30 @@ pub(crate) fn story_deleted(id: &StoryId) -> Out {
 }
 
 /// `claim`: the claim now held on the story.
-pub(crate) fn claimed(id: &StoryId, ttl: u32, claim: Option<&Lease>) -> Out {
-    let claim = claim.map(output::lease).unwrap_or(Value::Null);
+pub(crate) fn claimed(id: &StoryId, status: &huskies_core::ClaimStatus, took: bool) -> Out {
+    let verb = if took { "claimed" } else { "holds" };
+    let state = if status.confirmed {
+        "confirmed".to_string()
+    } else {
+        format!(
+            "not confirmed yet: waiting for {} alive member(s) to see it: {}",
+            status.pending.len(),
+            status
+                .pending
+                .iter()
+                .map(|n| n.short())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     Out::new(
-        format!("claimed {id} for {ttl} s\n"),
-        json!({ "story": id.as_str(), "claim": claim }),
+        format!("{verb} {id} until {} ({state})\n", status.lease.expires_at),
+        json!({
+            "story": id.as_str(),
+            "claim": output::claim(&status.lease, status.confirmed),
+            "confirmed": status.confirmed,
+            "pending": status.pending.iter().map(|n| n.to_hex()).collect::<Vec<_>>(),
+        }),
     )
 }
 
@@ -308,6 +336,8 @@ pub(crate) struct StatusFacts<'a> {
     pub(crate) missing: Option<(u64, u64)>,
     /// Time-based signals that hold now (orphaned and due executions, expired claims, forks).
     pub(crate) signals: Vec<huskies_core::Envelope>,
+    /// Claims this node took that another node's claim overrode while they still ran.
+    pub(crate) lost: Vec<huskies_core::LostClaim>,
 }
 
 /// `status`.
@@ -426,10 +456,24 @@ pub(crate) fn status(s: &StatusFacts<'_>) -> Out {
         .collect();
         text += &format!("signal   {}\n", paint(&parts.join(" "), Tone::Warn));
     }
+    for l in &s.lost {
+        text += &format!(
+            "LOST     claim on {} (taken {}): now held by {}\n",
+            esc(l.story.as_str()),
+            l.lease.claimed_at,
+            l.winner.as_ref().map_or("nobody".to_string(), |w| w.node.short())
+        );
+    }
     let health = &s.health;
     Out::new(
         text,
         json!({
+            "lost_claims": s.lost.iter().map(|l| json!({
+                "story": l.story.as_str(),
+                "claimed_at": output::time(l.lease.claimed_at),
+                "expires_at": output::time(l.lease.expires_at),
+                "winner": l.winner.as_ref().map(|w| w.node.to_hex()),
+            })).collect::<Vec<_>>(),
             "node_id": s.node.to_hex(),
             "cluster_id": s.cluster.to_hex(),
             "cluster_name": s.cluster_name,

@@ -125,7 +125,7 @@ fn init_new(root: &std::path::Path, cluster_name: &str, label: &str) -> Result<O
     )?;
     node.execute(
         now(),
-        Cmd::Heartbeat {
+        Cmd::Announce {
             label: label.to_string(),
             address: None,
         },

@@ -3,7 +3,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -436,4 +437,294 @@ fn an_unreachable_nats_fails_no_command_and_shows_in_status() {
     assert!(v["events"]["pending"].as_u64().unwrap() >= 2, "{v}");
     let out = huskies(&home, &["status"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("events   bridge NOT connected"));
+}
+
+/// Exit code and JSON document of a `--json` command (the document may be an error).
+fn json_out(home: &Path, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = huskies(home, &all);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// Two nodes with daemons syncing over WebSocket (`b` dials `a`), both alive, with
+/// `stories` added by `a` and seen by `b`.
+fn two_daemons(dir: &Path, stories: &[&str]) -> (PathBuf, PathBuf, Daemon, Daemon) {
+    let a = dir.join("a");
+    let b = dir.join("b");
+    init(&a, "a");
+    let (da, url_a) = start_daemon(&a, &[]);
+    join(&a, &b, "b");
+    let (db, _) = start_daemon(&b, &["--peer", &url_a]);
+    for s in stories {
+        ok_json(&a, &["story", "add", s]);
+    }
+    wait_for(20, "b sees a's stories and both are alive", || {
+        let n = ok_json(&b, &["story", "list"])["stories"]
+            .as_array()
+            .unwrap()
+            .len();
+        let alive = |h: &Path| {
+            ok_json(h, &["status"])["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["alive"] == true)
+                .count()
+        };
+        (n == stories.len() && alive(&a) == 2 && alive(&b) == 2).then_some(())
+    });
+    (a, b, da, db)
+}
+
+#[test]
+fn a_confirmed_claim_refuses_the_other_nodes_commands_unless_forced_and_the_loser_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _da, _db) = two_daemons(dir.path(), &["1_s"]);
+    let b_id = ok_json(&b, &["id"])["node_id"].as_str().unwrap().to_string();
+    let (code, v) = json_out(&b, &["claim", "1_s", "--ttl", "600", "--wait", "10"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["confirmed"], true);
+    assert_eq!(v["claim"]["confirmed"], true);
+    assert_eq!(v["claim"]["node"], b_id.as_str());
+    let expires = v["claim"]["expires_at"].as_str().unwrap().to_string();
+    wait_for(10, "a sees b's claim", || {
+        (ok_json(&a, &["story", "show", "1_s"])["claim"]["node"] == b_id.as_str()).then_some(())
+    });
+
+    // a may not move, release or remove b's story: exit 1, naming the holder and expiry.
+    for args in [
+        &["story", "event", "1_s", "deps-met"][..],
+        &["release", "1_s"],
+        &["story", "rm", "1_s"],
+        &["claim", "1_s", "--wait", "2"],
+    ] {
+        let (code, v) = json_out(&a, args);
+        assert_eq!(
+            (code, v["error"]["kind"].as_str()),
+            (1, Some("claim_conflict")),
+            "{args:?}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&b_id) && message.contains(&expires), "{message}");
+    }
+    assert_eq!(ok_json(&a, &["story", "show", "1_s"])["stage"]["kind"], "backlog");
+
+    // --force: applied, recorded in the op and shown by the history.
+    ok_json(&a, &["story", "event", "1_s", "deps-met", "--force"]);
+    let h = ok_json(&a, &["story", "history", "1_s"]);
+    assert_eq!(h["transitions"][0]["forced_over"], b_id.as_str());
+    let text = String::from_utf8(huskies(&a, &["story", "history", "1_s"]).stdout).unwrap();
+    assert!(text.contains(&format!("forced over {}", &b_id[..8])), "{text}");
+
+    // A forced release ends b's lease: b is told (status, the claim.lost event).
+    ok_json(&a, &["release", "1_s", "--force"]);
+    let lost = wait_for(10, "b's status shows the lost claim", || {
+        let s = ok_json(&b, &["status"]);
+        let lost = s["lost_claims"].as_array().unwrap().clone();
+        (!lost.is_empty()).then_some(lost)
+    });
+    assert_eq!(lost[0]["story"], "1_s");
+    let text = String::from_utf8(huskies(&b, &["status"]).stdout).unwrap();
+    assert!(text.contains("LOST     claim on 1_s"), "{text}");
+    let lost_events: Vec<Value> = event_lines(&b, &[])
+        .into_iter()
+        .filter(|e| e["type"] == "org.huskies.claim.lost")
+        .collect();
+    assert_eq!(lost_events.len(), 1, "{lost_events:?}");
+    assert_eq!(lost_events[0]["attributes"]["node"], b_id.as_str());
+}
+
+#[test]
+fn claim_wait_names_the_members_that_could_not_confirm_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, da, db) = two_daemons(dir.path(), &["1_s", "2_s"]);
+    let b_id = ok_json(&b, &["id"])["node_id"].as_str().unwrap().to_string();
+    // b's daemon stops: b stays alive (its last heartbeat is fresh) but cannot see claims.
+    drop(db);
+    let started = Instant::now();
+    let (code, v) = json_out(&a, &["claim", "1_s", "--wait", "1"]);
+    assert_eq!((code, v["error"]["kind"].as_str()), (3, Some("network")), "{v}");
+    assert_eq!(v["error"]["unconfirmed"], serde_json::json!([b_id]));
+    assert_eq!(v["claim"]["confirmed"], false);
+    assert!(started.elapsed() >= Duration::from_secs(1), "it waited");
+    let out = huskies(&a, &["claim", "1_s", "--wait", "1"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&b_id[..8]) && err.contains("not confirmed"), "{err}");
+    // The claim is held all the same, unconfirmed.
+    let (code, v) = json_out(&a, &["claim", "1_s", "--check"]);
+    assert_eq!((code, v["confirmed"].as_bool()), (0, Some(false)), "{v}");
+    // Without a daemon nothing can reach b: the answer comes at once.
+    drop(da);
+    let started = Instant::now();
+    let (code, v) = json_out(&a, &["claim", "2_s", "--wait", "30"]);
+    assert_eq!((code, v["error"]["kind"].as_str()), (3, Some("network")), "{v}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn only_nodes_running_a_daemon_are_alive_and_a_lone_node_confirms_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    init(&a, "a");
+    let nodes = ok_json(&a, &["status"])["nodes"].clone();
+    assert_eq!(nodes[0]["alive"], false, "init is no heartbeat: {nodes}");
+    let text = String::from_utf8(huskies(&a, &["status"]).stdout).unwrap();
+    assert!(!text.contains(" alive "), "{text}");
+    // Alone in its cluster (no other member alive), a claim is confirmed at once.
+    ok_json(&a, &["story", "add", "1_s"]);
+    let (code, v) = json_out(&a, &["claim", "1_s", "--wait", "5"]);
+    assert_eq!((code, v["confirmed"].as_bool()), (0, Some(true)), "{v}");
+    let (_d, _) = start_daemon(&a, &[]);
+    wait_for(10, "a running daemon heartbeats", || {
+        (ok_json(&a, &["status"])["nodes"][0]["alive"] == true).then_some(())
+    });
+}
+
+#[test]
+fn twenty_simultaneous_claim_races_have_at_most_one_confirmed_holder_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let stories: Vec<String> = (0..20).map(|i| format!("race_{i}")).collect();
+    let refs: Vec<&str> = stories.iter().map(String::as_str).collect();
+    let (a, b, _da, _db) = two_daemons(dir.path(), &refs);
+    let homes = [a.clone(), b.clone()];
+    let ids: Vec<String> = homes
+        .iter()
+        .map(|h| ok_json(h, &["id"])["node_id"].as_str().unwrap().to_string())
+        .collect();
+    let started = Instant::now();
+    let mut winners = Vec::new();
+    for s in &stories {
+        // Both nodes claim the story at the same moment, each through its own daemon.
+        let children: Vec<Child> = homes
+            .iter()
+            .map(|h| {
+                Command::new(bin())
+                    .args([
+                        "--home",
+                        h.to_str().unwrap(),
+                        "--json",
+                        "claim",
+                        s,
+                        "--wait",
+                        "10",
+                    ])
+                    .env_remove("HUSKIES_HOME")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<Output> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let codes: Vec<i32> = outs.iter().map(|o| o.status.code().unwrap_or(-1)).collect();
+        let confirmed: Vec<usize> = (0..2).filter(|i| codes[*i] == 0).collect();
+        assert!(
+            confirmed.len() <= 1,
+            "{s}: both nodes were told their claim is confirmed: {outs:?}"
+        );
+        for (i, o) in outs.iter().enumerate() {
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+            match codes[i] {
+                0 => {
+                    assert_eq!(v["confirmed"], true, "{v}");
+                    assert_eq!(v["claim"]["node"], ids[i].as_str(), "{v}");
+                }
+                1 => assert_eq!(v["error"]["kind"], "claim_conflict", "{v}"),
+                c => panic!("{s}: node {i} exit {c}: {v}"),
+            }
+        }
+        assert_eq!(confirmed.len(), 1, "{s}: one of them wins: {codes:?}");
+        let w = confirmed[0];
+        // Each node then tries to move the story, as an agent would; only the holder may.
+        for (i, h) in homes.iter().enumerate() {
+            let (code, v) = json_out(h, &["story", "event", s, "deps-met"]);
+            if i == w {
+                assert_eq!(code, 0, "{s}: the holder moves it: {v}");
+            } else {
+                assert_eq!(
+                    (code, v["error"]["kind"].as_str()),
+                    (1, Some("claim_conflict")),
+                    "{s}: {v}"
+                );
+            }
+        }
+        winners.push(w);
+    }
+    // Both nodes agree on every holder, and every transition was made by it.
+    for (s, w) in stories.iter().zip(&winners) {
+        for h in &homes {
+            wait_for(10, "the nodes agree", || {
+                let story = ok_json(h, &["story", "show", s]);
+                (story["claim"]["node"] == ids[*w].as_str() && story["stage"]["kind"] == "coding")
+                    .then_some(())
+            });
+            let history = ok_json(h, &["story", "history", s]);
+            for t in history["transitions"].as_array().unwrap() {
+                assert_eq!(
+                    t["author"],
+                    ids[*w].as_str(),
+                    "{s}: a non-holder's event applied: {t}"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "20 races in {:?}; node a won {}",
+        started.elapsed(),
+        winners.iter().filter(|w| **w == 0).count()
+    );
+}
+
+#[test]
+fn an_agent_stops_its_command_at_once_when_its_claim_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("rdv");
+    init(&r, "rdv");
+    let (_dr, url) = start_daemon(&r, &[]);
+    ok_json(&r, &["story", "add", "long"]);
+    ok_json(&r, &["story", "event", "long", "deps-met"]);
+    let marker = dir.path().join("marker");
+    let script = format!(
+        "echo started > {m}; trap 'echo stopped >> {m}; exit 1' TERM; sleep 60 & wait",
+        m = marker.display()
+    );
+    let home = dir.path().join("w1");
+    join(&r, &home, "w1");
+    let child = Command::new(bin())
+        .args([
+            "--home",
+            home.to_str().unwrap(),
+            "agent",
+            "--rendezvous",
+            &url,
+            "--exec",
+            &script,
+        ])
+        .args(["--ttl", "60", "--scan-interval-ms", "200", "--settle-ms", "200"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _agent = Daemon { child, home };
+    wait_for(30, "the agent's command runs", || marker.exists().then_some(()));
+    // The story is taken away: moved out of coding and the agent's claim ended, by force.
+    ok_json(
+        &r,
+        &["story", "event", "long", "block", "--reason", "stop", "--force"],
+    );
+    ok_json(&r, &["release", "long", "--force"]);
+    let stopped_at = Instant::now();
+    wait_for(10, "the command is stopped", || {
+        std::fs::read_to_string(&marker)
+            .unwrap()
+            .contains("stopped")
+            .then_some(())
+    });
+    assert!(stopped_at.elapsed() < Duration::from_secs(5), "stopped at once");
 }

@@ -408,14 +408,7 @@ pub fn op_envelopes(op_id: OpId, c: &OpContent, facts: Option<&TransitionFacts>)
                     .detail
                     .insert("took_over".into(), Value::String(holder.to_hex()));
                 out.push(one(EventType::ClaimTaken, 0, taken));
-                let mut lost = Attributes {
-                    story: Some(story.as_str().to_string()),
-                    node: Some(holder.to_hex()),
-                    ..base
-                };
-                lost.detail
-                    .insert("winner".into(), Value::String(c.author.to_hex()));
-                out.push(one(EventType::ClaimLost, 1, lost));
+                out.push(claim_lost(op_id, c, story, holder, Some(&c.author)));
             } else {
                 out.push(one(EventType::ClaimTaken, 0, taken));
             }
@@ -455,14 +448,59 @@ pub fn op_envelopes(op_id: OpId, c: &OpContent, facts: Option<&TransitionFacts>)
             a.detail.insert("new_key".into(), Value::String(new_key.to_hex()));
             vec![one(EventType::MemberRotated, 0, a)]
         }
+        Payload::Forced { holder, inner, .. } => {
+            // The inner op's events, marked with the claim they overrode; a forced release
+            // also ends the holder's lease: it lost the story (index 1).
+            let inner_content = OpContent {
+                payload: (**inner).clone(),
+                ..c.clone()
+            };
+            let mut out = op_envelopes(op_id, &inner_content, facts);
+            for e in &mut out {
+                e.attributes
+                    .detail
+                    .insert("forced_over".into(), Value::String(holder.to_hex()));
+            }
+            if let Payload::Release { story } = &**inner {
+                out.push(claim_lost(op_id, c, story, holder, None));
+            }
+            out
+        }
         Payload::Genesis { .. }
         | Payload::StoryUpdate { .. }
         | Payload::LockAcquire { .. }
         | Payload::LockRelease
         | Payload::LockClear { .. }
         | Payload::Presence { .. }
+        | Payload::Heartbeat { .. }
         | Payload::Execution { .. } => Vec::new(),
     }
+}
+
+/// The `claim.lost` of `loser` caused by op `op_id` (index 1 of that op): a takeover, a
+/// concurrent claim that ranks after the loser's, or a forced release.
+pub fn claim_lost(
+    op_id: OpId,
+    c: &OpContent,
+    story: &StoryId,
+    loser: &NodeId,
+    winner: Option<&NodeId>,
+) -> Envelope {
+    let mut a = Attributes {
+        cluster: c.cluster.to_hex(),
+        author: Some(c.author.to_hex()),
+        op_id: Some(op_id.to_hex()),
+        seq: Some(c.seq),
+        lamport: Some(c.lamport),
+        story: Some(story.as_str().to_string()),
+        node: Some(loser.to_hex()),
+        ..Attributes::default()
+    };
+    a.detail.insert(
+        "winner".into(),
+        winner.map_or(Value::Null, |w| Value::String(w.to_hex())),
+    );
+    Envelope::new(EventType::ClaimLost, op_event_id(&op_id, 1), c.wall, a)
 }
 
 /// Where a reader of the local log stands: every op of each author up to the version
@@ -569,8 +607,16 @@ pub fn events_after(node: &Node, cursor: &EventCursor, max_bytes: usize) -> Resu
         let op = UnverifiedOp::decode(&bytes.bytes).map_err(|e| Error::Corrupt(format!("stored op: {e}")))?;
         let c = op.content();
         let op_id = op.id();
-        let facts = match &c.payload {
-            Payload::Transition { story, .. } => {
+        let transition_story = match &c.payload {
+            Payload::Forced { inner, .. } => match &**inner {
+                Payload::Transition { story, .. } => Some(story),
+                _ => None,
+            },
+            Payload::Transition { story, .. } => Some(story),
+            _ => None,
+        };
+        let facts = match transition_story {
+            Some(story) => {
                 if !histories.contains_key(story) {
                     let h = match node.history(story) {
                         Ok(h) => h,
@@ -587,9 +633,21 @@ pub fn events_after(node: &Node, cursor: &EventCursor, max_bytes: usize) -> Resu
                         concurrent: t.conflict,
                     })
             }
-            _ => None,
+            None => None,
         };
-        let envs = op_envelopes(op_id, c, facts.as_ref());
+        let mut envs = op_envelopes(op_id, c, facts.as_ref());
+        if let Payload::Claim {
+            story,
+            takes_over: None,
+            ..
+        } = &c.payload
+        {
+            // A concurrent claim that ranks after another node's running lease displaced it:
+            // that node lost the story (a takeover says so in `op_envelopes`).
+            if let Some(loser) = node.displaced_by_claim(story, &c.author, c.lamport, c.wall)? {
+                envs.push(claim_lost(op_id, c, story, &loser, Some(&c.author)));
+            }
+        }
         let skip = match cursor.partial {
             Some((a, s, k)) if a == c.author && s == c.seq => k as usize,
             _ => 0,

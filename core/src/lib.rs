@@ -98,7 +98,9 @@ pub use op::{
     MAX_OP_BYTES, OP_FORMAT_VERSION, SIGNING_DOMAIN,
 };
 pub use oplog::SEGMENT_MAX_OPS;
-pub use payload::{Payload, Role, StoryField, MAX_BODY_BYTES, MAX_DEPENDS_ON, MAX_TEXT_BYTES, MAX_TTL_SECS};
+pub use payload::{
+    Payload, Role, StoryField, MAX_BODY_BYTES, MAX_DEPENDS_ON, MAX_SEEN_AUTHORS, MAX_TEXT_BYTES, MAX_TTL_SECS,
+};
 pub use pipeline::{
     allowed_events, is_merge_failure_kind, transition, ArchiveReason, EventArgError, EventArgs, EventKind,
     InvalidTransition, PipelineEvent, Stage, StageKind, UnknownEvent, UnknownStage, MERGE_FAILURE_KINDS,
@@ -118,4 +120,7 @@ pub use version::VersionVector;
 /// A caller that depends on `rand_core` itself must pick 0.6 (`rand_core = { version = "0.6",
 /// features = ["getrandom"] }`); later versions are other, incompatible traits.
 pub use rand_core;
-pub use view::{Conflict, Creation, ForkInfo, Member, NodeInfo, OpSummary, Story, Transition, VerifyReport};
+pub use view::{
+    ClaimStatus, Conflict, Creation, ForkInfo, LostClaim, Member, NodeInfo, OpSummary, Story, Transition,
+    VerifyReport,
+};

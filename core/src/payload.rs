@@ -14,6 +14,9 @@ pub const MAX_BODY_BYTES: usize = 32 * 1024;
 pub const MAX_DEPENDS_ON: usize = 64;
 /// Longest claim or lock lease: one week. Longer leases outlive a dead node for too long.
 pub const MAX_TTL_SECS: u32 = 7 * 24 * 3600;
+/// Most authors one heartbeat's `seen` list may name: far more nodes than a cluster has,
+/// and small enough (about 40 bytes each) to keep a heartbeat well under `MAX_OP_BYTES`.
+pub const MAX_SEEN_AUTHORS: usize = 1024;
 
 /// A member's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +162,32 @@ pub enum Payload {
         /// The author's new state.
         state: ExecutionState,
     },
+    /// The author's presence and heartbeat, like [`Payload::Presence`], plus what it has
+    /// seen: per author, the Lamport timestamp of that author's newest op it held (each
+    /// chain is contiguous and its Lamports increase, so it held every op of that author up
+    /// to there). Any node can tell from it whether the author has seen a claim op: that is
+    /// what confirms claims (`docs/protocol.md`, "Claims"). Added at index 15 (op format 1
+    /// readers of older builds refuse it as malformed; this build reads both).
+    Heartbeat {
+        /// Human label.
+        label: String,
+        /// Where peers can reach it.
+        address: Option<String>,
+        /// `(author, Lamport of its newest op held)`, strictly ascending by author.
+        seen: Vec<(NodeId, u64)>,
+    },
+    /// A pipeline transition, a story removal or a release made while `holder` held a live
+    /// claim on the story: the author overrode that claim on purpose (`--force`). The
+    /// effect is `inner`'s, and a forced release also ends `holder`'s lease (its entries up
+    /// to Lamport `through` stop counting). Index 16.
+    Forced {
+        /// The node whose live claim was overridden.
+        holder: NodeId,
+        /// The Lamport timestamp of that claim.
+        through: u64,
+        /// The op's effect: a `Transition`, `StoryDelete` or `Release`.
+        inner: Box<Payload>,
+    },
 }
 
 impl Payload {
@@ -180,6 +209,8 @@ impl Payload {
             Payload::LockClear { .. } => "lock_clear",
             Payload::Presence { .. } => "presence",
             Payload::Execution { .. } => "execution",
+            Payload::Heartbeat { .. } => "heartbeat",
+            Payload::Forced { .. } => "forced",
         }
     }
 
@@ -193,6 +224,7 @@ impl Payload {
             | Payload::Claim { story, .. }
             | Payload::Release { story }
             | Payload::Execution { story, .. } => Some(story),
+            Payload::Forced { inner, .. } => inner.story(),
             Payload::Genesis { .. }
             | Payload::MemberAdd { .. }
             | Payload::MemberRemove { .. }
@@ -200,7 +232,8 @@ impl Payload {
             | Payload::LockAcquire { .. }
             | Payload::LockRelease
             | Payload::LockClear { .. }
-            | Payload::Presence { .. } => None,
+            | Payload::Presence { .. }
+            | Payload::Heartbeat { .. } => None,
         }
     }
 
@@ -286,6 +319,26 @@ impl Payload {
                 text("label", label)?;
                 address.as_deref().map_or(Ok(()), |a| text("address", a))
             }
+            Payload::Heartbeat { label, address, seen } => {
+                text("label", label)?;
+                address.as_deref().map_or(Ok(()), |a| text("address", a))?;
+                if seen.len() > MAX_SEEN_AUTHORS {
+                    return Err(format!(
+                        "a heartbeat may name at most {MAX_SEEN_AUTHORS} authors, got {}",
+                        seen.len()
+                    ));
+                }
+                if seen.windows(2).any(|w| w[0].0 >= w[1].0) {
+                    return Err("a heartbeat's seen list must be strictly ascending by author".into());
+                }
+                Ok(())
+            }
+            Payload::Forced { inner, .. } => match **inner {
+                Payload::Transition { .. } | Payload::StoryDelete { .. } | Payload::Release { .. } => {
+                    inner.validate()
+                }
+                _ => Err(format!("a {} op cannot be forced", inner.kind_str())),
+            },
             Payload::Execution { state, .. } => match state {
                 ExecutionState::Idle => Ok(()),
                 ExecutionState::Pending { agent, .. }

@@ -102,6 +102,10 @@ pub(crate) struct HistoryEntry {
     pub from: Stage,
     pub to: Stage,
     pub base: Option<OpId>,
+    /// Made with `--force` over this node's live claim (a [`crate::payload::Payload::Forced`]
+    /// op). Not part of the format-1 and format-2 layouts, which never had it.
+    #[serde(skip)]
+    pub forced: Option<NodeId>,
 }
 
 /// Everything known about one story. Stored under its id.
@@ -181,12 +185,71 @@ impl StoryRecord {
 }
 
 /// A node's presence as it last wrote it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Stored as the four fields of format 3 (postcard), followed, when the heartbeat said what
+/// its author had seen, by that list (postcard): a reader of the older layout ignores the
+/// trailing bytes, and a record without them reads as `seen: None`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PresenceRecord {
     pub stamp: Stamp,
     pub label: String,
     pub address: Option<String>,
     pub heartbeat_at: Timestamp,
+    /// Per author, the Lamport timestamp of its newest op the node had when it wrote this
+    /// heartbeat (`None`: an older `Presence` op that did not say).
+    pub seen: Option<Vec<(NodeId, u64)>>,
+}
+
+/// The stored head of a [`PresenceRecord`]: its layout before `seen` existed.
+#[derive(Serialize, Deserialize)]
+struct PresenceHead {
+    stamp: Stamp,
+    label: String,
+    address: Option<String>,
+    heartbeat_at: Timestamp,
+}
+
+impl PresenceRecord {
+    /// The stored bytes (see the type's comment).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = crate::codec::encode(&PresenceHead {
+            stamp: self.stamp,
+            label: self.label.clone(),
+            address: self.address.clone(),
+            heartbeat_at: self.heartbeat_at,
+        });
+        if let Some(seen) = &self.seen {
+            crate::codec::encode_into(seen, &mut out);
+        }
+        out
+    }
+
+    /// Reads stored bytes of either layout.
+    pub fn decode(bytes: &[u8]) -> Result<PresenceRecord, crate::error::Error> {
+        let (head, rest): (PresenceHead, &[u8]) = postcard::take_from_bytes(bytes)
+            .map_err(|e| crate::error::Error::Corrupt(format!("presence record does not decode: {e}")))?;
+        let seen = if rest.is_empty() {
+            None
+        } else {
+            Some(crate::codec::decode(rest, "presence record's seen list")?)
+        };
+        Ok(PresenceRecord {
+            stamp: head.stamp,
+            label: head.label,
+            address: head.address,
+            heartbeat_at: head.heartbeat_at,
+            seen,
+        })
+    }
+
+    /// The Lamport timestamp of `author`'s newest op this node had seen (0: none, or an
+    /// older heartbeat that did not say).
+    pub fn seen_of(&self, author: &NodeId) -> u64 {
+        self.seen
+            .as_ref()
+            .and_then(|s| s.binary_search_by(|(n, _)| n.cmp(author)).ok().map(|i| s[i].1))
+            .unwrap_or(0)
+    }
 }
 
 /// Membership of one key. Adds and removals merge commutatively: a removal recorded

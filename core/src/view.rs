@@ -22,6 +22,8 @@ pub struct Story {
     pub stage: Stage,
     /// The live claim, if any (not expired, holder not stale) at the query's `now`.
     pub claim: Option<Lease>,
+    /// The live claim is confirmed (see [`ClaimStatus::confirmed`]); false without one.
+    pub claim_confirmed: bool,
     /// Tombstoned.
     pub deleted: bool,
     /// Transitions made concurrently with another one, in merge order.
@@ -72,6 +74,43 @@ pub struct Transition {
     pub event: PipelineEvent,
     /// Made concurrently with the transition before it.
     pub conflict: bool,
+    /// Made with `--force` while this node held a live claim on the story.
+    pub forced_over: Option<NodeId>,
+}
+
+/// What this node knows of a story's live claim: who holds it and whether it is confirmed.
+///
+/// The rule (`docs/protocol.md`, "Claims"): a claim is **confirmed** when it is the story's
+/// current claim, it is live, and every *alive* member (a fresh heartbeat) other than the
+/// holder and this node has said in a heartbeat that it holds the claim op. Such a member
+/// held the claim before any later op of its own, so any claim it made concurrently is
+/// already merged here (and would have won or lost already), and any claim it makes after
+/// is refused locally while this one is live: no alive member can win against it. A member
+/// that is not alive (partitioned away, stopped) is not waited for and can still win with a
+/// concurrent claim when it comes back: the documented limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimStatus {
+    /// The claim (its holder is `lease.node`).
+    pub lease: Lease,
+    /// Its Lamport timestamp (the claim op's).
+    pub lamport: u64,
+    /// No alive member can win against it any more.
+    pub confirmed: bool,
+    /// The alive members that have not yet shown they hold the claim op (empty when
+    /// confirmed).
+    pub pending: Vec<NodeId>,
+}
+
+/// A claim this node took that another node's claim (or a forced release) overrode while
+/// its lease was still running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostClaim {
+    /// The story.
+    pub story: StoryId,
+    /// This node's lease, as it took it.
+    pub lease: Lease,
+    /// The claim that holds the story now, if any.
+    pub winner: Option<Lease>,
 }
 
 /// A story's creation, as `Node::story_creation` finds it.
@@ -177,7 +216,7 @@ pub struct VerifyReport {
     pub forks: Vec<ForkInfo>,
 }
 
-pub(crate) fn story_view(id: &StoryId, rec: &StoryRecord, live_claim: Option<Lease>) -> Story {
+pub(crate) fn story_view(id: &StoryId, rec: &StoryRecord, claim: Option<ClaimStatus>) -> Story {
     let flags = rec.conflict_flags();
     let conflicts = rec
         .history
@@ -204,7 +243,8 @@ pub(crate) fn story_view(id: &StoryId, rec: &StoryRecord, live_claim: Option<Lea
             .map(|d| d.value.clone())
             .unwrap_or_default(),
         stage: rec.stage(),
-        claim: live_claim,
+        claim_confirmed: claim.as_ref().is_some_and(|c| c.confirmed),
+        claim: claim.map(|c| c.lease),
         deleted: rec.deleted.is_some(),
         conflicts,
         execution: rec.execution.iter().map(|(n, s)| (*n, s.value.clone())).collect(),
@@ -226,6 +266,7 @@ pub(crate) fn history_view(rec: &StoryRecord) -> Vec<Transition> {
             to: h.to.clone(),
             event: h.event.clone(),
             conflict,
+            forced_over: h.forced,
         })
         .collect()
 }

@@ -204,6 +204,15 @@ fn assert_same(got: &View, want: &View, what: &str) {
     assert_eq!(got, want, "{what}");
 }
 
+/// `cmd`, or `cmd` forced over another node's live claim.
+fn force(yes: bool, cmd: Command) -> Command {
+    if yes {
+        Command::Force(Box::new(cmd))
+    } else {
+        cmd
+    }
+}
+
 fn view(n: &Node, now: Timestamp) -> View {
     let s = snapshot(n, now);
     View {
@@ -215,7 +224,7 @@ fn view(n: &Node, now: Timestamp) -> View {
                 let id = story(i);
                 (
                     id.clone(),
-                    n.story(&id, now).map_err(|e| e.kind()),
+                    n.story(&id, now).map(replicated).map_err(|e| e.kind()),
                     n.history(&id).map_err(|e| e.kind()),
                 )
             })
@@ -404,10 +413,11 @@ impl Sim {
             }
             2 => {
                 if let Some(event) = self.valid_event(i, &id, pick) {
-                    self.exec(i, Command::Event { id, event });
+                    // Half of them forced: a claim of another node refuses the others.
+                    self.exec(i, force(pick % 2 == 1, Command::Event { id, event }));
                 }
             }
-            3 => self.exec(i, Command::DeleteStory { id }),
+            3 => self.exec(i, force(true, Command::DeleteStory { id })),
             4 => self.exec(
                 i,
                 Command::Claim {
@@ -415,7 +425,7 @@ impl Sim {
                     ttl_secs: 30 + u32::from(pick % 600),
                 },
             ),
-            5 => self.exec(i, Command::Release { id }),
+            5 => self.exec(i, force(pick.is_multiple_of(2), Command::Release { id })),
             6 => self.exec(
                 i,
                 Command::Heartbeat {
@@ -470,13 +480,13 @@ impl Sim {
                             id: id.clone(),
                             ttl_secs: 120,
                         },
-                        2 => match &event {
+                        2 => Command::Force(Box::new(match &event {
                             Some(e) => Command::Event {
                                 id: id.clone(),
                                 event: e.clone(),
                             },
                             None => Command::DeleteStory { id: id.clone() },
-                        },
+                        })),
                         _ => Command::AcquireMergeLock { ttl_secs: 120 },
                     };
                     self.exec(k, cmd);

@@ -418,14 +418,20 @@ pub struct ClaimData {
     pub claimed_at: String,
     /// RFC 3339.
     pub expires_at: String,
+    /// Confirmed: every alive member has seen it, so none can win against it
+    /// (`huskies_core::Node::claim_status`). Absent (false) from older daemons.
+    #[serde(default)]
+    pub confirmed: bool,
 }
 
-impl From<&Lease> for ClaimData {
-    fn from(l: &Lease) -> ClaimData {
+impl ClaimData {
+    /// A live claim and whether it is confirmed.
+    pub fn new(l: &Lease, confirmed: bool) -> ClaimData {
         ClaimData {
             node: l.node.to_hex(),
             claimed_at: l.claimed_at.to_rfc3339(),
             expires_at: l.expires_at.to_rfc3339(),
+            confirmed,
         }
     }
 }
@@ -459,7 +465,7 @@ impl From<&huskies_core::Story> for StoryData {
             body: s.body.clone(),
             depends_on: s.depends_on.iter().map(|d| d.as_str().to_string()).collect(),
             stage: StageData::from(&s.stage),
-            claim: s.claim.as_ref().map(ClaimData::from),
+            claim: s.claim.as_ref().map(|l| ClaimData::new(l, s.claim_confirmed)),
             deleted: s.deleted,
             conflicts: s.conflicts.iter().map(|c| c.op_id.to_hex()).collect(),
         }

@@ -178,7 +178,7 @@ async fn join_inner(
             if node.version_vector().dominates(t) {
                 let r = node.execute(
                     now(),
-                    Command::Heartbeat {
+                    Command::Announce {
                         label: label.to_string(),
                         address: None,
                     },

@@ -266,11 +266,13 @@ class Stage:
 
 @dataclass(frozen=True)
 class Claim:
-    """A live claim: the holder's node id and RFC 3339 times."""
+    """A live claim: the holder's node id, RFC 3339 times, and whether it is confirmed
+    (every alive member has seen it, so none can win against it)."""
 
     node: str
     claimed_at: str
     expires_at: str
+    confirmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -439,7 +441,9 @@ def _story(s: Any) -> Story:
         body=s.body,
         depends_on=list(s.depends_on),
         stage=_stage(s.stage),
-        claim=None if c is None else Claim(node=c.node, claimed_at=c.claimed_at, expires_at=c.expires_at),
+        claim=None if c is None else Claim(
+            node=c.node, claimed_at=c.claimed_at, expires_at=c.expires_at, confirmed=c.confirmed
+        ),
         deleted=s.deleted,
         conflicts=list(s.conflicts),
     )

@@ -43,6 +43,7 @@ class Claim:
     node: str
     claimed_at: str
     expires_at: str
+    confirmed: bool = ...
 
 @dataclass(frozen=True)
 class Story:

@@ -4,10 +4,10 @@
 use super::Working;
 use crate::error::Error;
 use crate::event::{Event, TransitionEvent};
-use crate::id::{NodeId, StoryId};
+use crate::id::{NodeId, OpId, StoryId};
 use crate::op::SignedOp;
 use crate::payload::{Payload, Role, StoryField};
-use crate::pipeline::transition;
+use crate::pipeline::{transition, PipelineEvent, Stage};
 use crate::projection::{HistoryEntry, Lease, Lww, PresenceRecord, Stamp};
 use crate::reject::RejectReason;
 use crate::storage::Store;
@@ -72,45 +72,31 @@ impl<S: Store> Working<'_, S> {
                 from,
                 base,
             } => {
-                let to = match transition(from, event, c.wall) {
-                    Ok(to) => to,
-                    Err(e) => return Ok(Err(RejectReason::InvalidPayload(e.to_string()))),
-                };
-                let rec = self.story_mut(story)?;
-                let before = rec.stage();
-                rec.insert_transition(HistoryEntry {
-                    stamp,
-                    op_id: op.id(),
-                    wall: c.wall,
-                    event: event.clone(),
-                    from: from.clone(),
-                    to,
-                    base: *base,
-                });
-                let pos = rec
-                    .history
-                    .iter()
-                    .position(|h| h.op_id == op.id())
-                    .expect("inserted");
-                let conflict = rec.conflict_flags()[pos];
-                let after = rec.stage();
-                self.events.push(Event::Transition(TransitionEvent {
-                    story: story.clone(),
-                    before: Some(before),
-                    after,
-                    op_id: Some(op.id()),
-                    author: Some(c.author),
-                    event: Some(event.name()),
-                    conflict,
-                    replay: false,
-                }));
+                return self.apply_transition(op, story, event, from, *base, None);
             }
-            Payload::StoryDelete { story } => {
-                let rec = self.story_mut(story)?;
-                if rec.deleted.is_none_or(|d| stamp < d) {
-                    rec.deleted = Some(stamp);
+            Payload::Forced {
+                holder,
+                through,
+                inner,
+            } => match &**inner {
+                Payload::Transition {
+                    story,
+                    event,
+                    from,
+                    base,
+                } => return self.apply_transition(op, story, event, from, *base, Some(*holder)),
+                Payload::StoryDelete { story } => self.delete_story(story, stamp)?,
+                Payload::Release { story } => {
+                    self.set_claim(story, stamp, None, Some((*holder, *through)))?;
                 }
-            }
+                other => {
+                    return Ok(Err(RejectReason::InvalidPayload(format!(
+                        "a {} op cannot be forced",
+                        other.kind_str()
+                    ))))
+                }
+            },
+            Payload::StoryDelete { story } => self.delete_story(story, stamp)?,
             Payload::Claim {
                 story,
                 ttl_secs,
@@ -121,6 +107,9 @@ impl<S: Store> Working<'_, S> {
                     claimed_at: c.wall,
                     expires_at: c.wall.add_secs(u64::from(*ttl_secs)),
                 };
+                if c.author != self.local {
+                    self.claims_seen = true;
+                }
                 self.set_claim(story, stamp, Some(lease), *takes_over)?;
             }
             Payload::Release { story } => self.set_claim(story, stamp, None, None)?,
@@ -142,19 +131,13 @@ impl<S: Store> Working<'_, S> {
                 self.lock_dirty = true;
             }
             Payload::Presence { label, address } => {
-                let newer = self.presence(&c.author)?.is_none_or(|p| p.stamp < stamp);
-                if newer {
-                    self.dirty_presence.insert(c.author);
-                    self.presence.insert(
-                        c.author,
-                        PresenceRecord {
-                            stamp,
-                            label: label.clone(),
-                            address: address.clone(),
-                            heartbeat_at: c.wall,
-                        },
-                    );
+                self.set_presence(c.author, stamp, c.wall, label, address, None)?;
+            }
+            Payload::Heartbeat { label, address, seen } => {
+                if c.author == self.local {
+                    self.own_heartbeat = true;
                 }
+                self.set_presence(c.author, stamp, c.wall, label, address, Some(seen))?;
             }
             Payload::Execution { story, state } => {
                 let rec = self.story_mut(story)?;
@@ -166,6 +149,91 @@ impl<S: Store> Working<'_, S> {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// A transition op (forced over `forced`'s claim, or not) joins the story's history.
+    fn apply_transition(
+        &mut self,
+        op: &SignedOp,
+        story: &StoryId,
+        event: &PipelineEvent,
+        from: &Stage,
+        base: Option<OpId>,
+        forced: Option<NodeId>,
+    ) -> Result<Result<(), RejectReason>, Error> {
+        let c = op.content();
+        let stamp = Stamp {
+            lamport: c.lamport,
+            author: c.author,
+        };
+        let to = match transition(from, event, c.wall) {
+            Ok(to) => to,
+            Err(e) => return Ok(Err(RejectReason::InvalidPayload(e.to_string()))),
+        };
+        let rec = self.story_mut(story)?;
+        let before = rec.stage();
+        rec.insert_transition(HistoryEntry {
+            stamp,
+            op_id: op.id(),
+            wall: c.wall,
+            event: event.clone(),
+            from: from.clone(),
+            to,
+            base,
+            forced,
+        });
+        let pos = rec
+            .history
+            .iter()
+            .position(|h| h.op_id == op.id())
+            .expect("inserted");
+        let conflict = rec.conflict_flags()[pos];
+        let after = rec.stage();
+        self.events.push(Event::Transition(TransitionEvent {
+            story: story.clone(),
+            before: Some(before),
+            after,
+            op_id: Some(op.id()),
+            author: Some(c.author),
+            event: Some(event.name()),
+            conflict,
+            replay: false,
+        }));
+        Ok(Ok(()))
+    }
+
+    fn delete_story(&mut self, story: &StoryId, stamp: Stamp) -> Result<(), Error> {
+        let rec = self.story_mut(story)?;
+        if rec.deleted.is_none_or(|d| stamp < d) {
+            rec.deleted = Some(stamp);
+        }
+        Ok(())
+    }
+
+    fn set_presence(
+        &mut self,
+        author: NodeId,
+        stamp: Stamp,
+        wall: crate::time::Timestamp,
+        label: &str,
+        address: &Option<String>,
+        seen: Option<&Vec<(NodeId, u64)>>,
+    ) -> Result<(), Error> {
+        let newer = self.presence(&author)?.is_none_or(|p| p.stamp < stamp);
+        if newer {
+            self.dirty_presence.insert(author);
+            self.presence.insert(
+                author,
+                PresenceRecord {
+                    stamp,
+                    label: label.to_string(),
+                    address: address.clone(),
+                    heartbeat_at: wall,
+                    seen: seen.cloned(),
+                },
+            );
+        }
+        Ok(())
     }
 
     fn set_claim(

@@ -69,6 +69,11 @@ pub(crate) struct Working<'a, S: Store> {
     forks: Vec<(NodeId, u64, OpId, Vec<u8>)>,
     cluster_dirty: bool,
     pub events: Vec<Event>,
+    /// A claim op of another node was merged: the node should tell its peers promptly
+    /// what it has seen (a heartbeat), so that the claimant can confirm its claim.
+    claims_seen: bool,
+    /// The local node's own heartbeat is in this batch.
+    own_heartbeat: bool,
     /// Set during a rebuild: records start empty instead of being read from the store.
     fresh: bool,
     /// Room to reserve for the first author's ops in this batch (see [`Working::expecting`]).
@@ -94,6 +99,8 @@ impl<'a, S: Store> Working<'a, S> {
             forks: Vec::new(),
             cluster_dirty: false,
             events: Vec::new(),
+            claims_seen: false,
+            own_heartbeat: false,
             fresh: false,
             pending_ops_hint: 0,
         }
@@ -160,9 +167,8 @@ impl<'a, S: Store> Working<'a, S> {
 
     pub fn presence(&mut self, node: &NodeId) -> Result<Option<&PresenceRecord>, Error> {
         if !self.presence.contains_key(node) && !self.fresh {
-            if let Some(p) = storage::get::<PresenceRecord>(self.db, &key::presence(node), "presence record")?
-            {
-                self.presence.insert(*node, p);
+            if let Some(bytes) = self.db.get(&key::presence(node))? {
+                self.presence.insert(*node, PresenceRecord::decode(&bytes)?);
             }
         }
         Ok(self.presence.get(node))
@@ -215,7 +221,7 @@ impl<'a, S: Store> Working<'a, S> {
             Some(self.journal.stage(&mut batch, stories))
         };
         for node in &self.dirty_presence {
-            batch.insert(&key::presence(node), &codec::encode(&self.presence[node]));
+            batch.insert(&key::presence(node), &self.presence[node].encode());
         }
         if self.lock_dirty {
             batch.insert(
@@ -260,6 +266,8 @@ impl<'a, S: Store> Working<'a, S> {
             state: self.state,
             events: self.events,
             cache,
+            claims_seen: self.claims_seen,
+            own_heartbeat: self.own_heartbeat,
         })
     }
 }
@@ -270,4 +278,8 @@ pub(crate) struct Committed {
     pub state: State,
     pub events: Vec<Event>,
     pub cache: StoryCache,
+    /// A claim op of another node was merged (see `Node::heartbeat_wanted`).
+    pub claims_seen: bool,
+    /// The batch holds the local node's own heartbeat.
+    pub own_heartbeat: bool,
 }

@@ -88,7 +88,17 @@ pub enum Command {
     ReleaseMergeLock,
     /// Clear a merge lock whose holder is dead or whose lease ran out.
     ClearStaleMergeLock,
-    /// Publish this node's presence (and heartbeat).
+    /// Publish this node's label and address without a heartbeat (what `init` and `join`
+    /// write): the node is listed but not alive until its host heartbeats.
+    Announce {
+        /// Label.
+        label: String,
+        /// Address for peers.
+        address: Option<String>,
+    },
+    /// Publish this node's presence and heartbeat, with what it has seen (per author, the
+    /// Lamport timestamp of its newest op held): a running host writes it periodically, and
+    /// promptly after merging another node's claim ([`Node::heartbeat_wanted`]).
     Heartbeat {
         /// Label.
         label: String,
@@ -114,6 +124,12 @@ pub enum Command {
         /// The node.
         node: NodeId,
     },
+    /// `--force`: run the inner [`Command::Event`], [`Command::DeleteStory`] or
+    /// [`Command::Release`] even though another node holds a live claim on the story (which
+    /// refuses it otherwise, `claim_conflict`). The op records whose claim it overrode
+    /// (`Payload::Forced`) and the story's history shows it; a forced release ends the
+    /// holder's lease. When no other node holds a live claim, this is the inner command.
+    Force(Box<Command>),
 }
 
 /// What a committed local op was given.
@@ -298,6 +314,107 @@ impl<S: Store> Node<S> {
         Ok(())
     }
 
+    /// The one rule for commands that act on a story another node may hold: a live claim of
+    /// another node refuses them (`claim_conflict`, naming the holder and the expiry) unless
+    /// `force`, and then the answer is the claim overridden, `(holder, its Lamport)`, for the
+    /// op to record. `None`: no other node holds a live claim.
+    fn claim_guard(
+        &self,
+        w: &mut Working<'_, S>,
+        id: &StoryId,
+        now: Timestamp,
+        force: bool,
+    ) -> Result<Option<(NodeId, u64)>, Error> {
+        let current = Self::visible_story(w, id)?
+            .claims
+            .current()
+            .map(|(s, l)| (s, l.clone()));
+        let Some((stamp, lease)) = current else {
+            return Ok(None);
+        };
+        if lease.node == self.node_id() || !self.lease_live(w, &lease, now)? {
+            return Ok(None);
+        }
+        if !force {
+            return Err(Error::ClaimConflict {
+                what: format!("story {id}"),
+                holder: lease.node,
+                expires_at: lease.expires_at,
+            });
+        }
+        Ok(Some((lease.node, stamp.lamport)))
+    }
+
+    /// `payload` as is, or wrapped as forced over `over`.
+    fn forced(over: Option<(NodeId, u64)>, payload: Payload) -> Payload {
+        match over {
+            None => payload,
+            Some((holder, through)) => Payload::Forced {
+                holder,
+                through,
+                inner: Box::new(payload),
+            },
+        }
+    }
+
+    fn event_payload(
+        &self,
+        w: &mut Working<'_, S>,
+        now: Timestamp,
+        id: StoryId,
+        event: PipelineEvent,
+        force: bool,
+    ) -> Result<Payload, Error> {
+        Self::visible_story(w, &id)?;
+        Self::check_event(w, &id, &event)?;
+        let over = self.claim_guard(w, &id, now, force)?;
+        let rec = Self::visible_story(w, &id)?;
+        let from = rec.stage();
+        transition(&from, &event, now).map_err(|source| Error::InvalidTransition {
+            story: id.clone(),
+            source,
+        })?;
+        let payload = Payload::Transition {
+            base: rec.stage_op(),
+            story: id,
+            event,
+            from,
+        };
+        Ok(Self::forced(over, payload))
+    }
+
+    fn delete_payload(
+        &self,
+        w: &mut Working<'_, S>,
+        now: Timestamp,
+        id: StoryId,
+        force: bool,
+    ) -> Result<Payload, Error> {
+        let over = self.claim_guard(w, &id, now, force)?;
+        Ok(Self::forced(over, Payload::StoryDelete { story: id }))
+    }
+
+    fn release_payload(
+        &self,
+        w: &mut Working<'_, S>,
+        now: Timestamp,
+        id: StoryId,
+        force: bool,
+    ) -> Result<Payload, Error> {
+        let me = self.node_id();
+        let mine = Self::visible_story(w, &id)?
+            .claims
+            .current()
+            .is_some_and(|(_, l)| l.node == me);
+        if mine {
+            return Ok(Payload::Release { story: id });
+        }
+        match self.claim_guard(w, &id, now, force)? {
+            Some(over) => Ok(Self::forced(Some(over), Payload::Release { story: id })),
+            None => Err(Error::NotFound(format!("this node holds no claim on story {id}"))),
+        }
+    }
+
     fn my_role(&self, w: &Working<'_, S>) -> Option<Role> {
         w.state.members.get(&self.node_id()).and_then(|m| m.role())
     }
@@ -340,26 +457,18 @@ impl<S: Store> Node<S> {
                 }
                 Payload::StoryUpdate { story: id, field }
             }
-            Command::Event { id, event } => {
-                Self::visible_story(w, &id)?;
-                Self::check_event(w, &id, &event)?;
-                let rec = Self::visible_story(w, &id)?;
-                let from = rec.stage();
-                transition(&from, &event, now).map_err(|source| Error::InvalidTransition {
-                    story: id.clone(),
-                    source,
-                })?;
-                Payload::Transition {
-                    base: rec.stage_op(),
-                    story: id,
-                    event,
-                    from,
+            Command::Force(inner) => match *inner {
+                Command::Event { id, event } => self.event_payload(w, now, id, event, true)?,
+                Command::DeleteStory { id } => self.delete_payload(w, now, id, true)?,
+                Command::Release { id } => self.release_payload(w, now, id, true)?,
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "only pipeline events, story removals and releases can be forced, not {other:?}"
+                    )))
                 }
-            }
-            Command::DeleteStory { id } => {
-                Self::visible_story(w, &id)?;
-                Payload::StoryDelete { story: id }
-            }
+            },
+            Command::Event { id, event } => self.event_payload(w, now, id, event, false)?,
+            Command::DeleteStory { id } => self.delete_payload(w, now, id, false)?,
             Command::Claim { id, ttl_secs } => {
                 let current = Self::visible_story(w, &id)?
                     .claims
@@ -384,14 +493,7 @@ impl<S: Store> Node<S> {
                     takes_over,
                 }
             }
-            Command::Release { id } => {
-                let rec = Self::visible_story(w, &id)?;
-                let mine = rec.claims.current().filter(|(_, l)| l.node == me).is_some();
-                if !mine {
-                    return Err(Error::NotFound(format!("this node holds no claim on story {id}")));
-                }
-                Payload::Release { story: id }
-            }
+            Command::Release { id } => self.release_payload(w, now, id, false)?,
             Command::AcquireMergeLock { ttl_secs } => {
                 if let Some(lease) = w.lock()?.current().map(|(_, l)| l.clone()) {
                     if lease.node != me && self.lease_live(w, &lease, now)? {
@@ -427,7 +529,19 @@ impl<S: Store> Node<S> {
                     through: stamp.lamport,
                 }
             }
-            Command::Heartbeat { label, address } => Payload::Presence { label, address },
+            Command::Announce { label, address } => Payload::Presence { label, address },
+            Command::Heartbeat { label, address } => Payload::Heartbeat {
+                label,
+                address,
+                seen: w
+                    .state
+                    .authors
+                    .iter()
+                    .filter(|(_, a)| a.head_seq > 0)
+                    .map(|(node, a)| (*node, a.head_lamport))
+                    .take(crate::payload::MAX_SEEN_AUTHORS)
+                    .collect(),
+            },
             Command::Execution { id, event } => {
                 let rec = Self::visible_story(w, &id)?;
                 let current = rec

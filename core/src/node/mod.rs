@@ -106,6 +106,9 @@ pub struct Node<S: Store = SledStore> {
     /// Story records as last committed (taken by each batch, given back by its commit).
     stories: StoryCache,
     subscribers: Arc<Mutex<Subscribers>>,
+    /// A claim op of another node was merged since this node's last heartbeat: see
+    /// [`Node::heartbeat_wanted`].
+    heartbeat_wanted: bool,
     /// How far this node's own chain and clock had got at the last acknowledged commit.
     mark: Mark,
     /// Set when the store holds fewer of the marked chain's ops than were acknowledged:
@@ -316,6 +319,7 @@ impl<S: Store> Node<S> {
             buffered_bytes: 0,
             stories: StoryCache::new(),
             subscribers: Arc::default(),
+            heartbeat_wanted: false,
             mark,
             behind,
         })
@@ -397,6 +401,15 @@ impl<S: Store> Node<S> {
         self.home.note_daemon(listen, advertise)
     }
 
+    /// Whether this node should write its heartbeat now rather than at its next period: a
+    /// claim op of another node was merged since its last heartbeat, and the claimant is
+    /// waiting to learn that this node has seen it (a heartbeat says what its author has
+    /// seen; `docs/protocol.md`, "Claims"). Cleared by this node's next heartbeat. A host
+    /// that writes heartbeats (the daemon) checks it after merging peers' ops.
+    pub fn heartbeat_wanted(&self) -> bool {
+        self.heartbeat_wanted
+    }
+
     /// The Lamport clock: the highest timestamp seen or issued.
     pub fn lamport(&self) -> u64 {
         self.state.clock.value()
@@ -446,7 +459,19 @@ impl<S: Store> Node<S> {
     /// publishes its events, records the mark and, if the batch voided merged ops,
     /// rebuilds.
     pub(super) fn commit(&mut self, w: Working<'_, S>, batch: S::Batch) -> Result<Vec<Event>, Error> {
-        let Committed { state, events, cache } = w.commit_with(batch)?;
+        let Committed {
+            state,
+            events,
+            cache,
+            claims_seen,
+            own_heartbeat,
+        } = w.commit_with(batch)?;
+        if own_heartbeat {
+            self.heartbeat_wanted = false;
+        }
+        if claims_seen {
+            self.heartbeat_wanted = true;
+        }
         self.state = state;
         self.stories = cache;
         self.drop_dead_buffered();

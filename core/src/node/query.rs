@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use super::Node;
-use crate::codec;
 use crate::error::Error;
 use crate::event::{self, Event, TransitionEvent};
 use crate::execution::ExecutionState;
@@ -18,21 +17,17 @@ use crate::record::decode_story;
 use crate::storage::{self, Store};
 use crate::time::Timestamp;
 use crate::version::VersionVector;
-use crate::view::{self, Creation, ForkInfo, Member, NodeInfo, OpSummary, Story, Transition, VerifyReport};
+use crate::view::{
+    self, ClaimStatus, Creation, ForkInfo, LostClaim, Member, NodeInfo, OpSummary, Story, Transition,
+    VerifyReport,
+};
 
 impl<S: Store> Node<S> {
     /// Sends the current stage of every live story through the event stream
     /// (`replay: true`), so a subscriber that starts late can reconcile.
     pub fn replay_state(&self) -> Result<usize, Error> {
         let mut events = Vec::new();
-        self.journal.drain()?;
-        for kv in self.db.scan_prefix(key::STORIES) {
-            let (k, v) = kv?;
-            let rec = decode_story(&v)?;
-            if !rec.visible() {
-                continue;
-            }
-            let id = key::story_from_key(&k)?;
+        self.for_each_visible_story(|id, rec| {
             events.push(Event::Transition(TransitionEvent {
                 story: id,
                 before: None,
@@ -43,9 +38,26 @@ impl<S: Store> Node<S> {
                 conflict: false,
                 replay: true,
             }));
-        }
+            Ok(())
+        })?;
         event::publish(&self.subscribers, &events);
         Ok(events.len())
+    }
+
+    /// Calls `f` with every visible (created, not deleted) story record, in id order.
+    fn for_each_visible_story(
+        &self,
+        mut f: impl FnMut(StoryId, StoryRecord) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.journal.drain()?;
+        for kv in self.db.scan_prefix(key::STORIES) {
+            let (k, v) = kv?;
+            let rec = decode_story(&v)?;
+            if rec.visible() {
+                f(key::story_from_key(&k)?, rec)?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn record(&self, id: &StoryId) -> Result<StoryRecord, Error> {
@@ -56,15 +68,139 @@ impl<S: Store> Node<S> {
     }
 
     fn presence_record(&self, node: &NodeId) -> Result<Option<PresenceRecord>, Error> {
-        storage::get(&self.db, &key::presence(node), "presence record")
+        self.db
+            .get(&key::presence(node))?
+            .map(|v| PresenceRecord::decode(&v))
+            .transpose()
     }
 
-    fn live_claim(&self, rec: &StoryRecord, now: Timestamp) -> Result<Option<Lease>, Error> {
-        let Some((_, lease)) = rec.claims.current() else {
-            return Ok(None);
+    /// Every presence record, by node.
+    fn presence_records(&self) -> Result<BTreeMap<NodeId, PresenceRecord>, Error> {
+        let mut out = BTreeMap::new();
+        for kv in self.db.scan_prefix(key::PRESENCE) {
+            let (k, v) = kv?;
+            out.insert(key::presence_from_key(&k)?, PresenceRecord::decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Alive at `now`: the node's last heartbeat op (one that says what its author has seen,
+    /// which only a running host's heartbeat does) is fresh. A presence that only announced
+    /// a label (`init`, `join`, a build before heartbeats said what they had seen) is not.
+    fn alive(&self, p: &PresenceRecord, now: Timestamp) -> bool {
+        p.seen.is_some() && now.millis_since(p.heartbeat_at) <= self.stale_ms()
+    }
+
+    /// The claims rule, in one place: the status of the story's current claim at `now`,
+    /// `None` when it has no live claim. `presence` is every presence record (read once per
+    /// query by callers that look at many stories).
+    fn claim_status_of(
+        &self,
+        rec: &StoryRecord,
+        presence: &BTreeMap<NodeId, PresenceRecord>,
+        now: Timestamp,
+    ) -> Option<ClaimStatus> {
+        let (stamp, lease) = rec.claims.current()?;
+        let hb = presence.get(&lease.node).map(|p| p.heartbeat_at);
+        if !self.live(lease, hb, now) {
+            return None;
+        }
+        let me = self.node_id();
+        let pending: Vec<NodeId> = presence
+            .iter()
+            .filter(|(node, p)| {
+                **node != me
+                    && **node != lease.node
+                    && self.is_current_member(node)
+                    && self.alive(p, now)
+                    && p.seen_of(&lease.node) < stamp.lamport
+            })
+            .map(|(node, _)| *node)
+            .collect();
+        Some(ClaimStatus {
+            lease: lease.clone(),
+            lamport: stamp.lamport,
+            confirmed: pending.is_empty(),
+            pending,
+        })
+    }
+
+    /// An admitted member that was not removed and is not quarantined.
+    fn is_current_member(&self, node: &NodeId) -> bool {
+        self.state
+            .members
+            .get(node)
+            .is_some_and(|m| m.role().is_some() && m.cutoff.is_none())
+            && self.state.quarantine(node).is_none()
+    }
+
+    /// The story's live claim at `now` and whether it is confirmed: who holds it, and which
+    /// alive members have not yet shown that they have seen it. `None`: no live claim. The
+    /// rule is [`ClaimStatus`]'s; the CLI, the daemon's API and the bindings all ask here.
+    pub fn claim_status(&self, id: &StoryId, now: Timestamp) -> Result<Option<ClaimStatus>, Error> {
+        let rec = self.record(id)?;
+        Ok(self.claim_status_of(&rec, &self.presence_records()?, now))
+    }
+
+    /// Which node a claim op (`author`'s at Lamport `lamport`, made at `wall`, taking over
+    /// nobody) displaced, as the merged claims show it: the other node whose claim ranked
+    /// just below it and whose lease was still running at `wall`. That node claimed
+    /// concurrently (had the author seen its running claim, it would have been refused, or
+    /// been a takeover) and lost the story. `None` when it displaced nobody, or when that
+    /// node has since written a newer claim or release (the claims now say nothing of it).
+    pub fn displaced_by_claim(
+        &self,
+        story: &StoryId,
+        author: &NodeId,
+        lamport: u64,
+        wall: Timestamp,
+    ) -> Result<Option<NodeId>, Error> {
+        let rec = match self.record(story) {
+            Ok(rec) => rec,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
         };
-        let hb = self.presence_record(&lease.node)?.map(|p| p.heartbeat_at);
-        Ok(self.live(lease, hb, now).then(|| lease.clone()))
+        let stamp = Stamp {
+            lamport,
+            author: *author,
+        };
+        let cleared = |e: &crate::projection::Lww<Option<Lease>>| {
+            e.stamp.lamport <= rec.claims.cleared.get(&e.stamp.author).copied().unwrap_or(0)
+        };
+        let below = rec
+            .claims
+            .entries
+            .values()
+            .filter(|e| e.stamp < stamp && e.stamp.author != *author && !cleared(e))
+            .max_by_key(|e| e.stamp);
+        Ok(below
+            .and_then(|e| e.value.as_ref())
+            .filter(|l| wall < l.expires_at)
+            .map(|l| l.node))
+    }
+
+    /// Claims this node took whose lease has not run out at `now` but that another node's
+    /// claim (a concurrent one that ranks after it, or a takeover) or a forced release
+    /// overrode: the node lost those stories and must stop working on them.
+    pub fn lost_claims(&self, now: Timestamp) -> Result<Vec<LostClaim>, Error> {
+        let me = self.node_id();
+        let presence = self.presence_records()?;
+        let mut out = Vec::new();
+        self.for_each_visible_story(|story, rec| {
+            let Some(Some(mine)) = rec.claims.entries.get(&me).map(|e| e.value.as_ref()) else {
+                return Ok(());
+            };
+            if now >= mine.expires_at || rec.claims.current().is_some_and(|(_, l)| l.node == me) {
+                return Ok(());
+            }
+            out.push(LostClaim {
+                story,
+                lease: mine.clone(),
+                winner: self.claim_status_of(&rec, &presence, now).map(|c| c.lease),
+            });
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// The story's newest claim entry (its stamp and lease) whether or not it is live at
@@ -79,10 +215,10 @@ impl<S: Store> Node<S> {
     }
 
     /// One story (deleted stories are returned with `deleted: true`). `now` decides whether
-    /// its claim is live.
+    /// its claim is live and confirmed.
     pub fn story(&self, id: &StoryId, now: Timestamp) -> Result<Story, Error> {
         let rec = self.record(id)?;
-        let claim = self.live_claim(&rec, now)?;
+        let claim = self.claim_status_of(&rec, &self.presence_records()?, now);
         Ok(view::story_view(id, &rec, claim))
     }
 
@@ -90,13 +226,16 @@ impl<S: Store> Node<S> {
     pub fn stories(&self, stage: Option<StageKind>, now: Timestamp) -> Result<Vec<Story>, Error> {
         let mut out = Vec::new();
         self.journal.drain()?;
+        let presence = self.presence_records()?;
         match stage {
             Some(kind) => {
                 let prefix = key::stage_index_prefix(kind);
                 for kv in self.db.scan_prefix(&prefix) {
                     let (k, _) = kv?;
                     let (_, id) = key::stage_index_from_key(&k)?;
-                    out.push(self.story(&id, now)?);
+                    let rec = self.record(&id)?;
+                    let claim = self.claim_status_of(&rec, &presence, now);
+                    out.push(view::story_view(&id, &rec, claim));
                 }
             }
             None => {
@@ -104,7 +243,7 @@ impl<S: Store> Node<S> {
                     let (k, v) = kv?;
                     let rec = decode_story(&v)?;
                     if rec.visible() {
-                        let claim = self.live_claim(&rec, now)?;
+                        let claim = self.claim_status_of(&rec, &presence, now);
                         out.push(view::story_view(&key::story_from_key(&k)?, &rec, claim));
                     }
                 }
@@ -200,16 +339,15 @@ impl<S: Store> Node<S> {
         Ok(Some((lease.clone(), self.live(lease, hb, now))))
     }
 
-    /// Every node that published presence, with liveness at `now`.
+    /// Every node that published presence, with liveness at `now`: alive only with a fresh
+    /// heartbeat of a running host (a node that only ran commands, `init` or `join` never
+    /// is).
     pub fn nodes(&self, now: Timestamp) -> Result<Vec<NodeInfo>, Error> {
         let mut out = Vec::new();
-        for kv in self.db.scan_prefix(key::PRESENCE) {
-            let (k, v) = kv?;
-            let node = key::presence_from_key(&k)?;
-            let p: PresenceRecord = codec::decode(&v, "presence record")?;
+        for (node, p) in self.presence_records()? {
             out.push(NodeInfo {
                 node,
-                alive: now.millis_since(p.heartbeat_at) <= self.stale_ms(),
+                alive: self.alive(&p, now),
                 label: p.label,
                 address: p.address,
                 last_heartbeat: p.heartbeat_at,

@@ -41,7 +41,9 @@ const BASE_MASK: u8 = 0b11 << BASE_SHIFT;
 const BASE_NONE: u8 = 0;
 const BASE_PREVIOUS: u8 = 1;
 const BASE_STORED: u8 = 2;
-const ENTRY_BITS: u8 = FROM_STORED | TO_STORED | BASE_MASK;
+/// The entry was forced over a live claim: the holder's node index follows the entry.
+const FORCED: u8 = 1 << 4;
+const ENTRY_BITS: u8 = FROM_STORED | TO_STORED | BASE_MASK | FORCED;
 
 /// The fewest bytes a history entry can take (flags, lamport, node index, op id, wall,
 /// event tag): bounds what a count read from the input may preallocate.
@@ -115,6 +117,9 @@ pub(crate) fn encode_into(rec: &StoryRecord, out: &mut Vec<u8>) {
         if derived.as_ref() != Some(&h.to) {
             flags |= TO_STORED;
         }
+        if h.forced.is_some() {
+            flags |= FORCED;
+        }
         let base = match h.base {
             None => BASE_NONE,
             Some(b) if Some(b) == previous_op => BASE_PREVIOUS,
@@ -133,6 +138,9 @@ pub(crate) fn encode_into(rec: &StoryRecord, out: &mut Vec<u8>) {
         }
         if let (BASE_STORED, Some(b)) = (base, &h.base) {
             out.extend_from_slice(b.as_bytes());
+        }
+        if let Some(holder) = &h.forced {
+            nodes.put(out, holder);
         }
         expected_from = &h.to;
         previous_op = Some(h.op_id);
@@ -314,6 +322,11 @@ fn history_entry(
         }
         tag => return Err(corrupt(format!("has base tag {tag}"))),
     };
+    let forced = if flags & FORCED != 0 {
+        Some(nodes.node(r)?.1)
+    } else {
+        None
+    };
     Ok(HistoryEntry {
         stamp,
         op_id,
@@ -322,6 +335,7 @@ fn history_entry(
         from,
         to,
         base,
+        forced,
     })
 }
 
@@ -365,6 +379,7 @@ impl NodeTable {
             .chain(rec.deleted.as_ref())
             .chain(rec.history.iter().map(|h| &h.stamp));
         ids.extend(stamps.map(|s| s.author));
+        ids.extend(rec.history.iter().filter_map(|h| h.forced));
         for (node, entry) in &rec.claims.entries {
             ids.push(*node);
             ids.push(entry.stamp.author);

@@ -73,6 +73,7 @@ pub(crate) fn realistic_record() -> StoryRecord {
             from,
             to: to.clone(),
             base: rec.stage_op(),
+            forced: None,
         });
         from = to;
     }
@@ -346,6 +347,9 @@ fn arbitrary_record(src: &mut Src<'_>) -> StoryRecord {
             from,
             to,
             base,
+            forced: src
+                .one_in(4)
+                .then(|| authors[src.below(authors.len() as u32) as usize]),
         });
     }
 
@@ -576,7 +580,7 @@ fn specific_damage_is_named() {
         m.contains("history entry 0") && m.contains("table refuses"),
         "{m}"
     );
-    let mut bad = entry(0x10, &PipelineEvent::DepsMet);
+    let mut bad = entry(0x20, &PipelineEvent::DepsMet);
     bad.extend_from_slice(&tail);
     assert!(corrupt_message(&bad).contains("unknown flags"));
     let mut bad = entry(BASE_PREVIOUS << BASE_SHIFT, &PipelineEvent::DepsMet);

@@ -244,9 +244,22 @@ pub struct Snapshot {
     pub forks: Vec<ForkInfo>,
 }
 
+/// The story without what only its node knows: whether a claim is confirmed depends on
+/// which heartbeats a node holds and on who is asking (a node does not wait for itself),
+/// so replicas that hold the same ops may answer differently.
+pub fn replicated(mut s: huskies_core::Story) -> huskies_core::Story {
+    s.claim_confirmed = false;
+    s
+}
+
 /// Takes a [`Snapshot`] at `now`.
 pub fn snapshot<S: huskies_core::Store>(node: &Node<S>, now: Timestamp) -> Snapshot {
-    let stories = node.stories(None, now).expect("stories");
+    let stories = node
+        .stories(None, now)
+        .expect("stories")
+        .into_iter()
+        .map(replicated)
+        .collect::<Vec<_>>();
     let histories = stories
         .iter()
         .map(|s| (s.id.clone(), node.history(&s.id).expect("history")))

@@ -249,6 +249,11 @@ impl Model {
     }
 
     fn apply(&mut self, op: &SignedOp) {
+        self.apply_payload(op, &op.content().payload);
+    }
+
+    /// `payload` is the op's own, or the inner payload of a forced op (same stamp and id).
+    fn apply_payload(&mut self, op: &SignedOp, payload: &Payload) {
         let c = op.content();
         let stamp = (c.lamport, c.author);
         let lease = |ttl: u32| Lease {
@@ -256,7 +261,7 @@ impl Model {
             claimed_at: c.wall,
             expires_at: c.wall.add_secs(u64::from(ttl)),
         };
-        match &c.payload {
+        match payload {
             Payload::StoryCreate {
                 story,
                 name,
@@ -326,7 +331,21 @@ impl Model {
             Payload::LockAcquire { ttl_secs } => self.lock.set(stamp, Some(lease(*ttl_secs))),
             Payload::LockRelease => self.lock.set(stamp, None),
             Payload::LockClear { holder, through } => self.lock.clear(*holder, *through),
-            Payload::Presence { .. } => {
+            Payload::Forced {
+                holder,
+                through,
+                inner,
+            } => {
+                if let Payload::Release { story } = &**inner {
+                    self.stories
+                        .entry(story.clone())
+                        .or_default()
+                        .claims
+                        .clear(*holder, *through);
+                }
+                self.apply_payload(op, inner);
+            }
+            Payload::Presence { .. } | Payload::Heartbeat { .. } => {
                 let mut slot = self.presence.remove(&c.author);
                 lww(&mut slot, stamp, c.wall);
                 if let Some(s) = slot {
