@@ -1492,6 +1492,10 @@ public struct Claim: Equatable, Hashable {
      * RFC 3339.
      */
     public var expiresAt: String
+    /**
+     * Confirmed: every alive member has seen it (no alive member can win against it).
+     */
+    public var confirmed: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1504,10 +1508,14 @@ public struct Claim: Equatable, Hashable {
          */claimedAt: String, 
         /**
          * RFC 3339.
-         */expiresAt: String) {
+         */expiresAt: String, 
+        /**
+         * Confirmed: every alive member has seen it (no alive member can win against it).
+         */confirmed: Bool) {
         self.node = node
         self.claimedAt = claimedAt
         self.expiresAt = expiresAt
+        self.confirmed = confirmed
     }
 
     
@@ -1528,7 +1536,8 @@ public struct FfiConverterTypeClaim: FfiConverterRustBuffer {
             try Claim(
                 node: FfiConverterString.read(from: &buf), 
                 claimedAt: FfiConverterString.read(from: &buf), 
-                expiresAt: FfiConverterString.read(from: &buf)
+                expiresAt: FfiConverterString.read(from: &buf), 
+                confirmed: FfiConverterBool.read(from: &buf)
         )
     }
 
@@ -1536,6 +1545,7 @@ public struct FfiConverterTypeClaim: FfiConverterRustBuffer {
         FfiConverterString.write(value.node, into: &buf)
         FfiConverterString.write(value.claimedAt, into: &buf)
         FfiConverterString.write(value.expiresAt, into: &buf)
+        FfiConverterBool.write(value.confirmed, into: &buf)
     }
 }
 
