@@ -79,9 +79,17 @@ pub(crate) fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
             demo::run(cli.quiet)?;
             return Ok(None);
         }
-        Commands::Bench { ops } => {
+        Commands::Bench {
+            ops,
+            interactive_ops,
+            daemon_ops,
+            interactive_only,
+        } => {
             let figures = bench::run(&bench::BenchOptions {
                 ops: *ops,
+                interactive_ops: *interactive_ops,
+                daemon_ops: *daemon_ops,
+                interactive_only: *interactive_only,
                 progress: progress_enabled(cli),
             })?;
             let text = figures
