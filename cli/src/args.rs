@@ -208,6 +208,15 @@ pub(crate) enum Commands {
         /// Number of ops.
         #[arg(long, default_value_t = 100_000)]
         ops: usize,
+        /// Single-command appends in the interactive phase (each its own flush).
+        #[arg(long, default_value_t = 10_000)]
+        interactive_ops: usize,
+        /// `story add` requests timed through a running daemon in the interactive phase.
+        #[arg(long, default_value_t = 1_000)]
+        daemon_ops: usize,
+        /// Run only the interactive phase (single-command appends, latency, disk).
+        #[arg(long)]
+        interactive_only: bool,
     },
     /// Run the sync daemon: serve /crdt-sync, dial peers, heartbeat, run policies.
     #[command(

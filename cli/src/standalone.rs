@@ -90,9 +90,17 @@ pub(crate) fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
             // The walkthrough is already out; `--json` prints the summary instead.
             Out::new(String::new(), report.summary)
         }
-        Commands::Bench { ops } => {
+        Commands::Bench {
+            ops,
+            interactive_ops,
+            daemon_ops,
+            interactive_only,
+        } => {
             let figures = bench::run(&bench::BenchOptions {
                 ops: *ops,
+                interactive_ops: *interactive_ops,
+                daemon_ops: *daemon_ops,
+                interactive_only: *interactive_only,
                 progress: progress_enabled(cli),
             })?;
             Out::new(render::bench_table(&figures), figures)

@@ -164,7 +164,8 @@ mod tests {
         group.push(bad);
         assert!(matches!(floor.append(now, group), Err(Error::InvalidArgument(_))));
         assert_eq!(floor.len(), 2);
-        assert_eq!(floor.db.scan_prefix(&key::segment_prefix(0)).count(), 1);
+        assert_eq!(floor.db.scan_prefix(&key::open_segment_prefix(0)).count(), 1);
+        assert_eq!(floor.db.scan_prefix(&key::segment_prefix(0)).count(), 0);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! | `A` | node id | author record (chain head, storage index, quarantine) |
 //! | `U` | node id | membership record |
 //! | `O` | author index u32 BE, first seq u64 BE | segment: a run of the author's signed ops |
+//! | `P` | author index u32 BE, first seq u64 BE | open-run segment: the author's newest ops, written by small batches, not yet sealed into `O` |
 //! | `F` | node id, seq u64 BE, op id | fork evidence: a second signed op for a seq |
 //! | `S` | story id | stage-index byte, packed story record (`record.rs`) |
 //! | `J` | entry u64 BE | journal entry: story records changed by one commit, not yet folded into `S`/`K` |
@@ -25,7 +26,7 @@ use crate::id::{NodeId, OpId, StoryId};
 use crate::pipeline::StageKind;
 
 /// The store format this build writes and reads (see `docs/format.md`).
-pub const STORE_FORMAT_VERSION: u32 = 3;
+pub const STORE_FORMAT_VERSION: u32 = 4;
 
 /// Meta keys (`M` ‖ name).
 pub(crate) const META_FORMAT: &[u8] = b"Mformat";
@@ -39,6 +40,7 @@ pub(crate) const META_REBUILD: &[u8] = b"Mrebuild";
 pub(crate) const AUTHORS: &[u8] = b"A";
 pub(crate) const MEMBERS: &[u8] = b"U";
 pub(crate) const SEGMENTS: &[u8] = b"O";
+pub(crate) const OPEN_SEGMENTS: &[u8] = b"P";
 pub(crate) const STORIES: &[u8] = b"S";
 pub(crate) const JOURNAL: &[u8] = b"J";
 pub(crate) const STAGE_INDEX: &[u8] = b"K";
@@ -48,7 +50,16 @@ pub(crate) const LOCK: &[u8] = b"L";
 
 /// The namespaces a rebuild recomputes from the stored ops (every derived record; the ops
 /// themselves are rewritten too, since segments of voided ops go).
-pub(crate) const REBUILT: [&[u8]; 7] = [SEGMENTS, STORIES, STAGE_INDEX, PRESENCE, LOCK, MEMBERS, AUTHORS];
+pub(crate) const REBUILT: [&[u8]; 8] = [
+    SEGMENTS,
+    OPEN_SEGMENTS,
+    STORIES,
+    STAGE_INDEX,
+    PRESENCE,
+    LOCK,
+    MEMBERS,
+    AUTHORS,
+];
 
 fn corrupt(what: &str) -> Error {
     Error::Corrupt(format!("bad {what} key"))
@@ -146,14 +157,23 @@ pub(crate) fn stage_index_from_key(k: &[u8]) -> Result<(StageKind, StoryId), Err
 
 /// `O` ‖ author index ‖ first seq.
 pub(crate) fn segment(idx: u32, first_seq: u64) -> [u8; 13] {
+    segment_in(b'O', idx, first_seq)
+}
+
+/// `P` ‖ author index ‖ first seq: a segment of the author's open run.
+pub(crate) fn open_segment(idx: u32, first_seq: u64) -> [u8; 13] {
+    segment_in(b'P', idx, first_seq)
+}
+
+fn segment_in(prefix: u8, idx: u32, first_seq: u64) -> [u8; 13] {
     let mut k = [0u8; 13];
-    k[0] = b'O';
+    k[0] = prefix;
     k[1..5].copy_from_slice(&idx.to_be_bytes());
     k[5..].copy_from_slice(&first_seq.to_be_bytes());
     k
 }
 
-/// `O` ‖ author index: every segment of one author.
+/// `O` ‖ author index: every sealed segment of one author.
 pub(crate) fn segment_prefix(idx: u32) -> [u8; 5] {
     let mut k = [0u8; 5];
     k[0] = b'O';
@@ -161,10 +181,17 @@ pub(crate) fn segment_prefix(idx: u32) -> [u8; 5] {
     k
 }
 
-/// The first seq of a segment key.
+/// `P` ‖ author index: every open-run segment of one author.
+pub(crate) fn open_segment_prefix(idx: u32) -> [u8; 5] {
+    let mut k = segment_prefix(idx);
+    k[0] = b'P';
+    k
+}
+
+/// The first seq of a segment key (`O` or `P`).
 pub(crate) fn segment_first_seq(k: &[u8]) -> Result<u64, Error> {
     match k {
-        [b'O', _, _, _, _, seq @ ..] => seq
+        [b'O' | b'P', _, _, _, _, seq @ ..] => seq
             .try_into()
             .map(u64::from_be_bytes)
             .map_err(|_| corrupt("segment")),

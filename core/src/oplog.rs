@@ -2,10 +2,11 @@
 //! The one writer of ops and fork evidence, and the one reader; both the node and the
 //! benchmark's storage floor use it.
 //!
-//! An author's ops are stored as segments under `O` ‖ author index ‖ first seq (see
-//! [`crate::keyspace`]), each a run of consecutive signed ops with a checksum that every
-//! read checks. A segment smaller than [`SEGMENT_MERGE_BYTES`] is extended in place by the
-//! author's next write, so that single-op appends do not leave one key per op.
+//! An author's ops are stored as segments (see [`crate::keyspace`]), each a run of
+//! consecutive signed ops with a checksum that every read checks: sealed segments under
+//! `O` ‖ author index ‖ first seq, and the author's newest ops, written by small batches,
+//! as an open run of small segments under `P` that is sealed into `O` once it holds
+//! [`SEAL_OPS`] ops or [`SEAL_BYTES`] (see [`write_ops`]).
 
 use crate::error::Error;
 use crate::id::{ClusterId, NodeId, OpId};
@@ -18,9 +19,6 @@ use crate::time::Timestamp;
 
 /// Most ops in one stored segment; bounds the work to read one op back.
 pub const SEGMENT_MAX_OPS: usize = 1024;
-/// A segment smaller than this is extended in place by the next write of the same author,
-/// so single-op appends do not leave one sled key per op.
-pub(crate) const SEGMENT_MERGE_BYTES: usize = 16 * 1024;
 /// Segment layouts (see [`encode_segment`]).
 const SEGMENT_V1: u8 = 1;
 const SEGMENT_V2: u8 = 2;
@@ -28,8 +26,9 @@ const SEGMENT_V2: u8 = 2;
 const SEGMENT_HEADER: usize = 1 + 4 + 32;
 const SEGMENT_HASH_CONTEXT: &str = "huskies 2026-11 segment checksum v1";
 
-/// Where an author's last segment starts, how many ops it holds and its size in bytes: what
-/// the writer needs to extend it (kept in the author's record).
+/// The author's open run (`P`): its first seq, how many ops it holds and its stored bytes;
+/// `None` when there is none. What the writer needs to extend or seal it (kept in the
+/// author's record).
 pub(crate) type SegmentTail = Option<(u64, u32, u32)>;
 
 /// Signs the op that follows `head` (seq, id) on `key`'s chain. The one place chained ops
@@ -178,9 +177,22 @@ pub(crate) fn decode_segment(bytes: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
     Ok(ops)
 }
 
-/// Adds `ops` (consecutive, right after the author's stored head) to `batch`: extends the
-/// author's last segment while it is small, and starts new ones otherwise. `tail` is the
-/// author's [`SegmentTail`], updated to the new last segment.
+/// Adds `ops` (consecutive, right after the author's stored head) to `batch`.
+///
+/// An author's newest ops, written by small batches, form its **open run**: segments under
+/// `P` (see [`crate::keyspace`]), one per write, named by `tail` (the run's first seq, op
+/// count and stored bytes). While the run stays under [`SEAL_OPS`] ops and [`SEAL_BYTES`],
+/// a write adds one small `P` segment and rewrites nothing. The write that would take the
+/// run to either bound seals it: the run's ops and the new ones are written as `O`
+/// segments of up to [`SEGMENT_MAX_OPS`] ops starting at the run's first seq, and the `P`
+/// keys are removed, in the same batch. A write of [`SEAL_OPS`] ops or more with no open
+/// run goes to `O` directly. Every `P` op follows every `O` op of the author.
+///
+/// Why: with one flush per command, rewriting a growing segment on every append makes
+/// sled 0.34 write the whole value again, and every tenth write of a leaf rewrites the
+/// whole leaf with its neighbours; values past ~128 KiB leave blob files behind. Keeping
+/// the open run in a namespace of its own leaves the leaves of sealed segments untouched
+/// between seals (`docs/format.md`, "Segment runs").
 pub(crate) fn write_ops<S: Store>(
     db: &S,
     batch: &mut S::Batch,
@@ -193,39 +205,81 @@ pub(crate) fn write_ops<S: Store>(
             .all(|w| w[1].content().seq == w[0].content().seq + 1 && w[1].content().prev == Some(w[0].id())),
         "ops written together are one unbroken chain"
     );
-    let mut rest = ops;
-    if let Some((first, count, bytes)) = *tail {
-        let small = usize::try_from(bytes).is_ok_and(|b| b < SEGMENT_MERGE_BYTES);
-        if small && usize::try_from(count).is_ok_and(|c| c < SEGMENT_MAX_OPS) {
-            let k = key::segment(idx, first);
-            if let Some(old) = db.get(&k)? {
-                let old_ops = decode_segment(&old)?;
-                debug_assert!(
-                    rest.first()
-                        .is_none_or(|op| Some(op.content().seq)
-                            == u64::try_from(old_ops.len()).ok().map(|n| first + n)),
-                    "new ops continue the last segment"
-                );
-                let take = (SEGMENT_MAX_OPS - old_ops.len()).min(rest.len());
-                let seg = encode_segment(
-                    old_ops
-                        .iter()
-                        .map(|o| &o[..])
-                        .chain(rest[..take].iter().map(|o| o.bytes())),
-                );
-                *tail = Some((first, count_of(old_ops.len() + take), size_of(&seg)));
-                batch.insert(&k, &seg);
-                rest = &rest[take..];
+    let Some(first_new) = ops.first().map(|o| o.content().seq) else {
+        return Ok(());
+    };
+    let new_bytes: usize = ops.iter().map(|o| o.bytes().len()).sum();
+    match open_run(*tail) {
+        Some((first, count, bytes)) if !run_full(count + ops.len(), bytes + new_bytes) => {
+            let seg = encode_segment(ops.iter().map(|o| o.bytes()));
+            batch.insert(&key::open_segment(idx, first_new), &seg);
+            *tail = Some((first, count_of(count + ops.len()), size_of_sum(bytes + seg.len())));
+        }
+        Some((first, count, _)) => {
+            let mut run: Vec<Vec<u8>> = Vec::with_capacity(count + ops.len());
+            for kv in db.scan_prefix(&key::open_segment_prefix(idx)) {
+                let (k, v) = kv?;
+                run.extend(decode_segment(&v)?);
+                batch.remove(&k);
             }
+            let expected = first_new - first;
+            if u64::try_from(run.len()).ok() != Some(expected) {
+                return Err(Error::Corrupt(format!(
+                    "the open segment run at {first} holds {} ops where {expected} belong",
+                    run.len()
+                )));
+            }
+            write_sealed(
+                batch,
+                idx,
+                first,
+                run.iter().map(|o| &o[..]).chain(ops.iter().map(|o| o.bytes())),
+            );
+            *tail = None;
+        }
+        None if !run_full(ops.len(), new_bytes) => {
+            let seg = encode_segment(ops.iter().map(|o| o.bytes()));
+            batch.insert(&key::open_segment(idx, first_new), &seg);
+            *tail = Some((first_new, count_of(ops.len()), size_of(&seg)));
+        }
+        None => {
+            write_sealed(batch, idx, first_new, ops.iter().map(|o| o.bytes()));
+            *tail = None;
         }
     }
-    for chunk in rest.chunks(SEGMENT_MAX_OPS) {
-        let first = chunk[0].content().seq;
-        let seg = encode_segment(chunk.iter().map(|o| o.bytes()));
-        *tail = Some((first, count_of(chunk.len()), size_of(&seg)));
-        batch.insert(&key::segment(idx, first), &seg);
-    }
     Ok(())
+}
+
+/// Most ops in an author's open run: the write that reaches it seals the run.
+pub(crate) const SEAL_OPS: usize = 32;
+/// Most stored bytes in an author's open run: keeps a sealed run's segment, and a sled
+/// leaf of them, well under the size sled 0.34 moves to a blob file.
+pub(crate) const SEAL_BYTES: usize = 8 * 1024;
+
+/// Whether a run of `count` ops in `bytes` is full (to be sealed).
+fn run_full(count: usize, bytes: usize) -> bool {
+    count >= SEAL_OPS || bytes >= SEAL_BYTES
+}
+
+/// The open run a tail names, as (first seq, ops, bytes).
+fn open_run(tail: SegmentTail) -> Option<(u64, usize, usize)> {
+    let (first, count, bytes) = tail?;
+    Some((
+        first,
+        usize::try_from(count).unwrap_or(usize::MAX),
+        usize::try_from(bytes).unwrap_or(usize::MAX),
+    ))
+}
+
+/// Writes `ops` (signed bytes, consecutive from `first`) as `O` segments of up to
+/// [`SEGMENT_MAX_OPS`] ops.
+fn write_sealed<'a>(batch: &mut impl WriteBatch, idx: u32, first: u64, ops: impl Iterator<Item = &'a [u8]>) {
+    let ops: Vec<&[u8]> = ops.collect();
+    let mut at = first;
+    for chunk in ops.chunks(SEGMENT_MAX_OPS) {
+        batch.insert(&key::segment(idx, at), &encode_segment(chunk.iter().copied()));
+        at += chunk.len() as u64;
+    }
 }
 
 /// A segment's op count as stored (at most [`SEGMENT_MAX_OPS`]).
@@ -235,22 +289,47 @@ fn count_of(n: usize) -> u32 {
 }
 
 /// A segment's size as recorded in its author's tail. Saturates: a size past `u32::MAX`
-/// only means "not small", which is all the writer asks of it.
+/// only means "full", which is all the writer asks of it.
 fn size_of(seg: &[u8]) -> u32 {
-    u32::try_from(seg.len()).unwrap_or(u32::MAX)
+    size_of_sum(seg.len())
+}
+
+/// A run's stored bytes as recorded in its author's tail (saturating, as [`size_of`]).
+fn size_of_sum(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn stored_op(bytes: &[u8]) -> Result<SignedOp, Error> {
     SignedOp::from_trusted_bytes(bytes).map_err(|e| Error::Corrupt(format!("stored op does not decode: {e}")))
 }
 
+/// A segment's first seq and its ops' signed bytes.
+type Located = (u64, Vec<Vec<u8>>);
+
+/// The stored segment that holds the author's op `seq`, if any: the last `O` segment
+/// starting at or before it, or else (the op is newer than every sealed one) the last `P`
+/// segment starting at or before it.
+fn segment_holding<S: Store>(db: &S, idx: u32, seq: u64) -> Result<Option<Located>, Error> {
+    for (from, through) in [
+        (key::segment(idx, 0), key::segment(idx, seq)),
+        (key::open_segment(idx, 0), key::open_segment(idx, seq)),
+    ] {
+        if let Some((k, v)) = db.last_in(&from, &through)? {
+            let first = key::segment_first_seq(&k)?;
+            let ops = decode_segment(&v)?;
+            if usize::try_from(seq - first).is_ok_and(|i| i < ops.len()) {
+                return Ok(Some((first, ops)));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Reads the op an author stored at `seq`, checking the segment's checksum.
 pub(crate) fn read_op<S: Store>(db: &S, idx: u32, seq: u64) -> Result<Option<SignedOp>, Error> {
-    let Some((k, v)) = db.last_in(&key::segment(idx, 0), &key::segment(idx, seq))? else {
+    let Some((first, ops)) = segment_holding(db, idx, seq)? else {
         return Ok(None);
     };
-    let first = key::segment_first_seq(&k)?;
-    let ops = decode_segment(&v)?;
     let Some(bytes) = usize::try_from(seq - first).ok().and_then(|i| ops.get(i)) else {
         return Ok(None);
     };
@@ -265,22 +344,34 @@ pub(crate) fn read_op<S: Store>(db: &S, idx: u32, seq: u64) -> Result<Option<Sig
 }
 
 /// Calls `f` with the signed bytes of each stored op of the author, from the segment that
-/// holds `from` on (callers skip the few before `from`); stops when `f` returns false.
+/// holds `from` on (callers skip the few before `from`): the sealed segments (`O`), then
+/// the open run (`P`); stops when `f` returns false.
 fn for_each_stored<S: Store>(
     db: &S,
     idx: u32,
     from: u64,
     mut f: impl FnMut(Vec<u8>) -> Result<bool, Error>,
 ) -> Result<(), Error> {
-    let start = match db.last_in(&key::segment(idx, 0), &key::segment(idx, from.max(1)))? {
-        Some((k, _)) => key::segment_first_seq(&k)?,
-        None => 1,
-    };
-    for kv in db.range(&key::segment(idx, start), &key::segment(idx.saturating_add(1), 0)) {
-        let (_, v) = kv?;
-        for bytes in decode_segment(&v)? {
-            if !f(bytes)? {
-                return Ok(());
+    let from = from.max(1);
+    for open in [false, true] {
+        let key_of = |idx, seq| {
+            if open {
+                key::open_segment(idx, seq)
+            } else {
+                key::segment(idx, seq)
+            }
+        };
+        let next = key_of(idx.saturating_add(1), 0);
+        let start = match db.last_in(&key_of(idx, 0), &key_of(idx, from))? {
+            Some((k, _)) => key::segment_first_seq(&k)?,
+            None => 0,
+        };
+        for kv in db.range(&key_of(idx, start), &next) {
+            let (_, v) = kv?;
+            for bytes in decode_segment(&v)? {
+                if !f(bytes)? {
+                    return Ok(());
+                }
             }
         }
     }
@@ -334,9 +425,11 @@ pub(crate) fn for_each_segment<S: Store>(
     idx: u32,
     mut f: impl FnMut(u64, Result<Vec<Vec<u8>>, Error>),
 ) -> Result<(), Error> {
-    for kv in db.scan_prefix(&key::segment_prefix(idx)) {
-        let (k, v) = kv?;
-        f(key::segment_first_seq(&k)?, decode_segment(&v));
+    for prefix in [key::segment_prefix(idx), key::open_segment_prefix(idx)] {
+        for kv in db.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            f(key::segment_first_seq(&k)?, decode_segment(&v));
+        }
     }
     Ok(())
 }
@@ -431,5 +524,146 @@ mod tests {
         let seg = encode_segment(ops.iter().map(|o| &o[..]));
         assert_eq!(seg[0], SEGMENT_V1);
         assert_eq!(decode_segment(&seg).unwrap(), ops.to_vec());
+    }
+
+    /// `n` chained ops of one fresh author, signed.
+    fn chain(n: usize) -> Vec<SignedOp> {
+        let key = NodeKey::generate(&mut rand_core::OsRng);
+        let cluster = ClusterId::from_bytes([7; 32]);
+        let (mut seq, mut prev) = (0, None);
+        (0..n)
+            .map(|i| {
+                let payload = Payload::Release {
+                    story: crate::id::StoryId::new(format!("story-{i}")).unwrap(),
+                };
+                let op = sign_next(
+                    &key,
+                    cluster,
+                    seq,
+                    prev,
+                    seq + 1,
+                    Timestamp::from_millis(1),
+                    payload,
+                )
+                .unwrap();
+                (seq, prev) = (op.content().seq, Some(op.id()));
+                op
+            })
+            .collect()
+    }
+
+    /// Writes `ops` in batches of the given sizes, one store batch each, as commits do.
+    fn write_in(db: &crate::storage::MemoryStore, ops: &[SignedOp], sizes: &[usize]) -> SegmentTail {
+        let mut tail = None;
+        let mut at = 0;
+        for &n in sizes {
+            let mut batch = crate::storage::MemoryBatch::default();
+            write_ops(db, &mut batch, 3, &mut tail, &ops[at..at + n]).unwrap();
+            db.apply(batch).unwrap();
+            at += n;
+        }
+        tail
+    }
+
+    fn count(db: &crate::storage::MemoryStore, prefix: &[u8]) -> usize {
+        db.scan_prefix(prefix).count()
+    }
+
+    fn assert_reads_back(db: &crate::storage::MemoryStore, ops: &[SignedOp]) {
+        let mut all = Vec::new();
+        for_each_op(db, 3, 1, |op| {
+            all.push(op);
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(all.len(), ops.len(), "every op is read back once, in order");
+        for (got, want) in all.iter().zip(ops) {
+            assert_eq!(got.bytes(), want.bytes());
+        }
+        for want in ops {
+            let seq = want.content().seq;
+            assert_eq!(
+                read_op(db, 3, seq).unwrap().unwrap().bytes(),
+                want.bytes(),
+                "seq {seq}"
+            );
+            let mut from = Vec::new();
+            for_each_op(db, 3, seq, |op| {
+                from.push(op.content().seq);
+                Ok(from.len() < 2)
+            })
+            .unwrap();
+            assert_eq!(from[0], seq, "a scan from {seq} starts there");
+        }
+        let next = ops.len() as u64 + 1;
+        assert!(read_op(db, 3, next).unwrap().is_none());
+    }
+
+    #[test]
+    fn single_op_writes_go_to_the_open_run_and_are_sealed_when_it_fills() {
+        let db = crate::storage::MemoryStore::new();
+        let ops = chain(SEAL_OPS * 2 + 5);
+        let tail = write_in(&db, &ops[..SEAL_OPS - 1], &[1; SEAL_OPS - 1]);
+        assert_eq!(tail.map(|t| (t.0, t.1)), Some((1, SEAL_OPS as u32 - 1)));
+        assert_eq!(
+            count(&db, &key::open_segment_prefix(3)),
+            SEAL_OPS - 1,
+            "one small key per write"
+        );
+        assert_eq!(count(&db, &key::segment_prefix(3)), 0);
+        assert_reads_back(&db, &ops[..SEAL_OPS - 1]);
+        // The write that fills the run seals it into one sealed segment.
+        let mut tail = tail;
+        let mut batch = crate::storage::MemoryBatch::default();
+        write_ops(&db, &mut batch, 3, &mut tail, &ops[SEAL_OPS - 1..SEAL_OPS]).unwrap();
+        db.apply(batch).unwrap();
+        assert_eq!(tail, None);
+        assert_eq!(count(&db, &key::open_segment_prefix(3)), 0);
+        assert_eq!(count(&db, &key::segment_prefix(3)), 1);
+        let sealed = db.get(&key::segment(3, 1)).unwrap().unwrap();
+        assert_eq!(decode_segment(&sealed).unwrap().len(), SEAL_OPS);
+        assert_reads_back(&db, &ops[..SEAL_OPS]);
+    }
+
+    #[test]
+    fn mixed_write_sizes_read_back_in_order() {
+        for sizes in [
+            vec![1, 2, 40, 1, 1, SEGMENT_MAX_OPS + 3, 3],
+            vec![SEAL_OPS, 1, SEGMENT_MAX_OPS * 2 + 1],
+            vec![5, SEGMENT_MAX_OPS + 30],
+        ] {
+            let db = crate::storage::MemoryStore::new();
+            let ops = chain(sizes.iter().sum());
+            let tail = write_in(&db, &ops, &sizes);
+            assert_reads_back(&db, &ops);
+            let open = count(&db, &key::open_segment_prefix(3));
+            assert_eq!(
+                open > 0,
+                tail.is_some(),
+                "{sizes:?}: the tail names the open run exactly when it has keys"
+            );
+            let mut seen = Vec::new();
+            for_each_segment(&db, 3, |first, ops| seen.push((first, ops.unwrap().len()))).unwrap();
+            let mut next = 1;
+            for (first, n) in seen {
+                assert_eq!(first, next, "{sizes:?}: segments are contiguous");
+                assert!(n <= SEGMENT_MAX_OPS);
+                next += n as u64;
+            }
+            assert_eq!(next, ops.len() as u64 + 1);
+        }
+    }
+
+    #[test]
+    fn an_open_run_that_lost_ops_is_corrupt_when_sealed() {
+        let db = crate::storage::MemoryStore::new();
+        let ops = chain(SEAL_OPS);
+        let mut tail = write_in(&db, &ops[..3], &[1, 1, 1]);
+        let mut batch = crate::storage::MemoryBatch::default();
+        batch.remove(&key::open_segment(3, 2));
+        db.apply(batch).unwrap();
+        let mut batch = crate::storage::MemoryBatch::default();
+        let err = write_ops(&db, &mut batch, 3, &mut tail, &ops[3..]).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Corrupt, "{err}");
     }
 }

@@ -278,7 +278,9 @@ pub(crate) struct AuthorRecord {
     pub head_lamport: u64,
     /// Equivocation seen at this seq: this and later ops of the author are void.
     pub quarantined_at: Option<u64>,
-    /// The author's newest segment (first seq, op count, bytes), for small-segment merging.
+    /// The author's open run of `P` segments (first seq, op count, bytes), `None` when it
+    /// has none (see `oplog::write_ops`). Format 3 kept the newest `O` segment here; the
+    /// migration to format 4 clears it.
     pub last_segment: Option<(u64, u32, u32)>,
 }
 

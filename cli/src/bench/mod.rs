@@ -7,6 +7,7 @@
 //! Ed25519 signing, `ingest_vs_verify` compares the real merge path with raw batch
 //! verification.
 
+mod interactive;
 mod sync;
 
 use std::num::NonZeroU32;
@@ -28,6 +29,12 @@ use serde_json::{json, Value};
 pub struct BenchOptions {
     /// Ops in the workload (the contract's `ops`; default 100000).
     pub ops: usize,
+    /// Single-command appends in the interactive phase (`interactive_*`; default 10000).
+    pub interactive_ops: usize,
+    /// `story add` requests timed through a running daemon (`daemon_story_add_*`; default 1000).
+    pub daemon_ops: usize,
+    /// Run only the interactive phase.
+    pub interactive_only: bool,
     /// Show a progress bar per phase on stderr (stdout stays clean for the JSON).
     pub progress: bool,
 }
@@ -36,6 +43,9 @@ impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             ops: 100_000,
+            interactive_ops: 10_000,
+            daemon_ops: 1_000,
+            interactive_only: false,
             progress: false,
         }
     }
@@ -77,6 +87,11 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
         .tempdir()
         .context("creating a temporary directory for the bench homes")?;
     let start = Timestamp::from_millis(START_MILLIS);
+    if opts.interactive_only {
+        let mut out = json!({ "cores": cores, "cpu": cpu_model() });
+        add_interactive(&mut out, tmp.path(), opts)?;
+        return Ok(out);
+    }
 
     // Each ceiling is measured in short bursts interleaved with the figure it bounds (one
     // before, one between every few chunks of work, one after), so that load from other
@@ -216,7 +231,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
     bar.finish_and_clear();
     let sync_ops_per_s = sync.ops as f64 / sync.elapsed.as_secs_f64();
 
-    let out = json!({
+    let mut out = json!({
         "ops": n,
         "raw_sign_per_s": round(raw_sign_per_s, 0),
         "append_per_s": round(append_per_s, 0),
@@ -256,9 +271,41 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
         "notes": "ops counts workload commands; the appending home also holds its genesis op. \
                   sync: a fresh node joins with a ticket and catches up every op from a daemon \
                   serving the appending home over loopback WebSocket. store_floor: the same payloads \
-                  in the same groups, only built, signed and stored durably (no projection).",
+                  in the same groups, only built, signed and stored durably (no projection). \
+                  interactive: single commands, each its own flush; floor: one small sled insert + flush.",
     });
+    add_interactive(&mut out, tmp.path(), opts)?;
     Ok(out)
+}
+
+/// The interactive phase (`interactive.rs`), its figures added to `out`.
+fn add_interactive(out: &mut Value, dir: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
+    if opts.interactive_ops == 0 {
+        return Ok(());
+    }
+    let bar = progress_bar(opts, "interact", 1);
+    let f = interactive::run(&dir.join("interactive"), opts.interactive_ops, opts.daemon_ops)?;
+    bar.finish_and_clear();
+    let fields = json!({
+        "interactive_ops": f.ops,
+        "interactive_append_per_s": round(f.per_s, 0),
+        "interactive_append_p50_us": round(f.append_p50_us, 1),
+        "interactive_append_p99_us": round(f.append_p99_us, 1),
+        "interactive_store_bytes": f.store_bytes,
+        "interactive_op_bytes": f.op_bytes,
+        "interactive_disk_vs_op_bytes": round(f.store_bytes as f64 / f.op_bytes as f64, 3),
+        "daemon_story_add_ops": f.daemon_ops,
+        "daemon_story_add_p50_us": round(f.daemon_p50_us, 1),
+        "daemon_story_add_p99_us": round(f.daemon_p99_us, 1),
+        "sled_flush_floor_p50_us": round(f.floor_p50_us, 1),
+        "sled_flush_floor_p99_us": round(f.floor_p99_us, 1),
+        "daemon_story_add_p50_vs_floor": round(f.daemon_p50_us / f.floor_p50_us, 2),
+        "interactive_append_p50_vs_floor": round(f.append_p50_us / f.floor_p50_us, 2),
+    });
+    if let (Some(out), Value::Object(fields)) = (out.as_object_mut(), fields) {
+        out.extend(fields);
+    }
+    Ok(())
 }
 
 fn round(x: f64, decimals: i32) -> f64 {
@@ -727,6 +774,9 @@ mod tests {
     fn small_bench_runs_and_reports_every_key() {
         let out = run(&BenchOptions {
             ops: 600,
+            interactive_ops: 300,
+            daemon_ops: 20,
+            interactive_only: false,
             progress: false,
         })
         .unwrap();
@@ -749,6 +799,10 @@ mod tests {
             "op_bytes",
             "peak_rss_mb",
             "notes",
+            "interactive_append_per_s",
+            "interactive_disk_vs_op_bytes",
+            "daemon_story_add_p50_us",
+            "sled_flush_floor_p50_us",
         ] {
             assert!(out.get(k).is_some(), "missing {k}");
         }
@@ -756,5 +810,9 @@ mod tests {
         assert!(out["sync_ops_per_s"].as_f64().unwrap() > 0.0);
         assert!(out["append_per_s"].as_f64().unwrap() > 0.0);
         assert!(out["store_floor_per_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(out["interactive_ops"], 300);
+        assert_eq!(out["daemon_story_add_ops"], 20);
+        let ratio = out["interactive_disk_vs_op_bytes"].as_f64().unwrap();
+        assert!(ratio > 1.0, "the store holds at least the ops: {ratio}");
     }
 }

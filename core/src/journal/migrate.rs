@@ -4,28 +4,51 @@ use super::{decode_entry, encode_entry};
 use crate::codec;
 use crate::error::Error;
 use crate::keyspace as key;
-use crate::projection::StoryRecord;
+use crate::projection::{AuthorRecord, StoryRecord};
 use crate::record::{decode_story_v1, decode_story_v2, encode_story};
 use crate::storage::{Store, WriteBatch};
 
-/// Upgrades a store of format 1 or 2 to [`key::STORE_FORMAT_VERSION`] (3): every story
-/// value, under `S` and inside every journal entry, is decoded in its old layout and
-/// re-encoded packed. One atomic batch holds all of it and the new format number, so a
-/// crash leaves either the old store, which the next open migrates again, or the new one.
+/// Upgrades a store of format 1, 2 or 3 to [`key::STORE_FORMAT_VERSION`] (4). One atomic
+/// batch holds all of it and the new format number, so a crash leaves either the old
+/// store, which the next open migrates again, or the new one.
 ///
-/// Format 1 (story values without their stage byte) goes straight to 3; it had no journal,
-/// so a format-1 store with journal entries is refused as corrupt.
+/// - Formats 1 and 2: every story value, under `S` and inside every journal entry, is
+///   decoded in its old layout and re-encoded packed (format 3). Format 1 (story values
+///   without their stage byte) had no journal, so a format-1 store with journal entries is
+///   refused as corrupt.
+/// - Every format before 4: each author record's segment tail, which named the author's
+///   newest `O` segment, is cleared (format 4 names the open run of `P` segments there, and
+///   older stores have none). The ops themselves stay where they are.
 pub(crate) fn migrate<S: Store>(db: &S, format: u32) -> Result<(), Error> {
-    let decode_old: fn(&[u8]) -> Result<StoryRecord, Error> = match format {
-        1 => decode_story_v1,
-        2 => decode_story_v2,
+    let mut batch = S::Batch::default();
+    match format {
+        1 | 2 => repack_stories(db, format, &mut batch)?,
+        3 => {}
         _ => {
             return Err(Error::Corrupt(format!(
                 "store format {format} cannot be migrated"
             )))
         }
+    }
+    for kv in db.scan_prefix(key::AUTHORS) {
+        let (k, v) = kv?;
+        key::author_from_key(&k)?;
+        let mut rec: AuthorRecord = codec::decode(&v, "author record")?;
+        if rec.last_segment.take().is_some() {
+            batch.insert(&k, &codec::encode(&rec));
+        }
+    }
+    batch.insert(key::META_FORMAT, &codec::encode(&key::STORE_FORMAT_VERSION));
+    crate::storage::commit(db, batch)
+}
+
+/// Formats 1 and 2 to 3: story values re-encoded packed, into `batch`.
+fn repack_stories<S: Store>(db: &S, format: u32, batch: &mut S::Batch) -> Result<(), Error> {
+    let decode_old: fn(&[u8]) -> Result<StoryRecord, Error> = if format == 1 {
+        decode_story_v1
+    } else {
+        decode_story_v2
     };
-    let mut batch = S::Batch::default();
     for kv in db.scan_prefix(key::STORIES) {
         let (k, v) = kv?;
         batch.insert(&k, &encode_story(&decode_old(&v)?));
@@ -44,6 +67,5 @@ pub(crate) fn migrate<S: Store>(db: &S, format: u32) -> Result<(), Error> {
             .collect::<Result<Vec<_>, Error>>()?;
         batch.insert(&k, &encode_entry(&records));
     }
-    batch.insert(key::META_FORMAT, &codec::encode(&key::STORE_FORMAT_VERSION));
-    crate::storage::commit(db, batch)
+    Ok(())
 }

@@ -309,3 +309,41 @@ fn the_folder_thread_folds_without_being_asked() {
     }
     assert_eq!(db.scan_prefix(key::STORIES).count(), 1);
 }
+
+#[test]
+fn a_format_3_store_is_migrated_and_its_segment_tails_cleared() {
+    use crate::projection::AuthorRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let db = db(dir.path());
+    let author = |n: u8, tail| AuthorRecord {
+        idx: u32::from(n),
+        head_seq: 7,
+        head_id: None,
+        head_lamport: 7,
+        quarantined_at: None,
+        last_segment: tail,
+    };
+    let (a, b) = (NodeId::from_bytes([1; 32]), NodeId::from_bytes([2; 32]));
+    put(
+        &db,
+        &key::author(&a),
+        &codec::encode(&author(0, Some((3, 5, 900)))),
+    );
+    put(&db, &key::author(&b), &codec::encode(&author(1, None)));
+    let story = encode_story(&record(true, false));
+    put(&db, &key::story(&sid("s")), &story);
+    put(&db, key::META_FORMAT, &codec::encode(&3u32));
+    migrate(&db, 3).unwrap();
+    assert_eq!(format(&db), key::STORE_FORMAT_VERSION);
+    for (node, idx) in [(a, 0), (b, 1)] {
+        let rec: AuthorRecord = crate::storage::get(&db, &key::author(&node), "author")
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec, author(idx, None), "the old tail named an O segment: cleared");
+    }
+    assert_eq!(
+        &db.get(&key::story(&sid("s"))).unwrap().unwrap()[..],
+        &story[..],
+        "stories untouched"
+    );
+}

@@ -259,7 +259,7 @@ impl<S: Store> Node<S> {
             .ok_or_else(|| Error::Corrupt("store has no format version".into()))?;
         match format {
             STORE_FORMAT_VERSION => {}
-            1 | 2 => crate::journal::migrate(&db, format)?,
+            1..=3 => crate::journal::migrate(&db, format)?,
             _ => {
                 return Err(Error::UnsupportedFormat {
                     found: format,
