@@ -89,7 +89,7 @@ def python_batch(tmp: pathlib.Path, n: int, size: int = 512) -> float:
 
 
 def rust_bench(binary: str, n: int) -> Dict[str, float]:
-    out = subprocess.run([binary, "bench", "--json", "--ops", str(n)], capture_output=True, check=True, timeout=1800)
+    out = subprocess.run([binary, "bench", "--json", "--ops", str(n), "--interactive-ops", "0"], capture_output=True, check=True, timeout=1800)
     figures = json.loads(out.stdout)
     return {k: float(figures[k]) for k in ("append_per_s", "raw_sign_per_s")}
 
