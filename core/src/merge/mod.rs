@@ -244,17 +244,23 @@ impl<'a, S: Store> Working<'a, S> {
         batch.insert(key::META_CLOCK, &codec::encode(&self.state.clock.value()));
         batch.insert(key::META_NEXT_IDX, &codec::encode(&self.state.next_idx));
         batch.insert(key::META_REBUILD, &codec::encode(&self.state.rebuild_needed));
-        let written = storage::commit(self.db, batch);
-        match (written, staged) {
-            (Ok(()), Some(staged)) => self.journal.committed(staged)?,
-            (Ok(()), None) => {}
-            (Err(e), staged) => {
-                if let Some(staged) = staged {
-                    self.journal.abandoned(staged);
-                }
-                return Err(e);
+        if let Err(e) = self.db.apply(batch) {
+            // Nothing of the batch is applied (the `Store` contract).
+            if let Some(staged) = staged {
+                self.journal.abandoned(staged);
             }
+            return Err(e);
         }
+        // From here the store holds the batch, so the node must hold it too: an error now
+        // (a failed flush, or the fold a commit runs itself) is returned with the new state
+        // in `Committed::error`, never by dropping the state.
+        let flushed = self.db.flush();
+        let durable = flushed.is_ok();
+        let folded = match staged {
+            Some(staged) => self.journal.committed(staged),
+            None => Ok(()),
+        };
+        let error = flushed.err().or(folded.err());
         let mut cache = self.cache;
         if cache.len() + self.stories.len() > STORY_CACHE_MAX {
             cache.clear();
@@ -268,6 +274,8 @@ impl<'a, S: Store> Working<'a, S> {
             cache,
             claims_seen: self.claims_seen,
             own_heartbeat: self.own_heartbeat,
+            durable,
+            error,
         })
     }
 }
@@ -282,4 +290,11 @@ pub(crate) struct Committed {
     pub claims_seen: bool,
     /// The batch holds the local node's own heartbeat.
     pub own_heartbeat: bool,
+    /// The batch's flush returned `Ok`: the commit survives a crash.
+    pub durable: bool,
+    /// What failed after the batch was applied: its flush (then the commit may or may not
+    /// survive a crash: sled persists applied batches on its own, a crash before that loses
+    /// it), or the journal fold the commit ran itself. The store holds the batch either way,
+    /// so the caller adopts `state` and `cache` and then returns this error.
+    pub error: Option<Error>,
 }

@@ -611,14 +611,28 @@ impl<S: Store> Node<S> {
             std::fs::remove_file(&next).map_err(|e| Error::io("removing a stale next key", e))?;
         }
         new_key.save_new(&next)?;
+        let old = self.node_id();
         let committed = self.commit_rotation(now, &new_key);
-        if committed.is_err() {
-            // Not committed: the next key is of no use (open would remove it too).
-            let _ = std::fs::remove_file(&next);
+        let adopted = self.state.members.get(&old).and_then(|m| m.rotated_to) == Some(new_key.node_id());
+        match committed {
+            Ok(receipt) => {
+                self.key = finish_rotation(&self.home, &self.state, new_key.node_id())?;
+                Ok(receipt)
+            }
+            Err(e) if adopted => {
+                // The store holds the rotation but its flush failed: sign with the new key
+                // (the old one's later ops would be void), and leave the key files for open
+                // to settle (`finish_rotation`: installs the next key if the rotation
+                // survived, removes it if not).
+                self.key = new_key;
+                Err(e)
+            }
+            Err(e) => {
+                // Not committed: the next key is of no use (open would remove it too).
+                let _ = std::fs::remove_file(&next);
+                Err(e)
+            }
         }
-        let receipt = committed?;
-        self.key = finish_rotation(&self.home, &self.state, new_key.node_id())?;
-        Ok(receipt)
     }
 
     fn commit_rotation(&mut self, now: Timestamp, new_key: &NodeKey) -> Result<Receipt, Error> {

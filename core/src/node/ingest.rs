@@ -291,9 +291,17 @@ impl<S: Store> Node<S> {
         let committed = w.commit_with(batch)?;
         self.state = committed.state;
         self.stories = committed.cache;
+        if !committed.durable {
+            // The store holds the rebuilt projection, not yet flushed; the stored flag
+            // makes the next open rebuild again if a crash loses it.
+            return Err(committed
+                .error
+                .unwrap_or_else(|| Error::Corrupt("a rebuild neither flushed nor failed".into())));
+        }
         // A rebuild may shorten this node's own chain on purpose (ops past a cutoff are
         // void): the mark follows it down, so that the next open does not take the shorter
         // chain for a store that lost ops.
-        self.record_mark(true)
+        self.record_mark(true)?;
+        committed.error.map_or(Ok(()), Err)
     }
 }

@@ -465,6 +465,8 @@ impl<S: Store> Node<S> {
             cache,
             claims_seen,
             own_heartbeat,
+            durable,
+            error,
         } = w.commit_with(batch)?;
         if own_heartbeat {
             self.heartbeat_wanted = false;
@@ -475,10 +477,21 @@ impl<S: Store> Node<S> {
         self.state = state;
         self.stories = cache;
         self.drop_dead_buffered();
+        if !durable {
+            // The store holds the batch and so does this node (the next commit's flush
+            // makes it durable), but a crash before then loses it: no event yet, and the
+            // mark (the acknowledged chain) stays where it was.
+            return Err(error.unwrap_or_else(|| Error::Corrupt("a commit neither flushed nor failed".into())));
+        }
         event::publish(&self.subscribers, &events);
         // The batch is stored: subscribers hear of it even if the mark cannot be written
         // (that error says the batch is stored).
         let marked = self.record_mark(false);
+        if let Some(e) = error {
+            // A fold failed after a durable commit; a rebuild it flagged runs at the next
+            // commit or open.
+            return Err(e);
+        }
         if self.state.rebuild_needed {
             self.rebuild()?;
         }

@@ -26,6 +26,8 @@ pub struct FailPlan {
     fail_at: AtomicU64,
     /// Whether every operation after the first failure fails too.
     sticky: AtomicBool,
+    /// While set, operations are neither counted nor failed (see [`FailPlan::set_paused`]).
+    paused: AtomicBool,
     failures: AtomicU64,
     log: Mutex<Vec<StoreOp>>,
 }
@@ -54,6 +56,14 @@ impl FailPlan {
         self.fail_at.store(n, Ordering::SeqCst);
     }
 
+    /// While `paused`, operations pass uncounted and never fail: a test reads through the
+    /// store between the calls it counts (to compare what a node shows) without moving the
+    /// count that names the failing operation. Not meant while another thread (the journal
+    /// folder) may use the store, whose operations would then go uncounted too.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+
     /// Operations counted since the last reset.
     pub fn seen(&self) -> u64 {
         self.seen.load(Ordering::SeqCst)
@@ -71,6 +81,9 @@ impl FailPlan {
 
     /// Counts one operation; an error if it is to fail.
     fn check(&self, op: StoreOp) -> Result<(), Error> {
+        if self.paused.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let n = self.seen.fetch_add(1, Ordering::SeqCst);
         self.log.lock().unwrap_or_else(PoisonError::into_inner).push(op);
         let at = self.fail_at.load(Ordering::SeqCst);
@@ -214,5 +227,11 @@ mod tests {
         assert!(s.scan_prefix(b"").next().unwrap().is_err());
         assert!(s.flush().is_err(), "sticky");
         assert_eq!(s.plan().failures(), 2);
+        s.plan().fail_at(0, false);
+        s.plan().set_paused(true);
+        assert!(s.flush().is_ok(), "paused: not failed");
+        assert_eq!(s.plan().seen(), 0, "paused: not counted");
+        s.plan().set_paused(false);
+        assert!(s.flush().is_err(), "resumed: operation 0 fails");
     }
 }
