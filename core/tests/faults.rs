@@ -587,3 +587,62 @@ fn a_failing_init_leaves_no_home_behind() {
         drop(init(&home, &fresh).expect("init runs again"));
     }
 }
+
+/// A commit whose flush fails has its batch applied in the store: the node holds it too
+/// (it reads it back, and builds on it), nothing of it is durable yet, and the next
+/// commit's flush makes both durable, so the store never disagrees with the node.
+#[test]
+fn a_commit_whose_flush_failed_is_held_by_the_node_and_made_durable_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FailingStore::new(MemoryStore::new());
+    let mut node = new_admin(dir.path(), &store, 21);
+    add_story_on(&mut node, "1_a");
+    let add = |n: &mut Node<Mem>| n.execute(at(2), Command::add_story(sid("2_b"), "b"));
+    // Fail each operation in turn until the failing one is the commit's flush (earlier
+    // failures store nothing, so the same command can be tried again).
+    let mut k = 0;
+    loop {
+        store.plan().fail_at(k, false);
+        let err = add(&mut node).expect_err("a failing operation is returned");
+        assert_eq!(err.kind(), huskies_core::ErrorKind::Io, "{err}");
+        if store.plan().log()[k as usize] == StoreOp::Flush {
+            break;
+        }
+        assert_eq!(
+            live_ids_of(&node),
+            vec![sid("1_a")],
+            "operation {k} stored nothing"
+        );
+        k += 1;
+    }
+    store.plan().reset();
+    // Held by the node as by the store, not durable yet.
+    assert_eq!(live_ids_of(&node), vec![sid("1_a"), sid("2_b")]);
+    let durable = |store: &Mem| store.inner().after_crash().contents();
+    let home = node.home().to_path_buf();
+    let crashed = |contents| {
+        let base = Base::copy(&home, contents, dir.path());
+        view_of(&base, dir.path(), base.contents.clone()).unwrap()
+    };
+    assert_eq!(crashed(durable(&store)).stories.len(), 1);
+    // The next command builds on it (no seq is reused) and its flush makes both durable.
+    node.execute(
+        at(3),
+        Command::Event {
+            id: sid("2_b"),
+            event: PipelineEvent::DepsMet,
+        },
+    )
+    .unwrap();
+    let after = crashed(durable(&store));
+    assert_eq!(after, snapshot(&node, at(100)));
+    assert_eq!(after.stories.len(), 2);
+}
+
+fn live_ids_of(node: &Node<Mem>) -> Vec<huskies_core::StoryId> {
+    node.stories(None, at(100))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
+}
