@@ -214,6 +214,10 @@ pub(crate) enum Commands {
         /// `story add` requests timed through a running daemon in the interactive phase.
         #[arg(long, default_value_t = 1_000)]
         daemon_ops: usize,
+        /// Commands each in a session of its own (open the home, execute, close: the CLI
+        /// without a daemon) in the interactive phase; 0 skips it.
+        #[arg(long, default_value_t = 0)]
+        session_ops: usize,
         /// Run only the interactive phase (single-command appends, latency, disk).
         #[arg(long)]
         interactive_only: bool,

@@ -94,12 +94,14 @@ pub(crate) fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
             ops,
             interactive_ops,
             daemon_ops,
+            session_ops,
             interactive_only,
         } => {
             let figures = bench::run(&bench::BenchOptions {
                 ops: *ops,
                 interactive_ops: *interactive_ops,
                 daemon_ops: *daemon_ops,
+                session_ops: *session_ops,
                 interactive_only: *interactive_only,
                 progress: progress_enabled(cli),
             })?;

@@ -109,8 +109,8 @@ pub use policy::{policy_actions, policy_leader, PolicyAction, PolicyConfig, Poli
 pub use projection::{Lease, Stamp};
 pub use reject::RejectReason;
 pub use storage::{
-    FailPlan, FailingIter, FailingStore, MemoryBatch, MemoryStore, SledBatch, SledIter, SledStore, Store,
-    StoreContents, StoreOp, WriteBatch,
+    CompactionOutcome, CompactionPolicy, FailPlan, FailingIter, FailingStore, MemoryBatch, MemoryStore,
+    SledBatch, SledIter, SledStore, Store, StoreContents, StoreOp, WriteBatch,
 };
 pub use time::Timestamp;
 pub use version::VersionVector;

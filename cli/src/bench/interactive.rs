@@ -7,6 +7,10 @@
 //! - **Latency through a daemon**: `huskies story add` sent over the control socket of a
 //!   daemon serving a fresh home, each answer awaited (what the CLI does when a daemon runs,
 //!   minus starting the process), p50 and p99.
+//! - **Sessions**: the same workload with every command in a session of its own — open the
+//!   home, execute, close (what `huskies story add` without a daemon does, minus starting
+//!   the process) — then the store's bytes beside the op bytes and how many compactions
+//!   the opens made (`storage/compact.rs`).
 //! - **Floor**, timed in the same run, interleaved with both: one sled `apply` of one small
 //!   value and one `flush`, through the core's own sled backend with a home's settings. No
 //!   command can be acknowledged durably faster than this.
@@ -49,6 +53,70 @@ pub struct InteractiveFigures {
     /// the two figures above.
     pub floor_p50_us: f64,
     pub floor_p99_us: f64,
+}
+
+/// What the sessions measurement found.
+pub struct SessionFigures {
+    /// Commands, each in a session of its own.
+    pub ops: usize,
+    /// Sessions (open + execute + close) per second.
+    pub per_s: f64,
+    /// Bytes under the home's `store/` at the end, and at most along the way.
+    pub store_bytes: u64,
+    pub largest_store_bytes: u64,
+    /// Signed bytes of every op the home holds.
+    pub op_bytes: u64,
+    /// Opens that compacted the store.
+    pub compactions: usize,
+}
+
+/// `n` workload commands in `dir/home`, each in its own session: `Node::open`, one
+/// `execute`, drop. The store is measured every 64 sessions for the largest size.
+pub fn sessions(dir: &Path, n: usize) -> Result<SessionFigures> {
+    let home = dir.join("home");
+    let start = Timestamp::from_millis(super::START_MILLIS);
+    drop(Node::init(
+        &home,
+        InitMode::NewCluster {
+            name: "sessions".into(),
+        },
+        &mut rand_core::OsRng,
+        start,
+        NodeConfig::default(),
+    )?);
+    let (mut compactions, mut largest, mut done) = (0usize, 0u64, 0usize);
+    let t = Instant::now();
+    for (now, cmds) in workload(n)? {
+        for cmd in cmds {
+            let mut node = Node::open(&home, NodeConfig::default())?;
+            if let huskies_core::CompactionOutcome::Compacted { .. } = node.store_compaction() {
+                compactions += 1;
+            }
+            node.execute(now, cmd).context("a workload command was refused")?;
+            drop(node);
+            done += 1;
+            if done.is_multiple_of(64) {
+                largest = largest.max(dir_size(&home.join("store"))?);
+            }
+        }
+    }
+    let per_s = n as f64 / t.elapsed().as_secs_f64();
+    let node = Node::open(&home, NodeConfig::default())?;
+    let op_bytes = node
+        .ops_since(&VersionVector::default())?
+        .iter()
+        .map(|o| o.bytes().len() as u64)
+        .sum();
+    drop(node);
+    let store_bytes = dir_size(&home.join("store"))?;
+    Ok(SessionFigures {
+        ops: n,
+        per_s,
+        store_bytes,
+        largest_store_bytes: largest.max(store_bytes),
+        op_bytes,
+        compactions,
+    })
 }
 
 /// The floor: a sled store of its own, written one small value at a time.

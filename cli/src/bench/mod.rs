@@ -33,6 +33,9 @@ pub struct BenchOptions {
     pub interactive_ops: usize,
     /// `story add` requests timed through a running daemon (`daemon_story_add_*`; default 1000).
     pub daemon_ops: usize,
+    /// Commands each in a session of its own (open, execute, close) in the interactive
+    /// phase (`session_*`; default 0: not measured).
+    pub session_ops: usize,
     /// Run only the interactive phase.
     pub interactive_only: bool,
     /// Show a progress bar per phase on stderr (stdout stays clean for the JSON).
@@ -45,6 +48,7 @@ impl Default for BenchOptions {
             ops: 100_000,
             interactive_ops: 10_000,
             daemon_ops: 1_000,
+            session_ops: 0,
             interactive_only: false,
             progress: false,
         }
@@ -304,6 +308,24 @@ fn add_interactive(out: &mut Value, dir: &Path, opts: &BenchOptions) -> anyhow::
     });
     if let (Some(out), Value::Object(fields)) = (out.as_object_mut(), fields) {
         out.extend(fields);
+    }
+    if opts.session_ops > 0 {
+        let bar = progress_bar(opts, "sessions", 1);
+        let s = interactive::sessions(&dir.join("sessions"), opts.session_ops)?;
+        bar.finish_and_clear();
+        let fields = json!({
+            "session_ops": s.ops,
+            "session_per_s": round(s.per_s, 0),
+            "session_store_bytes": s.store_bytes,
+            "session_largest_store_bytes": s.largest_store_bytes,
+            "session_op_bytes": s.op_bytes,
+            "session_disk_vs_op_bytes": round(s.store_bytes as f64 / s.op_bytes as f64, 3),
+            "session_largest_disk_vs_op_bytes": round(s.largest_store_bytes as f64 / s.op_bytes as f64, 3),
+            "session_compactions": s.compactions,
+        });
+        if let (Some(out), Value::Object(fields)) = (out.as_object_mut(), fields) {
+            out.extend(fields);
+        }
     }
     Ok(())
 }
@@ -776,6 +798,7 @@ mod tests {
             ops: 600,
             interactive_ops: 300,
             daemon_ops: 20,
+            session_ops: 200,
             interactive_only: false,
             progress: false,
         })
@@ -803,6 +826,8 @@ mod tests {
             "interactive_disk_vs_op_bytes",
             "daemon_story_add_p50_us",
             "sled_flush_floor_p50_us",
+            "session_disk_vs_op_bytes",
+            "session_compactions",
         ] {
             assert!(out.get(k).is_some(), "missing {k}");
         }
@@ -814,5 +839,6 @@ mod tests {
         assert_eq!(out["daemon_story_add_ops"], 20);
         let ratio = out["interactive_disk_vs_op_bytes"].as_f64().unwrap();
         assert!(ratio > 1.0, "the store holds at least the ops: {ratio}");
+        assert_eq!(out["session_ops"], 200);
     }
 }

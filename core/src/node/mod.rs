@@ -35,7 +35,7 @@ use crate::merge::{Committed, State, StoryCache, Working};
 use crate::op::{derive_cluster_id, SignedOp};
 use crate::oplog;
 use crate::payload::Payload;
-use crate::storage::{self, SledStore, Store, WriteBatch};
+use crate::storage::{self, CompactionPolicy, SledStore, Store, WriteBatch};
 use crate::time::Timestamp;
 use crate::version::VersionVector;
 
@@ -56,6 +56,9 @@ pub struct NodeConfig {
     pub verify_threads: usize,
     /// Ops per atomic batch when ingesting a large input.
     pub ingest_batch: usize,
+    /// When [`Node::open`] and [`Node::init`] rewrite a sled store that has grown well past
+    /// its size after its last compaction (see [`CompactionPolicy`]).
+    pub compaction: CompactionPolicy,
 }
 
 impl Default for NodeConfig {
@@ -66,6 +69,7 @@ impl Default for NodeConfig {
             max_buffered_bytes: 64 * 1024 * 1024,
             verify_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ingest_batch: 8192,
+            compaction: CompactionPolicy::DEFAULT,
         }
     }
 }
@@ -157,7 +161,7 @@ impl Node<SledStore> {
         config: NodeConfig,
     ) -> Result<Node, Error> {
         let home = Home::create(root)?;
-        let db = SledStore::open(&home.store_path())?;
+        let db = SledStore::open_with(&home.store_path(), config.compaction)?;
         Node::init_in(home, db, mode, key, rng, now, config)
     }
 
@@ -165,14 +169,23 @@ impl Node<SledStore> {
     pub fn open(root: &Path, config: NodeConfig) -> Result<Node, Error> {
         let home = Home::open(root)?;
         let store_path = home.store_path();
+        // A compaction a crash interrupted may have left the store under another name.
+        crate::storage::recover_compaction(&store_path)?;
         if !store_path.exists() {
             return Err(Error::Corrupt(format!(
                 "home {} has a key but no store",
                 root.display()
             )));
         }
-        let db = SledStore::open(&store_path)?;
+        let db = SledStore::open_with(&store_path, config.compaction)?;
         Node::open_in(home, db, config)
+    }
+
+    /// What opening this node's store did about its size: kept it, compacted it (sizes
+    /// before and after), or failed to compact it (the store is then the original, in use);
+    /// see [`CompactionPolicy`].
+    pub fn store_compaction(&self) -> &crate::storage::CompactionOutcome {
+        self.db.compaction()
     }
 }
 

@@ -10,6 +10,7 @@
 //! The trait is generic, not object-safe on purpose: a node is monomorphised over its
 //! backend, so the hot paths pay no dynamic dispatch and no boxing of values or iterators.
 
+mod compact;
 mod failing;
 mod memory;
 mod sled_store;
@@ -19,6 +20,8 @@ use serde::de::DeserializeOwned;
 use crate::codec;
 use crate::error::Error;
 
+pub(crate) use compact::recover as recover_compaction;
+pub use compact::{Outcome as CompactionOutcome, Policy as CompactionPolicy};
 pub use failing::{FailPlan, FailingIter, FailingStore, StoreOp};
 pub use memory::{MemoryBatch, MemoryStore, StoreContents};
 pub use sled_store::{SledBatch, SledIter, SledStore};

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use super::compact::{self, Outcome as CompactionOutcome, Policy as CompactionPolicy};
 use super::{Store, WriteBatch};
 use crate::error::Error;
 
@@ -9,6 +10,7 @@ use crate::error::Error;
 #[derive(Clone, Debug)]
 pub struct SledStore {
     db: sled::Db,
+    compaction: CompactionOutcome,
 }
 
 impl SledStore {
@@ -27,48 +29,74 @@ impl SledStore {
     /// store as corrupt; such a file is by construction incomplete (a finished snapshot is
     /// renamed), so it is removed before opening. A store that cannot be opened because the
     /// file system is read-only or full says so (sled writes when it opens, even to read).
+    ///
+    /// Before opening, a compaction a crash interrupted is finished or discarded, and a
+    /// store that has grown well past its size after its last compaction is rewritten
+    /// (`storage/compact.rs`: sled reclaims little of what one short process per command
+    /// leaves behind). A compaction that fails leaves the store as it was, and the open goes
+    /// on: see [`SledStore::compaction`].
     pub fn open(path: &Path) -> Result<SledStore, Error> {
+        SledStore::open_with(path, CompactionPolicy::DEFAULT)
+    }
+
+    /// [`SledStore::open`] with a compaction policy of the caller's.
+    pub fn open_with(path: &Path, policy: CompactionPolicy) -> Result<SledStore, Error> {
         remove_unfinished_snapshots(path);
-        const LOCK_RETRIES: u32 = 200;
-        const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
-        let mut retries = 0;
-        loop {
-            let opened = sled::Config::new()
-                .path(path)
-                .cache_capacity(128 * 1024 * 1024)
-                .mode(sled::Mode::HighThroughput)
-                .flush_every_ms(None)
-                .open();
-            match opened {
-                Ok(db) => return Ok(SledStore { db }),
-                Err(sled::Error::Io(io))
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().starts_with("could not acquire lock") =>
-                {
-                    if retries == LOCK_RETRIES {
-                        return Err(Error::HomeLocked(Box::new(crate::error::LockHolder {
-                            home: path.to_path_buf(),
-                            ..Default::default()
-                        })));
-                    }
-                    retries += 1;
-                    std::thread::sleep(LOCK_RETRY_PAUSE);
-                }
-                Err(sled::Error::Corruption { at, .. }) => return Err(damaged(Some(path), at)),
-                Err(sled::Error::Io(io)) if unwritable(&io) => {
-                    return Err(Error::Io {
-                        context: unwritable_context(path, &io),
-                        source: io,
-                    })
-                }
-                Err(other) => return Err(Error::from(other)),
-            }
-        }
+        compact::recover(path)?;
+        let compaction = compact::compact_if_grown(path, policy, open_db);
+        let db = open_db(path)?;
+        Ok(SledStore { db, compaction })
+    }
+
+    /// What the open did about the store's size: kept it, compacted it, or failed to
+    /// compact it (the store is then the original, untouched); see [`CompactionPolicy`].
+    pub fn compaction(&self) -> &CompactionOutcome {
+        &self.compaction
     }
 
     /// Whether the database holds no key.
     pub fn is_empty(&self) -> bool {
         self.db.is_empty()
+    }
+}
+
+/// Opens the sled database at `path` with a home's settings, waiting briefly for a lock a
+/// handle of this process dropped a moment ago (see [`SledStore::open`]).
+fn open_db(path: &Path) -> Result<sled::Db, Error> {
+    const LOCK_RETRIES: u32 = 200;
+    const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+    let mut retries = 0;
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(128 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().starts_with("could not acquire lock") =>
+            {
+                if retries == LOCK_RETRIES {
+                    return Err(Error::HomeLocked(Box::new(crate::error::LockHolder {
+                        home: path.to_path_buf(),
+                        ..Default::default()
+                    })));
+                }
+                retries += 1;
+                std::thread::sleep(LOCK_RETRY_PAUSE);
+            }
+            Err(sled::Error::Corruption { at, .. }) => return Err(damaged(Some(path), at)),
+            Err(sled::Error::Io(io)) if unwritable(&io) => {
+                return Err(Error::Io {
+                    context: unwritable_context(path, &io),
+                    source: io,
+                })
+            }
+            Err(other) => return Err(Error::from(other)),
+        }
     }
 }
 
