@@ -107,30 +107,39 @@ fn replay_folder() {
     eprintln!("replayed {} inputs of {target}", files.len());
 }
 
+/// The fuzz cluster's admin (key 0) as a raw author, and its genesis (seq 1, Lamport 1).
+fn fuzz_admin(wall: huskies_core::Timestamp) -> (logic::common::RawAuthor, huskies_core::SignedOp) {
+    let mut admin = logic::common::RawAuthor::new(logic::KEY_SEEDS[0], logic::ops::cluster());
+    let genesis = admin.next(
+        1,
+        wall,
+        huskies_core::Payload::Genesis {
+            name: logic::ops::CLUSTER_NAME.into(),
+            nonce: [0; 16],
+        },
+    );
+    (admin, genesis)
+}
+
+/// A payload admitting fixed key `k` as a plain member.
+fn add_member(k: u8) -> huskies_core::Payload {
+    huskies_core::Payload::MemberAdd {
+        node: logic::key_id(k),
+        role: huskies_core::Role::Member,
+    }
+}
+
 /// Found by the `ingest` target: an author's second op for seq 3 whose `prev` is not the
 /// op held at seq 2 proves the chain split at seq 2. A replica that held seq 3 already put
 /// the fork at 3, one that got the second op first put it at 2 (its `prev` check): the two
 /// voided different ops and diverged. Both must now put it at 2.
 #[test]
 fn fork_point_does_not_depend_on_arrival_order() {
-    use huskies_core::{OpId, Payload, Role, UnverifiedOp};
-    use logic::common::RawAuthor;
+    use huskies_core::{OpId, Payload, UnverifiedOp};
     let wall = logic::at_ms(0);
-    let mut admin = RawAuthor::new(logic::KEY_SEEDS[0], logic::ops::cluster());
-    let genesis = admin.next(
-        1,
-        wall,
-        Payload::Genesis {
-            name: logic::ops::CLUSTER_NAME.into(),
-            nonce: [0; 16],
-        },
-    );
-    let add = |k: u8| Payload::MemberAdd {
-        node: logic::key_id(k),
-        role: Role::Member,
-    };
-    let second = admin.next(2, wall, add(1));
-    let third = admin.next(3, wall, add(2));
+    let (mut admin, genesis) = fuzz_admin(wall);
+    let second = admin.next(2, wall, add_member(1));
+    let third = admin.next(3, wall, add_member(2));
     let other = logic::common::craft(
         &admin.key,
         admin.cluster,
@@ -162,6 +171,69 @@ fn fork_point_does_not_depend_on_arrival_order() {
         snapshots.push(logic::snapshot(&node, wall));
     }
     assert_eq!(snapshots[0], snapshots[1]);
+}
+
+/// Found by the `ingest` target (`fuzz/regressions/ingest/stored-transition-refused-by-fresh-node`):
+/// a second op for a seq we hold proves equivocation only if admission could have taken it
+/// in the held op's place. An admin's seq 3 that records `merge-conflict` as made from
+/// `coding` (the transition table does not allow it), or whose Lamport time is not above
+/// seq 2's, is refused by a replica that gets it first; a replica that held the real seq 3
+/// first kept it as fork evidence and quarantined the admin. Both must refuse it, typed,
+/// with the same reason, and end with the same projection, no fork on record.
+#[test]
+fn a_second_op_that_could_not_be_admitted_is_no_fork() {
+    use huskies_core::{Payload, PipelineEvent, Stage, StoryId, UnverifiedOp};
+    let wall = logic::at_ms(0);
+    let (mut admin, genesis) = fuzz_admin(wall);
+    let second = admin.next(5, wall, add_member(1));
+    let held = admin.peek(6, wall, add_member(2));
+    let bad_transition = admin.peek(
+        6,
+        wall,
+        Payload::Transition {
+            story: StoryId::new("s3").unwrap(),
+            event: PipelineEvent::MergeConflict {
+                kind: "fix login".into(),
+                reason: "conflict".into(),
+            },
+            from: Stage::Coding,
+            base: None,
+        },
+    );
+    let old_lamport = admin.peek(4, wall, Payload::LockRelease);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, competitor, code) in [
+        ("an invalid transition", &bad_transition, "invalid_payload"),
+        (
+            "a Lamport time below seq 2's",
+            &old_lamport,
+            "lamport_not_increasing",
+        ),
+    ] {
+        let mut snapshots = Vec::new();
+        for (i, order) in [[&held, competitor], [competitor, &held]].iter().enumerate() {
+            let mut node = logic::ingest::joining_node(&dir.path().join(format!("{code}-{i}")), i as u64);
+            let mut refused = Vec::new();
+            for op in [&genesis, &second].into_iter().chain(order.iter().copied()) {
+                let op: UnverifiedOp = op.clone().into_unverified();
+                let report = node.ingest(vec![op]).unwrap();
+                refused.extend(report.rejected.iter().map(|r| (r.op_id, r.reason.code())));
+                assert!(report.forks.is_empty(), "{name}, order {i}: a fork was recorded");
+            }
+            assert_eq!(
+                refused,
+                vec![(Some(competitor.id()), code)],
+                "{name}, order {i}: the competitor is refused, typed"
+            );
+            assert!(node.forks().unwrap().is_empty(), "{name}, order {i}");
+            assert!(
+                node.members().iter().any(|m| m.node == logic::key_id(2)),
+                "{name}, order {i}: the held seq 3 counts"
+            );
+            snapshots.push(logic::snapshot(&node, wall));
+        }
+        assert_eq!(snapshots[0], snapshots[1], "{name}: the two orders diverge");
+    }
 }
 
 /// Inputs that still fail: open bugs found by fuzzing, described in `docs/testing.md`. Run
