@@ -113,6 +113,11 @@ impl<S: Store> Working<'_, S> {
         if let Err(jump) = self.state.clock.check(c.lamport) {
             return Ok(Admission::Rejected(jump.into()));
         }
+        if self.refused_setters.contains(&op.id()) {
+            return Ok(Admission::Rejected(RejectReason::Unauthorized(
+                "a removal or key rotation that is void under the cutoffs it sets".into(),
+            )));
+        }
         let role = match self.authorize_op(&op) {
             Ok(role) => role,
             Err(r) => return Ok(Admission::Rejected(r)),

@@ -11,8 +11,10 @@ use crate::keyspace as key;
 use crate::merge::{Admission, State, Working};
 use crate::op::{verify_ops, SignedOp, UnverifiedOp};
 use crate::oplog;
+use crate::payload::Payload;
 use crate::reject::RejectReason;
 use crate::storage::{Store, WriteBatch};
+use std::collections::BTreeSet;
 
 /// One op an ingest refused, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,12 +241,25 @@ impl<S: Store> Node<S> {
     /// Recomputes the projection from the stored ops after a removal or an equivocation
     /// voided ops that were already merged. Rare; not on any hot path. Runs as one atomic
     /// batch, and is resumed at open if a crash interrupts it.
+    ///
+    /// Cutoffs come from the stored ops that set them (removals and key rotations), never
+    /// from the old records: a cutoff whose op is void would stay here but never travel,
+    /// and a peer would diverge (found by the `ingest` fuzz target,
+    /// fuzz/regressions/ingest/removal-voids-its-own-admission). The replay starts with
+    /// every stored setter's cutoff; if some setter is then void (a removal that voids its
+    /// own author's admission, or one whose author another cutoff voided), the newest
+    /// void setter in Lamport order is refused and the replay runs again, until every
+    /// setter left counts. The answer is a function of the stored ops, so every replica
+    /// that holds them reaches it; see `docs/format.md`, "Removals and cutoffs".
     pub(super) fn rebuild(&mut self) -> Result<(), Error> {
         self.stories.clear();
         let old = self.state.clone();
         let mut ops = Vec::new();
-        for (node, rec) in &old.authors {
-            let until = old.valid_until(node).unwrap_or(u64::MAX).min(rec.head_seq);
+        for rec in old.authors.values() {
+            let until = rec
+                .quarantined_at
+                .map_or(u64::MAX, |q| q.saturating_sub(1))
+                .min(rec.head_seq);
             oplog::for_each_op(&self.db, rec.idx, 1, |op| {
                 if op.content().seq > until {
                     return Ok(false);
@@ -254,22 +269,45 @@ impl<S: Store> Node<S> {
             })?;
         }
         ops.sort_by_key(|op| (op.content().lamport, op.content().author, op.content().seq));
-        let mut fresh = State::new(old.cluster.id);
-        fresh.clock = old.clock;
-        fresh.next_idx = old.next_idx;
-        for (node, rec) in &old.authors {
-            let mut r = rec.clone();
-            r.head_seq = 0;
-            r.head_id = None;
-            r.head_lamport = 0;
-            r.last_segment = None;
-            fresh.authors.insert(*node, r);
-        }
-        for (node, m) in &old.members {
-            if let Some(c) = m.cutoff {
-                fresh.members.entry(*node).or_default().cutoff = Some(c);
+        let setters: Vec<(OpId, NodeId, u64)> = ops.iter().filter_map(sets_cutoff).collect();
+        let mut refused: BTreeSet<OpId> = BTreeSet::new();
+        let (db, journal) = (self.db.clone(), self.journal.clone());
+        let w = loop {
+            let mut fresh = State::new(old.cluster.id);
+            fresh.clock = old.clock;
+            fresh.next_idx = old.next_idx;
+            for (node, rec) in &old.authors {
+                let mut r = rec.clone();
+                r.head_seq = 0;
+                r.head_id = None;
+                r.head_lamport = 0;
+                r.last_segment = None;
+                fresh.authors.insert(*node, r);
             }
-        }
+            for (_, node, cutoff) in setters.iter().filter(|(id, _, _)| !refused.contains(id)) {
+                let m = fresh.members.entry(*node).or_default();
+                m.cutoff = Some(m.cutoff.map_or(*cutoff, |c| c.min(*cutoff)));
+            }
+            let mut w = Working::fresh(&db, &journal, fresh, self.node_id()).refusing(refused.clone());
+            let mut counted = BTreeSet::new();
+            for op in &ops {
+                // Ops that no longer pass (e.g. added by a voided admin op) are dropped.
+                let id = op.id();
+                if matches!(w.admit(op.clone())?, Admission::Applied) {
+                    counted.insert(id);
+                }
+            }
+            let void = setters
+                .iter()
+                .rev()
+                .find(|(id, _, _)| !refused.contains(id) && !counted.contains(id));
+            match void {
+                Some((id, _, _)) => {
+                    refused.insert(*id);
+                }
+                None => break w,
+            }
+        };
         // Everything staged is folded into the story keys first, so that removing those
         // keys below leaves no journal entry behind to bring an old record back.
         self.journal.drain()?;
@@ -279,12 +317,7 @@ impl<S: Store> Node<S> {
                 batch.remove(&kv?.0);
             }
         }
-        let (db, journal) = (self.db.clone(), self.journal.clone());
-        let mut w = Working::fresh(&db, &journal, fresh, self.node_id());
-        for op in ops {
-            // Ops that no longer pass (e.g. added by a voided admin op) are dropped.
-            let _ = w.admit(op)?;
-        }
+        let mut w = w;
         w.state.rebuild_needed = false;
         w.events.clear();
         w.mark_all_records_dirty();
@@ -295,5 +328,16 @@ impl<S: Store> Node<S> {
         // void): the mark follows it down, so that the next open does not take the shorter
         // chain for a store that lost ops.
         self.record_mark(true)
+    }
+}
+
+/// The cutoff an op sets, if it sets one: a removal bounds the removed key's chain at
+/// its `cutoff_seq`, a key rotation its own author's at the rotation.
+fn sets_cutoff(op: &SignedOp) -> Option<(OpId, NodeId, u64)> {
+    let c = op.content();
+    match &c.payload {
+        Payload::MemberRemove { node, cutoff_seq } => Some((op.id(), *node, *cutoff_seq)),
+        Payload::KeyRotate { .. } => Some((op.id(), c.author, c.seq)),
+        _ => None,
     }
 }
