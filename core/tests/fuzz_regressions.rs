@@ -137,6 +137,19 @@ fn remove(k: u8, cutoff_seq: u64) -> huskies_core::Payload {
     }
 }
 
+/// Fixed key 2's first op: a rotation to fixed key 3, at Lamport time `lamport`.
+fn rotate_two_to_three(lamport: u64, wall: huskies_core::Timestamp) -> huskies_core::SignedOp {
+    let cluster = logic::ops::cluster();
+    logic::common::RawAuthor::new(logic::KEY_SEEDS[2], cluster).next(
+        lamport,
+        wall,
+        huskies_core::Payload::KeyRotate {
+            new_key: logic::key_id(3),
+            proof: logic::ops::rotation_proof(cluster, &logic::key_id(2), 3),
+        },
+    )
+}
+
 /// A payload admitting fixed key `k` as a plain member.
 fn add_member(k: u8) -> huskies_core::Payload {
     huskies_core::Payload::MemberAdd {
@@ -293,32 +306,23 @@ fn removed(node: &huskies_core::Node, k: u8) -> Option<bool> {
 /// projection.
 #[test]
 fn a_removal_that_voids_its_own_admission_does_not_count() {
-    use huskies_core::Payload;
     use logic::common::RawAuthor;
     let wall = logic::at_ms(0);
     let (mut admin, genesis) = fuzz_admin(wall);
     let add_two = admin.next(2, wall, add_admin(2));
     let cluster = logic::ops::cluster();
-    let mut two = RawAuthor::new(logic::KEY_SEEDS[2], cluster);
-    let rotate = two.next(
-        3,
-        wall,
-        Payload::KeyRotate {
-            new_key: logic::key_id(3),
-            proof: logic::ops::rotation_proof(cluster, &logic::key_id(2), 3),
-        },
-    );
+    let rotate = rotate_two_to_three(3, wall);
     let mut three = RawAuthor::new(logic::KEY_SEEDS[3], cluster);
     let remove_two = three.next(4, wall, remove(2, 0));
     let dir = tempfile::tempdir().unwrap();
     let (node, copy) = node_and_its_copy(dir.path(), &[&genesis, &add_two, &rotate, &remove_two]);
     assert_eq!(removed(&node, 3), Some(false), "key 3 is a member");
-    let two_rec = node
-        .members()
-        .into_iter()
-        .find(|m| m.node == logic::key_id(2))
-        .unwrap();
-    assert_eq!(two_rec.rotated_to, Some(logic::key_id(3)), "the rotation counts");
+    let two_rec = node.members().into_iter().find(|m| m.node == logic::key_id(2));
+    assert_eq!(
+        two_rec.and_then(|m| m.rotated_to),
+        Some(logic::key_id(3)),
+        "the rotation counts"
+    );
     let vv = node.version_vector();
     assert_eq!(
         vv.get(&logic::key_id(2)),
@@ -350,6 +354,52 @@ fn a_removal_voided_by_a_later_removal_leaves_no_cutoff() {
     );
     assert_eq!(removed(&node, 1), Some(false), "key 1 is a member again");
     assert_eq!(removed(&node, 2), Some(true), "key 2 is removed");
+    assert_eq!(logic::snapshot(&node, wall), logic::snapshot(&copy, wall));
+}
+
+/// A rebuild with two cutoff setters in doubt: admin key 1's removal of key 2 (cutoff 0)
+/// is void because key 1's admission (the genesis admin's seq 3) falls to that admin's
+/// fork, and key 2's rotation to key 3 is void only under key 1's cutoff. The removal is
+/// void with no cutoff at all, so it goes first and the rotation counts, as on a node fed
+/// what this one sends (which never sees the removal).
+#[test]
+fn a_setter_void_on_its_own_goes_before_the_setters_it_cuts() {
+    use huskies_core::Payload;
+    use logic::common::RawAuthor;
+    let wall = logic::at_ms(0);
+    let cluster = logic::ops::cluster();
+    let (mut admin, genesis) = fuzz_admin(wall);
+    let add_two = admin.next(2, wall, add_admin(2));
+    let other_three = admin.peek(4, wall, Payload::LockRelease);
+    let add_one = admin.next(3, wall, add_admin(1));
+    let rotate = rotate_two_to_three(6, wall);
+    let mut one = RawAuthor::new(logic::KEY_SEEDS[1], cluster);
+    let remove_two = one.next(5, wall, remove(2, 0));
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = logic::ingest::joining_node(&dir.path().join("node"), 1);
+    for batch in [
+        vec![&genesis],
+        vec![&add_two],
+        vec![&add_one],
+        vec![&rotate],
+        vec![&other_three, &remove_two],
+    ] {
+        let _report = node
+            .ingest(batch.into_iter().map(|o| o.clone().into_unverified()).collect())
+            .unwrap();
+    }
+    assert_eq!(node.forks().unwrap().len(), 1, "the admin forked at seq 3");
+    let two_rec = node.members().into_iter().find(|m| m.node == logic::key_id(2));
+    assert_eq!(
+        two_rec.and_then(|m| m.rotated_to),
+        Some(logic::key_id(3)),
+        "the rotation counts"
+    );
+    let sent = node.ops_since(&huskies_core::VersionVector::default()).unwrap();
+    let mut copy = logic::ingest::joining_node(&dir.path().join("copy"), 2);
+    let _report = copy
+        .ingest(sent.into_iter().map(|o| o.into_unverified()).collect())
+        .unwrap();
     assert_eq!(logic::snapshot(&node, wall), logic::snapshot(&copy, wall));
 }
 

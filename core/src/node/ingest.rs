@@ -247,9 +247,9 @@ impl<S: Store> Node<S> {
     /// and a peer would diverge (found by the `ingest` fuzz target,
     /// fuzz/regressions/ingest/removal-voids-its-own-admission). The replay starts with
     /// every stored setter's cutoff; if some setter is then void (a removal that voids its
-    /// own author's admission, or one whose author another cutoff voided), the newest
-    /// void setter in Lamport order is refused and the replay runs again, until every
-    /// setter left counts. The answer is a function of the stored ops, so every replica
+    /// own author's admission, or one whose author another cutoff voided), the setters
+    /// void even with no cutoff at all are refused, then the newest void setter in
+    /// Lamport order, one per replay, until every setter left counts. The answer is a function of the stored ops, so every replica
     /// that holds them reaches it; see `docs/format.md`, "Removals and cutoffs".
     pub(super) fn rebuild(&mut self) -> Result<(), Error> {
         self.stories.clear();
@@ -270,9 +270,10 @@ impl<S: Store> Node<S> {
         }
         ops.sort_by_key(|op| (op.content().lamport, op.content().author, op.content().seq));
         let setters: Vec<(OpId, NodeId, u64)> = ops.iter().filter_map(sets_cutoff).collect();
-        let mut refused: BTreeSet<OpId> = BTreeSet::new();
         let (db, journal) = (self.db.clone(), self.journal.clone());
-        let w = loop {
+        // One replay of `ops` with the cutoffs of the setters `with` (none when `None`),
+        // refusing `refused`: the working set, and the setters left void in it.
+        let replay = |with: Option<&BTreeSet<OpId>>, refused: &BTreeSet<OpId>| {
             let mut fresh = State::new(old.cluster.id);
             fresh.clock = old.clock;
             fresh.next_idx = old.next_idx;
@@ -284,29 +285,51 @@ impl<S: Store> Node<S> {
                 r.last_segment = None;
                 fresh.authors.insert(*node, r);
             }
-            for (_, node, cutoff) in setters.iter().filter(|(id, _, _)| !refused.contains(id)) {
-                let m = fresh.members.entry(*node).or_default();
-                m.cutoff = Some(m.cutoff.map_or(*cutoff, |c| c.min(*cutoff)));
+            for (id, node, cutoff) in &setters {
+                if with.is_some_and(|w| w.contains(id)) {
+                    let m = fresh.members.entry(*node).or_default();
+                    m.cutoff = Some(m.cutoff.map_or(*cutoff, |c| c.min(*cutoff)));
+                }
             }
             let mut w = Working::fresh(&db, &journal, fresh, self.node_id()).refusing(refused.clone());
-            let mut counted = BTreeSet::new();
+            let mut void: BTreeSet<OpId> = setters.iter().map(|(id, _, _)| *id).collect();
             for op in &ops {
                 // Ops that no longer pass (e.g. added by a voided admin op) are dropped.
                 let id = op.id();
                 if matches!(w.admit(op.clone())?, Admission::Applied) {
-                    counted.insert(id);
+                    void.remove(&id);
                 }
             }
-            let void = setters
+            Ok::<_, Error>((w, void))
+        };
+        let mut refused: BTreeSet<OpId> = BTreeSet::new();
+        let mut first = true;
+        let w = loop {
+            let counting: BTreeSet<OpId> = setters
+                .iter()
+                .map(|(id, _, _)| *id)
+                .filter(|id| !refused.contains(id))
+                .collect();
+            let (w, void) = replay(Some(&counting), &refused)?;
+            let newest_void = setters
                 .iter()
                 .rev()
-                .find(|(id, _, _)| !refused.contains(id) && !counted.contains(id));
-            match void {
-                Some((id, _, _)) => {
-                    refused.insert(*id);
+                .find(|(id, _, _)| void.contains(id) && !refused.contains(id));
+            let Some((id, _, _)) = newest_void else {
+                break w;
+            };
+            if first {
+                // Setters void even with no cutoff at all (e.g. their author's admission
+                // fell to a quarantine) go first: newest-first alone could refuse a good
+                // setter that only such a void one cut off.
+                first = false;
+                let (_, void_anyway) = replay(None, &refused)?;
+                if !void_anyway.is_empty() {
+                    refused.extend(void_anyway);
+                    continue;
                 }
-                None => break w,
             }
+            refused.insert(*id);
         };
         // Everything staged is folded into the story keys first, so that removing those
         // keys below leaves no journal entry behind to bring an old record back.
