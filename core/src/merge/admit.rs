@@ -58,6 +58,14 @@ impl<S: Store> Working<'_, S> {
                     } else {
                         c.seq
                     };
+                    if at == c.seq {
+                        if self.is_evidence(&author, c.seq, &op.id())? {
+                            return Ok(Admission::Duplicate);
+                        }
+                        if let Some(r) = self.refusal_in_place(&op, quarantined)? {
+                            return Ok(Admission::Rejected(r));
+                        }
+                    }
                     self.record_fork(&op, at)?;
                     Ok(Admission::Fork)
                 }
@@ -105,6 +113,11 @@ impl<S: Store> Working<'_, S> {
         if let Err(jump) = self.state.clock.check(c.lamport) {
             return Ok(Admission::Rejected(jump.into()));
         }
+        if self.refused_setters.contains(&op.id()) {
+            return Ok(Admission::Rejected(RejectReason::Unauthorized(
+                "a removal or key rotation that is void under the cutoffs it sets".into(),
+            )));
+        }
         let role = match self.authorize_op(&op) {
             Ok(role) => role,
             Err(r) => return Ok(Admission::Rejected(r)),
@@ -116,10 +129,57 @@ impl<S: Store> Working<'_, S> {
         Ok(Admission::Applied)
     }
 
+    /// How admission would refuse `op` had it come in place of the op we hold at its seq
+    /// (same `prev`), if it would. Found by the `ingest` fuzz target
+    /// (fuzz/regressions/ingest/stored-transition-refused-by-fresh-node): a second op for a
+    /// seq proves equivocation only if it could have been admitted there. Otherwise a
+    /// replica that got it first refuses it (an invalid transition, a Lamport time not
+    /// above its predecessor's, an unauthorized payload) and then merges the held op, while
+    /// one that held the op first would keep it as fork evidence and quarantine the author:
+    /// the two disagree, and a fresh node refuses the evidence it is sent. So both refuse it,
+    /// with the same reason. An author already quarantined at or below this seq gains or
+    /// loses nothing here: its evidence is kept as before.
+    fn refusal_in_place(
+        &self,
+        op: &SignedOp,
+        quarantined: Option<u64>,
+    ) -> Result<Option<RejectReason>, Error> {
+        let c = op.content();
+        if quarantined.is_some_and(|q| q <= c.seq) {
+            return Ok(None);
+        }
+        if c.seq > 1 {
+            let rec = self.state.authors.get(&c.author);
+            let previous = match self
+                .new_ops
+                .get(&c.author)
+                .and_then(|ops| ops.iter().find(|o| o.content().seq == c.seq - 1))
+            {
+                Some(p) => Some(p.content().lamport),
+                None => match rec {
+                    Some(rec) => oplog::read_op(self.db, rec.idx, c.seq - 1)?.map(|p| p.content().lamport),
+                    None => None,
+                },
+            };
+            if let Some(previous) = previous.filter(|p| c.lamport <= *p) {
+                return Ok(Some(RejectReason::LamportNotIncreasing {
+                    lamport: c.lamport,
+                    previous,
+                }));
+            }
+        }
+        if let Err(jump) = self.state.clock.check(c.lamport) {
+            return Ok(Some(jump.into()));
+        }
+        Ok(self.authorize_op(op).err())
+    }
+
     fn authorize_op(&self, op: &SignedOp) -> Result<Role, RejectReason> {
         let c = op.content();
         if let Payload::Genesis { name, nonce } = &c.payload {
-            if c.seq != 1 || self.state.cluster.admin.is_some() {
+            // The genesis we hold may be this author's own seq 1, when this op competes
+            // with it for that seq (`refusal_in_place`): that is a fork, not a second genesis.
+            if c.seq != 1 || self.state.cluster.admin.is_some_and(|a| a != c.author) {
                 return Err(RejectReason::Unauthorized(
                     "a cluster has exactly one genesis".into(),
                 ));
@@ -147,6 +207,7 @@ impl<S: Store> Working<'_, S> {
             }
             _ => {}
         }
+        super::effect::check_payload(&c.payload, c.wall)?;
         Ok(role)
     }
 

@@ -12,6 +12,32 @@ use crate::projection::{HistoryEntry, Lease, Lww, PresenceRecord, Stamp};
 use crate::reject::RejectReason;
 use crate::storage::Store;
 
+/// Whether a payload is consistent in itself, whatever the state it meets: a transition's
+/// event is allowed from the stage it records (the transition table), and only a
+/// transition, a delete or a release is forced. A pure function of the op, so every
+/// replica and every admission path (`Working::admit`, including its judgement of a
+/// second op for a seq it holds) gives the same answer.
+pub(super) fn check_payload(payload: &Payload, wall: crate::time::Timestamp) -> Result<(), RejectReason> {
+    let payload = match payload {
+        Payload::Forced { inner, .. } => match &**inner {
+            inner @ (Payload::Transition { .. } | Payload::StoryDelete { .. } | Payload::Release { .. }) => {
+                inner
+            }
+            other => {
+                return Err(RejectReason::InvalidPayload(format!(
+                    "a {} op cannot be forced",
+                    other.kind_str()
+                )))
+            }
+        },
+        other => other,
+    };
+    if let Payload::Transition { event, from, .. } = payload {
+        transition(from, event, wall).map_err(|e| RejectReason::InvalidPayload(e.to_string()))?;
+    }
+    Ok(())
+}
+
 impl<S: Store> Working<'_, S> {
     /// The payload's effect on the records. Admission has authorized the op (role, keys,
     /// proofs); what can still refuse it here is a payload that contradicts itself.
@@ -89,12 +115,8 @@ impl<S: Store> Working<'_, S> {
                 Payload::Release { story } => {
                     self.set_claim(story, stamp, None, Some((*holder, *through)))?;
                 }
-                other => {
-                    return Ok(Err(RejectReason::InvalidPayload(format!(
-                        "a {} op cannot be forced",
-                        other.kind_str()
-                    ))))
-                }
+                // Admission refused it already (`check_payload`); the same answer here.
+                _ => return Ok(check_payload(&c.payload, c.wall)),
             },
             Payload::StoryDelete { story } => self.delete_story(story, stamp)?,
             Payload::Claim {

@@ -78,6 +78,9 @@ pub(crate) struct Working<'a, S: Store> {
     fresh: bool,
     /// Room to reserve for the first author's ops in this batch (see [`Working::expecting`]).
     pending_ops_hint: usize,
+    /// Cutoff-setting ops a rebuild found void under their own cutoffs (see
+    /// [`Working::refusing`]); empty outside a rebuild.
+    refused_setters: BTreeSet<OpId>,
 }
 
 impl<'a, S: Store> Working<'a, S> {
@@ -103,6 +106,7 @@ impl<'a, S: Store> Working<'a, S> {
             own_heartbeat: false,
             fresh: false,
             pending_ops_hint: 0,
+            refused_setters: BTreeSet::new(),
         }
     }
 
@@ -120,6 +124,14 @@ impl<'a, S: Store> Working<'a, S> {
     pub fn mark_all_records_dirty(&mut self) {
         self.dirty_authors.extend(self.state.authors.keys().copied());
         self.dirty_members.extend(self.state.members.keys().copied());
+    }
+
+    /// Refuses these ops (a rebuild's removals and rotations that are void under the
+    /// cutoffs they set, `Node::rebuild`): their cutoffs are not set, and their authors'
+    /// chains stop before them.
+    pub fn refusing(mut self, ops: BTreeSet<OpId>) -> Self {
+        self.refused_setters = ops;
+        self
     }
 
     /// Starts from these committed records (see [`StoryCache`]).

@@ -11,8 +11,10 @@ use crate::keyspace as key;
 use crate::merge::{Admission, State, Working};
 use crate::op::{verify_ops, SignedOp, UnverifiedOp};
 use crate::oplog;
+use crate::payload::Payload;
 use crate::reject::RejectReason;
 use crate::storage::{Store, WriteBatch};
+use std::collections::BTreeSet;
 
 /// One op an ingest refused, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,12 +241,25 @@ impl<S: Store> Node<S> {
     /// Recomputes the projection from the stored ops after a removal or an equivocation
     /// voided ops that were already merged. Rare; not on any hot path. Runs as one atomic
     /// batch, and is resumed at open if a crash interrupts it.
+    ///
+    /// Cutoffs come from the stored ops that set them (removals and key rotations), never
+    /// from the old records: a cutoff whose op is void would stay here but never travel,
+    /// and a peer would diverge (found by the `ingest` fuzz target,
+    /// fuzz/regressions/ingest/removal-voids-its-own-admission). The replay starts with
+    /// every stored setter's cutoff; if some setter is then void (a removal that voids its
+    /// own author's admission, or one whose author another cutoff voided), the setters
+    /// void even with no cutoff at all are refused, then the newest void setter in
+    /// Lamport order, one per replay, until every setter left counts. The answer is a function of the stored ops, so every replica
+    /// that holds them reaches it; see `docs/format.md`, "Removals and cutoffs".
     pub(super) fn rebuild(&mut self) -> Result<(), Error> {
         self.stories.clear();
         let old = self.state.clone();
         let mut ops = Vec::new();
-        for (node, rec) in &old.authors {
-            let until = old.valid_until(node).unwrap_or(u64::MAX).min(rec.head_seq);
+        for rec in old.authors.values() {
+            let until = rec
+                .quarantined_at
+                .map_or(u64::MAX, |q| q.saturating_sub(1))
+                .min(rec.head_seq);
             oplog::for_each_op(&self.db, rec.idx, 1, |op| {
                 if op.content().seq > until {
                     return Ok(false);
@@ -254,22 +269,68 @@ impl<S: Store> Node<S> {
             })?;
         }
         ops.sort_by_key(|op| (op.content().lamport, op.content().author, op.content().seq));
-        let mut fresh = State::new(old.cluster.id);
-        fresh.clock = old.clock;
-        fresh.next_idx = old.next_idx;
-        for (node, rec) in &old.authors {
-            let mut r = rec.clone();
-            r.head_seq = 0;
-            r.head_id = None;
-            r.head_lamport = 0;
-            r.last_segment = None;
-            fresh.authors.insert(*node, r);
-        }
-        for (node, m) in &old.members {
-            if let Some(c) = m.cutoff {
-                fresh.members.entry(*node).or_default().cutoff = Some(c);
+        let setters: Vec<(OpId, NodeId, u64)> = ops.iter().filter_map(sets_cutoff).collect();
+        let (db, journal) = (self.db.clone(), self.journal.clone());
+        // One replay of `ops` with the cutoffs of the setters `with` (none when `None`),
+        // refusing `refused`: the working set, and the setters left void in it.
+        let replay = |with: Option<&BTreeSet<OpId>>, refused: &BTreeSet<OpId>| {
+            let mut fresh = State::new(old.cluster.id);
+            fresh.clock = old.clock;
+            fresh.next_idx = old.next_idx;
+            for (node, rec) in &old.authors {
+                let mut r = rec.clone();
+                r.head_seq = 0;
+                r.head_id = None;
+                r.head_lamport = 0;
+                r.last_segment = None;
+                fresh.authors.insert(*node, r);
             }
-        }
+            for (id, node, cutoff) in &setters {
+                if with.is_some_and(|w| w.contains(id)) {
+                    let m = fresh.members.entry(*node).or_default();
+                    m.cutoff = Some(m.cutoff.map_or(*cutoff, |c| c.min(*cutoff)));
+                }
+            }
+            let mut w = Working::fresh(&db, &journal, fresh, self.node_id()).refusing(refused.clone());
+            let mut void: BTreeSet<OpId> = setters.iter().map(|(id, _, _)| *id).collect();
+            for op in &ops {
+                // Ops that no longer pass (e.g. added by a voided admin op) are dropped.
+                let id = op.id();
+                if matches!(w.admit(op.clone())?, Admission::Applied) {
+                    void.remove(&id);
+                }
+            }
+            Ok::<_, Error>((w, void))
+        };
+        let mut refused: BTreeSet<OpId> = BTreeSet::new();
+        let mut first = true;
+        let w = loop {
+            let counting: BTreeSet<OpId> = setters
+                .iter()
+                .map(|(id, _, _)| *id)
+                .filter(|id| !refused.contains(id))
+                .collect();
+            let (w, void) = replay(Some(&counting), &refused)?;
+            let newest_void = setters
+                .iter()
+                .rev()
+                .find(|(id, _, _)| void.contains(id) && !refused.contains(id));
+            let Some((id, _, _)) = newest_void else {
+                break w;
+            };
+            if first {
+                // Setters void even with no cutoff at all (e.g. their author's admission
+                // fell to a quarantine) go first: newest-first alone could refuse a good
+                // setter that only such a void one cut off.
+                first = false;
+                let (_, void_anyway) = replay(None, &refused)?;
+                if !void_anyway.is_empty() {
+                    refused.extend(void_anyway);
+                    continue;
+                }
+            }
+            refused.insert(*id);
+        };
         // Everything staged is folded into the story keys first, so that removing those
         // keys below leaves no journal entry behind to bring an old record back.
         self.journal.drain()?;
@@ -279,12 +340,7 @@ impl<S: Store> Node<S> {
                 batch.remove(&kv?.0);
             }
         }
-        let (db, journal) = (self.db.clone(), self.journal.clone());
-        let mut w = Working::fresh(&db, &journal, fresh, self.node_id());
-        for op in ops {
-            // Ops that no longer pass (e.g. added by a voided admin op) are dropped.
-            let _ = w.admit(op)?;
-        }
+        let mut w = w;
         w.state.rebuild_needed = false;
         w.events.clear();
         w.mark_all_records_dirty();
@@ -303,5 +359,16 @@ impl<S: Store> Node<S> {
         // chain for a store that lost ops.
         self.record_mark(true)?;
         committed.error.map_or(Ok(()), Err)
+    }
+}
+
+/// The cutoff an op sets, if it sets one: a removal bounds the removed key's chain at
+/// its `cutoff_seq`, a key rotation its own author's at the rotation.
+fn sets_cutoff(op: &SignedOp) -> Option<(OpId, NodeId, u64)> {
+    let c = op.content();
+    match &c.payload {
+        Payload::MemberRemove { node, cutoff_seq } => Some((op.id(), *node, *cutoff_seq)),
+        Payload::KeyRotate { .. } => Some((op.id(), c.author, c.seq)),
+        _ => None,
     }
 }
