@@ -56,6 +56,10 @@ pub struct NodeConfig {
     pub verify_threads: usize,
     /// Ops per atomic batch when ingesting a large input.
     pub ingest_batch: usize,
+    /// Bytes of sled's page cache for a home's store (`Node::open`, `Node::init`; other
+    /// backends ignore it). Default [`crate::DEFAULT_STORE_CACHE_BYTES`] (32 MiB); a larger
+    /// cache adds resident memory roughly in proportion.
+    pub store_cache_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -66,6 +70,7 @@ impl Default for NodeConfig {
             max_buffered_bytes: 64 * 1024 * 1024,
             verify_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ingest_batch: 8192,
+            store_cache_bytes: crate::storage::DEFAULT_STORE_CACHE_BYTES,
         }
     }
 }
@@ -157,7 +162,7 @@ impl Node<SledStore> {
         config: NodeConfig,
     ) -> Result<Node, Error> {
         let home = Home::create(root)?;
-        let db = SledStore::open(&home.store_path())?;
+        let db = SledStore::open_with_cache(&home.store_path(), config.store_cache_bytes)?;
         Node::init_in(home, db, mode, key, rng, now, config)
     }
 
@@ -171,7 +176,7 @@ impl Node<SledStore> {
                 root.display()
             )));
         }
-        let db = SledStore::open(&store_path)?;
+        let db = SledStore::open_with_cache(&store_path, config.store_cache_bytes)?;
         Node::open_in(home, db, config)
     }
 }

@@ -21,7 +21,7 @@ use crate::error::Error;
 
 pub use failing::{FailPlan, FailingIter, FailingStore, StoreOp};
 pub use memory::{MemoryBatch, MemoryStore, StoreContents};
-pub use sled_store::{SledBatch, SledIter, SledStore};
+pub use sled_store::{SledBatch, SledIter, SledStore, DEFAULT_STORE_CACHE_BYTES};
 
 /// An ordered keyspace with atomic batches: everything the core asks of its store.
 ///

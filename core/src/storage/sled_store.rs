@@ -5,6 +5,12 @@ use std::path::Path;
 use super::{Store, WriteBatch};
 use crate::error::Error;
 
+/// The page cache of a home's store unless [`crate::NodeConfig::store_cache_bytes`] says
+/// otherwise: 32 MiB. At 128 MiB (the value before) the cache was the largest part of an
+/// import's peak memory that a setting moves: 128 → 32 MiB took an 800k-op import from 320
+/// to 249 MB (docs/benchmarks.md, "Peak memory of import, export and bench").
+pub const DEFAULT_STORE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// A sled database (one tree) as a [`Store`]. Cloning shares the database.
 #[derive(Clone, Debug)]
 pub struct SledStore {
@@ -13,7 +19,7 @@ pub struct SledStore {
 
 impl SledStore {
     /// Opens (creating if needed) the sled database at `path`, with the settings of a
-    /// home's store: a 128 MiB cache, throughput mode, and no background flushing (the core
+    /// home's store: a [`DEFAULT_STORE_CACHE_BYTES`] cache, throughput mode, and no background flushing (the core
     /// flushes once per call).
     ///
     /// sled 0.34 releases its own file lock from a background thread after the last handle
@@ -28,6 +34,12 @@ impl SledStore {
     /// renamed), so it is removed before opening. A store that cannot be opened because the
     /// file system is read-only or full says so (sled writes when it opens, even to read).
     pub fn open(path: &Path) -> Result<SledStore, Error> {
+        SledStore::open_with_cache(path, DEFAULT_STORE_CACHE_BYTES)
+    }
+
+    /// [`SledStore::open`] with a page cache of `cache_bytes` (what
+    /// [`crate::NodeConfig::store_cache_bytes`] sets for a home).
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<SledStore, Error> {
         remove_unfinished_snapshots(path);
         const LOCK_RETRIES: u32 = 200;
         const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
@@ -35,7 +47,7 @@ impl SledStore {
         loop {
             let opened = sled::Config::new()
                 .path(path)
-                .cache_capacity(128 * 1024 * 1024)
+                .cache_capacity(cache_bytes)
                 .mode(sled::Mode::HighThroughput)
                 .flush_every_ms(None)
                 .open();
