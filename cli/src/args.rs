@@ -221,6 +221,16 @@ pub(crate) enum Commands {
         /// Run only the interactive phase (single-command appends, latency, disk).
         #[arg(long)]
         interactive_only: bool,
+        /// Internal: run one side of the sync phase (`serve` or `catch-up`) in this process,
+        /// so that its peak memory is its own; the bench starts these itself.
+        #[arg(long, hide = true, value_name = "ROLE", requires = "sync_home")]
+        sync_child: Option<String>,
+        /// Internal: the home of `--sync-child`.
+        #[arg(long, hide = true, value_name = "DIR")]
+        sync_home: Option<PathBuf>,
+        /// Internal: the join ticket of `--sync-child catch-up`.
+        #[arg(long, hide = true, value_name = "TICKET")]
+        sync_ticket: Option<String>,
     },
     /// Run the sync daemon: serve /crdt-sync, dial peers, heartbeat, run policies.
     #[command(

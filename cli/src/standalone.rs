@@ -96,7 +96,14 @@ pub(crate) fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
             daemon_ops,
             session_ops,
             interactive_only,
+            sync_child,
+            sync_home,
+            sync_ticket,
         } => {
+            if let (Some(role), Some(home)) = (sync_child, sync_home) {
+                let out = bench::sync::child(role.parse()?, home, sync_ticket.as_deref())?;
+                return Ok(Some(Out::new(String::new(), out)));
+            }
             let figures = bench::run(&bench::BenchOptions {
                 ops: *ops,
                 interactive_ops: *interactive_ops,
@@ -104,6 +111,10 @@ pub(crate) fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
                 session_ops: *session_ops,
                 interactive_only: *interactive_only,
                 progress: progress_enabled(cli),
+                exe: Some(
+                    std::env::current_exe()
+                        .map_err(|e| anyhow::anyhow!("locating the huskies binary: {e}"))?,
+                ),
             })?;
             Out::new(render::bench_table(&figures), figures)
         }

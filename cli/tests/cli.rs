@@ -422,3 +422,30 @@ fn demo_runs_and_leaves_nothing_behind() {
         "temporary homes removed"
     );
 }
+
+/// The sync phase of `huskies bench` runs each side in a child process of the binary
+/// (`--sync-child`), and reports each side's peak memory beside the bench's own.
+#[test]
+fn bench_runs_the_sync_sides_in_child_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_huskies"))
+        .args(["bench", "--json", "--ops", "600", "--interactive-ops", "0"])
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["sync_ops_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    // Everything the source held: 600 workload ops, genesis, the admission, and a few
+    // presence ops of the daemon and the joining node.
+    let sent = v["sync_ops_sent"].as_u64().unwrap();
+    assert!((602..650).contains(&sent), "{v}");
+    if cfg!(target_os = "linux") {
+        for key in ["catchup_peak_rss_mb", "sync_serve_peak_rss_mb", "peak_rss_mb"] {
+            let mb = v[key].as_f64().unwrap_or_else(|| panic!("{key} in {v}"));
+            assert!(mb > 1.0 && mb < 4096.0, "{key} = {mb}");
+        }
+    }
+    // The children cleaned up: only the bench's own (removed) temporary directory was there.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -11,6 +11,8 @@
 //! ```
 //!
 //! Each step prints its figures and the process's peak resident memory (`VmHWM`, Linux).
+//! `EXPORT_MEMORY_CACHE_MB=N` sets the nodes' sled page cache
+//! ([`NodeConfig::store_cache_bytes`]) instead of the default, to see what it costs.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -21,6 +23,18 @@ use huskies_core::{
     ClusterId, Command, Error, InitMode, Node, NodeConfig, PipelineEvent, StoryId, Timestamp, VersionVector,
     EXPORT_BUNDLE_BYTES,
 };
+
+/// The nodes' configuration: the default, with `EXPORT_MEMORY_CACHE_MB` if set.
+fn config() -> NodeConfig {
+    let mut config = NodeConfig::default();
+    if let Some(mb) = std::env::var("EXPORT_MEMORY_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        config.store_cache_bytes = mb << 20;
+    }
+    config
+}
 
 fn now() -> Timestamp {
     Timestamp::from_system_time(SystemTime::now())
@@ -51,7 +65,7 @@ fn build(dir: &Path, stories: usize) -> Result<(), Error> {
         InitMode::NewCluster { name: "bench".into() },
         rng,
         now(),
-        NodeConfig::default(),
+        config(),
     )?;
     let cluster = admin.cluster_id().to_string();
     std::fs::write(dir.join("cluster"), &cluster).map_err(|e| io(dir, e))?;
@@ -87,7 +101,7 @@ fn build(dir: &Path, stories: usize) -> Result<(), Error> {
 
 fn export(dir: &Path, file: &Path) -> Result<(), Error> {
     let start = Instant::now();
-    let admin = Node::open(&dir.join("admin"), NodeConfig::default())?;
+    let admin = Node::open(&dir.join("admin"), config())?;
     let mut out = BufWriter::new(File::create(file).map_err(|e| io(file, e))?);
     let (mut bundles, mut bytes) = (0usize, 0usize);
     for bundle in admin.export_chunks(&VersionVector::default(), EXPORT_BUNDLE_BYTES)? {
@@ -115,7 +129,7 @@ fn import(dir: &Path, file: &Path, home: &Path, whole: bool) -> Result<(), Error
         InitMode::Join { cluster },
         &mut huskies_core::rand_core::OsRng,
         now(),
-        NodeConfig::default(),
+        config(),
     )?;
     let report = if whole {
         // For comparison: the whole stream read into memory and imported from one slice.

@@ -29,8 +29,9 @@ pub fn encode_bundle<'a>(ops: impl IntoIterator<Item = &'a SignedOp>) -> Vec<u8>
 }
 
 /// Packs signed op bytes (each at most [`MAX_OP_BYTES`], at most `u32::MAX` of them) into a
-/// bundle.
-pub(crate) fn encode_bundle_bytes<'a>(ops: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+/// bundle: what [`encode_bundle`] does for ops already in their stored form, e.g. the
+/// [`crate::OpBytes`] that [`crate::Node::ops_for_sync`] reads, without decoding them.
+pub fn encode_bundle_bytes<'a>(ops: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.push(VERSION);

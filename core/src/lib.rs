@@ -75,8 +75,8 @@ mod view;
 
 pub use builders::NewStory;
 pub use bundle::{
-    decode_bundle, encode_bundle, read_bundle, split_bundles, BUNDLE_FRAME_BYTES, BUNDLE_HEADER_BYTES,
-    MIN_BUNDLE_BYTES,
+    decode_bundle, encode_bundle, encode_bundle_bytes, read_bundle, split_bundles, BUNDLE_FRAME_BYTES,
+    BUNDLE_HEADER_BYTES, MIN_BUNDLE_BYTES,
 };
 pub use clock::{ClockJump, LamportClock, MAX_LAMPORT_JUMP};
 pub use envelope::{
@@ -110,7 +110,7 @@ pub use projection::{Lease, Stamp};
 pub use reject::RejectReason;
 pub use storage::{
     CompactionOutcome, CompactionPolicy, FailPlan, FailingIter, FailingStore, MemoryBatch, MemoryStore,
-    SledBatch, SledIter, SledStore, Store, StoreContents, StoreOp, WriteBatch,
+    SledBatch, SledIter, SledStore, Store, StoreContents, StoreOp, WriteBatch, DEFAULT_STORE_CACHE_BYTES,
 };
 pub use time::Timestamp;
 pub use version::VersionVector;

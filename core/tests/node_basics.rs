@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use huskies_core::{
     ArchiveReason, Command, Error, ErrorKind, Event, ExecutionEvent, ExecutionState, InitMode, Node,
-    PipelineEvent, Role, Stage, StageKind, StoryField,
+    NodeConfig, PipelineEvent, Role, Stage, StageKind, StoryField,
 };
 
 #[test]
@@ -706,4 +706,76 @@ fn execute_group_commits_the_valid_commands_with_per_command_results() {
     drop(node);
     let node = Node::open(&home, config()).unwrap();
     assert_eq!(snapshot(&node, at(3)), before);
+}
+
+/// `NodeConfig::store_cache_bytes` bounds sled's page cache only: a home far larger than a
+/// tiny cache is written, reopened and read back whole with it (the pages come back from
+/// disk), and a peer with the same tiny cache ingests all of it.
+#[test]
+fn a_home_larger_than_its_store_cache_reads_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let mut rng = TestRng::new(test_seed());
+    let tiny = NodeConfig {
+        store_cache_bytes: 64 * 1024,
+        ..config()
+    };
+    let stories = 1500;
+    let vv = {
+        let mut node = Node::init(
+            &home,
+            InitMode::NewCluster { name: "test".into() },
+            &mut rng,
+            at(0),
+            tiny.clone(),
+        )
+        .unwrap();
+        let adds = (0..stories)
+            .map(|i| Command::add_story(sid(&format!("{i}_s")), format!("story {i}")).into())
+            .collect();
+        assert!(node.execute_group(at(1), adds).unwrap().iter().all(Result::is_ok));
+        let moves = (0..stories)
+            .map(|i| Command::event(sid(&format!("{i}_s")), PipelineEvent::DepsMet))
+            .collect();
+        assert!(node
+            .execute_group(at(2), moves)
+            .unwrap()
+            .iter()
+            .all(Result::is_ok));
+        node.flush().unwrap();
+        assert!(
+            node.store_size().unwrap() > 4 * tiny.store_cache_bytes,
+            "the store outgrows the cache"
+        );
+        node.version_vector()
+    };
+    let node = Node::open(&home, tiny.clone()).unwrap();
+    assert_eq!(node.version_vector(), vv);
+    let all = node.stories(None, at(3)).unwrap();
+    assert_eq!(all.len(), stories);
+    let coding = node.stories(Some(StageKind::Coding), at(3)).unwrap();
+    assert_eq!(
+        coding.len(),
+        stories,
+        "every story moved on and is found by its stage"
+    );
+    let mut peer = Node::init(
+        &dir.path().join("peer"),
+        InitMode::Join {
+            cluster: node.cluster_id(),
+        },
+        &mut rng,
+        at(3),
+        tiny,
+    )
+    .unwrap();
+    for bundle in node
+        .export_chunks(&peer.version_vector(), 4 * huskies_core::MIN_BUNDLE_BYTES)
+        .unwrap()
+    {
+        let report = peer.ingest_bundle(&bundle.unwrap()).unwrap();
+        assert!(report.rejected.is_empty());
+    }
+    assert_eq!(peer.version_vector(), vv);
+    assert_eq!(peer.stories(None, at(3)).unwrap().len(), stories);
 }

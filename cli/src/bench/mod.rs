@@ -7,8 +7,9 @@
 //! Ed25519 signing, `ingest_vs_verify` compares the real merge path with raw batch
 //! verification.
 
+mod bundles;
 mod interactive;
-mod sync;
+pub(crate) mod sync;
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -18,8 +19,8 @@ use anyhow::{bail, ensure, Context as _};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use huskies_core::floor::StorageFloor;
 use huskies_core::{
-    decode_bundle, encode_bundle, Command, ExecutionEvent, InitMode, Node, NodeConfig, Payload,
-    PipelineEvent, StoryId, Timestamp, VersionVector, SIGNING_DOMAIN,
+    decode_bundle, Command, ExecutionEvent, InitMode, Node, NodeConfig, Payload, PipelineEvent, StoryId,
+    Timestamp, SIGNING_DOMAIN,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
@@ -40,6 +41,10 @@ pub struct BenchOptions {
     pub interactive_only: bool,
     /// Show a progress bar per phase on stderr (stdout stays clean for the JSON).
     pub progress: bool,
+    /// The huskies binary, re-executed for each side of the sync phase (see `sync.rs`);
+    /// `None` skips that phase (its keys are then `null`), for tests that run the bench
+    /// inside another binary.
+    pub exe: Option<std::path::PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -51,6 +56,7 @@ impl Default for BenchOptions {
             session_ops: 0,
             interactive_only: false,
             progress: false,
+            exe: None,
         }
     }
 }
@@ -137,26 +143,16 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
 
     // Sizes: mean signed op, store on disk.
     a.flush()?;
-    let all_ops = a.ops_since(&VersionVector::default())?;
-    let total_ops = all_ops.len();
+    // What a peer would send, in Lamport order, as bundles of INGEST_CHUNK ops, streamed from
+    // the store into a file (outside the timing) and read back one bundle at a time.
+    let bundles = bundles::BundleFile::write(&a, &tmp.path().join("bundles.hsk"), INGEST_CHUNK)?;
+    let total_ops = bundles.ops;
     ensure!(
         total_ops == n + 1,
         "node holds {total_ops} ops, expected {} (N + genesis)",
         n + 1
     );
-    let op_bytes = all_ops.iter().map(|o| o.bytes().len()).sum::<usize>() as f64 / total_ops as f64;
-    // What a peer would send, in Lamport order, as bundles of INGEST_CHUNK ops (built
-    // outside the timing).
-    // Consumed as it goes, so that the decoded ops and the bundles are not all held at once.
-    let mut bundles: Vec<Vec<u8>> = Vec::with_capacity(total_ops.div_ceil(INGEST_CHUNK));
-    let mut rest = all_ops.into_iter();
-    loop {
-        let chunk: Vec<_> = rest.by_ref().take(INGEST_CHUNK).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        bundles.push(encode_bundle(&chunk));
-    }
+    let op_bytes = bundles.op_bytes as f64 / total_ops as f64;
     let store_dir = home_a.join("store");
     let disk_bytes = dir_size(&store_dir)?;
     let sled_size = a.store_size()?;
@@ -227,13 +223,22 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
     );
     drop(reopened);
 
-    // Figure 5: a fresh node catching up the appending home from a daemon over loopback.
-    let bar = progress_bar(opts, "sync", total_ops as u64);
-    // The process's peak so far (the sync phase resets the counter to measure its own).
+    // Figure 5: a fresh node catching up the appending home from a daemon over loopback,
+    // each side in a child process of its own.
+    // The bench process's own peak, before the children run.
     let peak_rss_mb = peak_rss_mb();
-    let sync = sync::catch_up(&home_a, &tmp.path().join("d"), |held, _| bar.set_position(held))?;
-    bar.finish_and_clear();
-    let sync_ops_per_s = sync.ops as f64 / sync.elapsed.as_secs_f64();
+    let sync = match &opts.exe {
+        Some(exe) => {
+            let bar = progress_bar(opts, "sync", total_ops as u64);
+            let sync = sync::catch_up(exe, &home_a, &tmp.path().join("d"), |held, _| {
+                bar.set_position(held)
+            })?;
+            bar.finish_and_clear();
+            Some(sync)
+        }
+        None => None,
+    };
+    let sync_ops_per_s = sync.as_ref().map(|s| s.ops as f64 / s.elapsed.as_secs_f64());
 
     let mut out = json!({
         "ops": n,
@@ -252,12 +257,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
         "raw_verify_core_batch_per_s": round(raw_verify_core_batch_per_s, 0),
         "ingest_vs_verify_core_batch": round(ingest_per_s / raw_verify_core_batch_per_s, 3),
         "ingest_parallel_per_s": round(ingest_parallel_per_s, 0),
-        "sync_ops_per_s": round(sync_ops_per_s, 0),
-        "sync_vs_ingest": round(sync_ops_per_s / ingest_parallel_per_s, 3),
-        "sync_ops_sent": sync.ops_sent,
-        "sync_op_bytes_sent": sync.op_bytes_sent,
-        "sync_peak_rss_mb": sync.peak_rss_mb.map(|m| round(m, 1)),
-        "sync_rss_growth_mb": sync.peak_rss_mb.zip(sync.rss_before_mb).map(|(p, b)| round(p - b, 1)),
+        "sync_ops_per_s": sync_ops_per_s.map(|r| round(r, 0)),
+        "sync_vs_ingest": sync_ops_per_s.map(|r| round(r / ingest_parallel_per_s, 3)),
+        "sync_ops_sent": sync.as_ref().map(|s| s.ops_sent),
+        "sync_op_bytes_sent": sync.as_ref().map(|s| s.op_bytes_sent),
+        "catchup_peak_rss_mb": sync.as_ref().and_then(|s| s.catchup_peak_rss_mb).map(|m| round(m, 1)),
+        "sync_serve_peak_rss_mb": sync.as_ref().and_then(|s| s.serve_peak_rss_mb).map(|m| round(m, 1)),
         "reopen_ms": round(reopen.as_secs_f64() * 1000.0, 1),
         "disk_bytes_per_op": round(disk_bytes_per_op, 1),
         "op_bytes": round(op_bytes, 1),
@@ -466,7 +471,7 @@ impl RawVerifier {
 /// signing rate measured beside it. Decoding the payloads is not timed.
 fn store_floor(
     dir: &Path,
-    bundles: &[Vec<u8>],
+    bundles: &bundles::BundleFile,
     n: usize,
     opts: &BenchOptions,
     signer: &RawSigner,
@@ -490,8 +495,8 @@ fn store_floor(
         }
         Ok(())
     };
-    for bundle in bundles {
-        for op in decode_bundle(bundle)? {
+    for bundle in bundles.iter()? {
+        for op in decode_bundle(&bundle?)? {
             let op = op.context("the appending home sent an op that does not decode")?;
             if matches!(op.content().payload, Payload::Genesis { .. }) {
                 continue;
@@ -524,7 +529,7 @@ fn store_floor(
 fn ingest_into(
     home: &Path,
     cluster: huskies_core::ClusterId,
-    bundles: &[Vec<u8>],
+    bundles: &bundles::BundleFile,
     verify_threads: usize,
     expected: usize,
     opts: &BenchOptions,
@@ -545,12 +550,13 @@ fn ingest_into(
     let bar = progress_bar(opts, phase, expected as u64);
     let mut elapsed = Duration::ZERO;
     let mut applied = 0;
-    for (i, bundle) in bundles.iter().enumerate() {
+    for (i, bundle) in bundles.iter()?.enumerate() {
         if i > 0 {
             between()?;
         }
+        let bundle = bundle?;
         let t = Instant::now();
-        let report = node.ingest_bundle(bundle)?;
+        let report = node.ingest_bundle(&bundle)?;
         elapsed += t.elapsed();
         if let Some(first) = report.rejected.first() {
             bail!(
@@ -801,6 +807,7 @@ mod tests {
             session_ops: 200,
             interactive_only: false,
             progress: false,
+            exe: None,
         })
         .unwrap();
         for k in [
@@ -817,6 +824,8 @@ mod tests {
             "ingest_parallel_per_s",
             "sync_ops_per_s",
             "sync_vs_ingest",
+            "catchup_peak_rss_mb",
+            "sync_serve_peak_rss_mb",
             "reopen_ms",
             "disk_bytes_per_op",
             "op_bytes",
@@ -832,7 +841,9 @@ mod tests {
             assert!(out.get(k).is_some(), "missing {k}");
         }
         assert_eq!(out["ops"], 600);
-        assert!(out["sync_ops_per_s"].as_f64().unwrap() > 0.0);
+        // Without a huskies binary to re-execute, the sync phase is skipped
+        // (`cli/tests/cli.rs` runs it through the binary).
+        assert!(out["sync_ops_per_s"].is_null());
         assert!(out["append_per_s"].as_f64().unwrap() > 0.0);
         assert!(out["store_floor_per_s"].as_f64().unwrap() > 0.0);
         assert_eq!(out["interactive_ops"], 300);

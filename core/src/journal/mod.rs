@@ -39,7 +39,7 @@ pub(crate) use migrate::migrate;
 /// Most committed entries left unfolded before a commit folds on its own thread.
 pub(crate) const MAX_PENDING_ENTRIES: u64 = 256;
 /// Most bytes of unfolded story records before a commit folds on its own thread.
-pub(crate) const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
 /// The folder thread waits for this many committed entries: a story that a burst keeps
 /// changing is then written to its key once for many commits.
 pub(crate) const FOLD_AFTER_ENTRIES: u64 = 32;

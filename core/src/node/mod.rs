@@ -59,6 +59,10 @@ pub struct NodeConfig {
     /// When [`Node::open`] and [`Node::init`] rewrite a sled store that has grown well past
     /// its size after its last compaction (see [`CompactionPolicy`]).
     pub compaction: CompactionPolicy,
+    /// Bytes of sled's page cache for a home's store (`Node::open`, `Node::init`; other
+    /// backends ignore it). Default [`crate::DEFAULT_STORE_CACHE_BYTES`] (32 MiB); a larger
+    /// cache adds resident memory roughly in proportion.
+    pub store_cache_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -70,6 +74,7 @@ impl Default for NodeConfig {
             verify_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ingest_batch: 8192,
             compaction: CompactionPolicy::DEFAULT,
+            store_cache_bytes: crate::storage::DEFAULT_STORE_CACHE_BYTES,
         }
     }
 }
@@ -161,7 +166,7 @@ impl Node<SledStore> {
         config: NodeConfig,
     ) -> Result<Node, Error> {
         let home = Home::create(root)?;
-        let db = SledStore::open_with(&home.store_path(), config.compaction)?;
+        let db = SledStore::open_configured(&home.store_path(), config.store_cache_bytes, config.compaction)?;
         Node::init_in(home, db, mode, key, rng, now, config)
     }
 
@@ -177,7 +182,7 @@ impl Node<SledStore> {
                 root.display()
             )));
         }
-        let db = SledStore::open_with(&store_path, config.compaction)?;
+        let db = SledStore::open_configured(&store_path, config.store_cache_bytes, config.compaction)?;
         Node::open_in(home, db, config)
     }
 

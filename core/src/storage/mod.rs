@@ -24,7 +24,7 @@ pub(crate) use compact::recover as recover_compaction;
 pub use compact::{Outcome as CompactionOutcome, Policy as CompactionPolicy};
 pub use failing::{FailPlan, FailingIter, FailingStore, StoreOp};
 pub use memory::{MemoryBatch, MemoryStore, StoreContents};
-pub use sled_store::{SledBatch, SledIter, SledStore};
+pub use sled_store::{SledBatch, SledIter, SledStore, DEFAULT_STORE_CACHE_BYTES};
 
 /// An ordered keyspace with atomic batches: everything the core asks of its store.
 ///

@@ -6,6 +6,12 @@ use super::compact::{self, Outcome as CompactionOutcome, Policy as CompactionPol
 use super::{Store, WriteBatch};
 use crate::error::Error;
 
+/// The page cache of a home's store unless [`crate::NodeConfig::store_cache_bytes`] says
+/// otherwise: 32 MiB. At 128 MiB (the value before) the cache was the largest part of an
+/// import's peak memory that a setting moves: 128 → 32 MiB took an 800k-op import from 320
+/// to 249 MB (docs/benchmarks.md, "Peak memory of import, export and bench").
+pub const DEFAULT_STORE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// A sled database (one tree) as a [`Store`]. Cloning shares the database.
 #[derive(Clone, Debug)]
 pub struct SledStore {
@@ -15,7 +21,7 @@ pub struct SledStore {
 
 impl SledStore {
     /// Opens (creating if needed) the sled database at `path`, with the settings of a
-    /// home's store: a 128 MiB cache, throughput mode, and no background flushing (the core
+    /// home's store: a [`DEFAULT_STORE_CACHE_BYTES`] cache, throughput mode, and no background flushing (the core
     /// flushes once per call).
     ///
     /// sled 0.34 releases its own file lock from a background thread after the last handle
@@ -36,15 +42,27 @@ impl SledStore {
     /// leaves behind). A compaction that fails leaves the store as it was, and the open goes
     /// on: see [`SledStore::compaction`].
     pub fn open(path: &Path) -> Result<SledStore, Error> {
-        SledStore::open_with(path, CompactionPolicy::DEFAULT)
+        SledStore::open_configured(path, DEFAULT_STORE_CACHE_BYTES, CompactionPolicy::DEFAULT)
     }
 
-    /// [`SledStore::open`] with a compaction policy of the caller's.
-    pub fn open_with(path: &Path, policy: CompactionPolicy) -> Result<SledStore, Error> {
+    /// [`SledStore::open`] with a page cache of `cache_bytes` (what
+    /// [`crate::NodeConfig::store_cache_bytes`] sets for a home).
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<SledStore, Error> {
+        SledStore::open_configured(path, cache_bytes, CompactionPolicy::DEFAULT)
+    }
+
+    /// [`SledStore::open`] with a page cache of `cache_bytes` and a compaction policy of the
+    /// caller's (what [`crate::NodeConfig`] sets for a home).
+    pub fn open_configured(
+        path: &Path,
+        cache_bytes: u64,
+        policy: CompactionPolicy,
+    ) -> Result<SledStore, Error> {
         remove_unfinished_snapshots(path);
         compact::recover(path)?;
-        let compaction = compact::compact_if_grown(path, policy, open_db);
-        let db = open_db(path)?;
+        let open = |p: &Path| open_db(p, cache_bytes);
+        let compaction = compact::compact_if_grown(path, policy, open);
+        let db = open_db(path, cache_bytes)?;
         Ok(SledStore { db, compaction })
     }
 
@@ -62,14 +80,14 @@ impl SledStore {
 
 /// Opens the sled database at `path` with a home's settings, waiting briefly for a lock a
 /// handle of this process dropped a moment ago (see [`SledStore::open`]).
-fn open_db(path: &Path) -> Result<sled::Db, Error> {
+fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, Error> {
     const LOCK_RETRIES: u32 = 200;
     const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
     let mut retries = 0;
     loop {
         let opened = sled::Config::new()
             .path(path)
-            .cache_capacity(128 * 1024 * 1024)
+            .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
             .open();
