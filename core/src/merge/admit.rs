@@ -2,10 +2,10 @@
 //! gaps, forks, Lamport order), membership and authorization, for local and remote ops
 //! alike; commands ask the same rules before signing ([`require_admin`], [`usable_key`]).
 
-use super::{Admission, Working};
+use super::{Admission, NewOp, Working};
 use crate::error::Error;
 use crate::id::{NodeId, OpId};
-use crate::op::{check_rotation_proof, derive_cluster_id, SignedOp};
+use crate::op::{check_rotation_proof, derive_cluster_id, SignedOp, UnsignedOp};
 use crate::oplog;
 use crate::payload::{Payload, Role};
 use crate::projection::AuthorRecord;
@@ -33,6 +33,13 @@ impl<S: Store> Working<'_, S> {
 
     /// Chain checks, authorization and the payload's effect for one verified op.
     pub fn admit(&mut self, op: SignedOp) -> Result<Admission, Error> {
+        self.admit_op(NewOp::Signed(op))
+    }
+
+    /// [`Working::admit`] for a signed op or a local one not signed yet. An unsigned op
+    /// cannot be held for a gap or kept as fork evidence (both need its signature): a
+    /// local op that would be either is `Corrupt`, as [`Working::admit_local`] says.
+    fn admit_op(&mut self, op: NewOp) -> Result<Admission, Error> {
         let c = op.content();
         if c.cluster != self.state.cluster.id {
             return Ok(Admission::Rejected(RejectReason::WrongCluster {
@@ -58,7 +65,7 @@ impl<S: Store> Working<'_, S> {
                     } else {
                         c.seq
                     };
-                    self.record_fork(&op, at)?;
+                    self.record_fork(signed_or_corrupt(&op)?, at)?;
                     Ok(Admission::Fork)
                 }
                 None => Ok(Admission::Duplicate),
@@ -88,12 +95,15 @@ impl<S: Store> Working<'_, S> {
                     }));
                 }
             }
-            return Ok(Admission::Gap(op));
+            return match op {
+                NewOp::Signed(op) => Ok(Admission::Gap(op)),
+                NewOp::Unsigned(_) => Err(local_off_chain()),
+            };
         }
         if c.prev != head_id {
             // The author signed an op whose chain passes through a different op at
             // `head_seq` than the one we hold: equivocation.
-            self.record_fork(&op, head_seq)?;
+            self.record_fork(signed_or_corrupt(&op)?, head_seq)?;
             return Ok(Admission::Fork);
         }
         if c.lamport <= head_lamport {
@@ -116,7 +126,7 @@ impl<S: Store> Working<'_, S> {
         Ok(Admission::Applied)
     }
 
-    fn authorize_op(&self, op: &SignedOp) -> Result<Role, RejectReason> {
+    fn authorize_op(&self, op: &NewOp) -> Result<Role, RejectReason> {
         let c = op.content();
         if let Payload::Genesis { name, nonce } = &c.payload {
             if c.seq != 1 || self.state.cluster.admin.is_some() {
@@ -151,7 +161,7 @@ impl<S: Store> Working<'_, S> {
     }
 
     /// Records an accepted op: storage, chain head, clock.
-    fn append(&mut self, op: SignedOp) {
+    fn append(&mut self, op: NewOp) {
         let c = op.content();
         let author = c.author;
         if !self.state.authors.contains_key(&author) {
@@ -214,7 +224,7 @@ impl<S: Store> Working<'_, S> {
             .get(&author)
             .and_then(|ops| ops.iter().find(|o| o.content().seq == at_seq))
         {
-            Some(held) => Some(held.clone()),
+            Some(held) => Some(signed_or_corrupt(held)?.clone()),
             None => match self.state.authors.get(&author) {
                 Some(rec) => oplog::read_op(self.db, rec.idx, at_seq)?,
                 None => None,
@@ -237,15 +247,28 @@ impl<S: Store> Working<'_, S> {
         Ok(())
     }
 
-    /// Ops that a local command produced go through the same path as remote ones.
-    pub fn admit_local(&mut self, op: SignedOp) -> Result<(), Error> {
-        match self.admit(op)? {
+    /// Ops that a local command produced go through the same path as remote ones, before
+    /// they are signed (the signature is made when the batch is committed).
+    pub fn admit_local(&mut self, op: UnsignedOp) -> Result<(), Error> {
+        match self.admit_op(NewOp::Unsigned(op))? {
             Admission::Applied => Ok(()),
             Admission::Rejected(r) => Err(Error::Rejected(r)),
-            Admission::Duplicate | Admission::Gap(_) | Admission::Fork => Err(Error::Corrupt(
-                "local op does not extend this node's own chain".into(),
-            )),
+            Admission::Duplicate | Admission::Gap(_) | Admission::Fork => Err(local_off_chain()),
         }
+    }
+}
+
+/// A local op that does not extend this node's own chain: the store and the state disagree.
+fn local_off_chain() -> Error {
+    Error::Corrupt("local op does not extend this node's own chain".into())
+}
+
+/// The op as signed bytes, for fork evidence; a local op not signed yet is never evidence
+/// (it is this node's own, off its chain: [`local_off_chain`]).
+fn signed_or_corrupt(op: &NewOp) -> Result<&SignedOp, Error> {
+    match op {
+        NewOp::Signed(op) => Ok(op),
+        NewOp::Unsigned(_) => Err(local_off_chain()),
     }
 }
 
