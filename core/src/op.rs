@@ -211,7 +211,7 @@ impl SignedOp {
 /// Why: the id covers the content, not the signature, so a chain of ops can be built in
 /// order (each `prev` is the previous op's id) and admitted before any of them is signed,
 /// and the signatures, which are most of an append's cost, can then be made on other
-/// threads ([`crate::oplog::sign_all`]). Crate-private: the only way out is
+/// threads (`oplog::sign_all`). Crate-private: the only way out is
 /// [`UnsignedOp::sign`], so an op is still only constructed by signing.
 pub(crate) struct UnsignedOp(Box<OpParts>);
 
