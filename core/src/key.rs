@@ -37,6 +37,14 @@ impl NodeKey {
         NodeId::from_bytes(self.signing.verifying_key().to_bytes())
     }
 
+    /// A second handle on the same key, for a signing thread that must not borrow the
+    /// node (`Node::execute_groups`). Stays inside the crate.
+    pub(crate) fn duplicate(&self) -> NodeKey {
+        NodeKey {
+            signing: self.signing.clone(),
+        }
+    }
+
     pub(crate) fn sign(&self, message: &[u8]) -> Signature {
         self.signing.sign(message)
     }

@@ -92,7 +92,9 @@ pub use id::{ClusterId, NodeId, OpId, StoryId, MAX_STORY_ID_LEN};
 pub use import::{check_bundle_stream, BundleCheck, IMPORT_CHUNK_OPS};
 pub use key::NodeKey;
 pub use keyspace::STORE_FORMAT_VERSION;
-pub use node::{Command, IngestReport, InitMode, Node, NodeConfig, Receipt, Rejection};
+pub use node::{
+    Command, GroupResult, IngestReport, InitMode, Node, NodeConfig, Receipt, Rejection, PARALLEL_SIGN_MIN,
+};
 pub use op::{
     derive_cluster_id, verify_ops, DecodeError, OpBytes, OpContent, SignedOp, UnverifiedOp, VerifyError,
     MAX_OP_BYTES, OP_FORMAT_VERSION, SIGNING_DOMAIN,

@@ -176,29 +176,7 @@ pub struct SignedOp(Box<OpParts>);
 impl SignedOp {
     /// Signs `content` with `key`. The content's author must be the key's node id.
     pub fn sign(content: OpContent, key: &NodeKey) -> Result<Self, DecodeError> {
-        if content.author != key.node_id() {
-            return Err(DecodeError::Invalid("author is not the signing key".into()));
-        }
-        check_content(&content)?;
-        // Length prefix, content and signature, built in place in one buffer.
-        let mut bytes = Vec::with_capacity(256);
-        bytes.extend_from_slice(&[0; LEN_PREFIX]);
-        crate::codec::encode_into(&content, &mut bytes);
-        let content_len = bytes.len() - LEN_PREFIX;
-        let total = bytes.len() + SIG_LEN;
-        if total > MAX_OP_BYTES {
-            return Err(DecodeError::TooLarge(total));
-        }
-        bytes[..LEN_PREFIX].copy_from_slice(&(content_len as u32).to_le_bytes());
-        let id = op_id_of(&bytes[LEN_PREFIX..]);
-        let signature = key.sign(&signing_message(&id));
-        bytes.extend_from_slice(&signature.to_bytes());
-        Ok(Self(Box::new(OpParts {
-            content,
-            id,
-            signature,
-            bytes,
-        })))
+        Ok(UnsignedOp::build(content, key)?.sign(key))
     }
 
     /// Re-reads an op this store verified before it was written. The store checks the
@@ -225,6 +203,65 @@ impl SignedOp {
     /// Back to an unverified op (e.g. to re-verify stored bytes).
     pub fn into_unverified(self) -> UnverifiedOp {
         UnverifiedOp(self.0)
+    }
+}
+
+/// An op built, encoded and hashed (its id is final) whose signature is still to be made.
+///
+/// Why: the id covers the content, not the signature, so a chain of ops can be built in
+/// order (each `prev` is the previous op's id) and admitted before any of them is signed,
+/// and the signatures, which are most of an append's cost, can then be made on other
+/// threads (`oplog::sign_all`). Crate-private: the only way out is
+/// [`UnsignedOp::sign`], so an op is still only constructed by signing.
+pub(crate) struct UnsignedOp(Box<OpParts>);
+
+impl UnsignedOp {
+    /// Checks and encodes `content` and derives its id; `key` must be its author's.
+    pub(crate) fn build(content: OpContent, key: &NodeKey) -> Result<Self, DecodeError> {
+        if content.author != key.node_id() {
+            return Err(DecodeError::Invalid("author is not the signing key".into()));
+        }
+        check_content(&content)?;
+        // Length prefix and content in one buffer with room for the signature.
+        let mut bytes = Vec::with_capacity(256);
+        bytes.extend_from_slice(&[0; LEN_PREFIX]);
+        crate::codec::encode_into(&content, &mut bytes);
+        let content_len = bytes.len() - LEN_PREFIX;
+        let total = bytes.len() + SIG_LEN;
+        if total > MAX_OP_BYTES {
+            return Err(DecodeError::TooLarge(total));
+        }
+        bytes.reserve_exact(SIG_LEN);
+        bytes[..LEN_PREFIX].copy_from_slice(&(content_len as u32).to_le_bytes());
+        let id = op_id_of(&bytes[LEN_PREFIX..]);
+        Ok(Self(Box::new(OpParts {
+            content,
+            id,
+            // Never read: replaced by `sign` before the op leaves this type.
+            signature: Signature::from_bytes(&[0; SIG_LEN]),
+            bytes,
+        })))
+    }
+
+    /// The content.
+    pub(crate) fn content(&self) -> &OpContent {
+        &self.0.content
+    }
+
+    /// The op id (final: the signature is not part of it).
+    pub(crate) fn id(&self) -> OpId {
+        self.0.id
+    }
+
+    /// Signs the op with `key`, which must be the key it was built with (checked by
+    /// [`UnsignedOp::build`] against the author; debug builds check it again here).
+    /// Ed25519 signing is deterministic: the same op gets the same bytes on any thread.
+    pub(crate) fn sign(self, key: &NodeKey) -> SignedOp {
+        debug_assert_eq!(self.0.content.author, key.node_id(), "signed by its author's key");
+        let mut parts = self.0;
+        parts.signature = key.sign(&signing_message(&parts.id));
+        parts.bytes.extend_from_slice(&parts.signature.to_bytes());
+        SignedOp(parts)
     }
 }
 

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::id::{ClusterId, NodeId, OpId};
 use crate::key::NodeKey;
 use crate::keyspace as key;
-use crate::op::{peek_seq_lamport, OpBytes, OpContent, SignedOp, OP_FORMAT_VERSION};
+use crate::op::{peek_seq_lamport, OpBytes, OpContent, SignedOp, UnsignedOp, OP_FORMAT_VERSION};
 use crate::payload::Payload;
 use crate::storage::{Store, WriteBatch};
 use crate::time::Timestamp;
@@ -31,8 +31,9 @@ const SEGMENT_HASH_CONTEXT: &str = "huskies 2026-11 segment checksum v1";
 /// author's record).
 pub(crate) type SegmentTail = Option<(u64, u32, u32)>;
 
-/// Signs the op that follows `head` (seq, id) on `key`'s chain. The one place chained ops
-/// are made: the node's commands and the benchmark floor both call it.
+/// Signs the op that follows `head` (seq, id) on `key`'s chain (what [`build_next`] builds,
+/// signed at once). The benchmark floor calls it.
+#[cfg(any(test, feature = "bench"))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sign_next(
     key: &NodeKey,
@@ -43,6 +44,23 @@ pub(crate) fn sign_next(
     wall: Timestamp,
     payload: Payload,
 ) -> Result<SignedOp, Error> {
+    build_next(key, cluster, head_seq, head_id, lamport, wall, payload).map(|op| op.sign(key))
+}
+
+/// Builds the op that follows `head` (seq, id) on `key`'s chain, unsigned: seq, `prev`,
+/// Lamport time and id are final. The one place chained ops are made: the node's commands
+/// and (through [`sign_next`]) the benchmark floor. Sign with [`UnsignedOp::sign`] or
+/// [`sign_all`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_next(
+    key: &NodeKey,
+    cluster: ClusterId,
+    head_seq: u64,
+    head_id: Option<OpId>,
+    lamport: u64,
+    wall: Timestamp,
+    payload: Payload,
+) -> Result<UnsignedOp, Error> {
     debug_assert_eq!(
         head_seq == 0,
         head_id.is_none(),
@@ -58,7 +76,65 @@ pub(crate) fn sign_next(
         wall,
         payload,
     };
-    SignedOp::sign(content, key).map_err(|e| Error::InvalidArgument(e.to_string()))
+    UnsignedOp::build(content, key).map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+/// Ops per unit of work when signing on several threads: small enough that a thread
+/// descheduled on a loaded machine leaves little for the others to wait on, large enough
+/// that handing a chunk over costs nothing next to signing it (~1 ms).
+pub(crate) const SIGN_CHUNK: usize = 64;
+
+/// Signs `ops` with `key` on up to `threads` threads (the calling one included), in
+/// order. Threads take chunks of [`SIGN_CHUNK`] ops from a shared counter, so a thread
+/// that gets no CPU delays the others by one chunk at most. One thread (or one chunk)
+/// signs on the calling thread without spawning. The bytes are the same whatever the
+/// thread count: Ed25519 signatures are deterministic.
+pub(crate) fn sign_all(ops: Vec<UnsignedOp>, key: &NodeKey, threads: usize) -> Vec<SignedOp> {
+    let chunks = ops.len().div_ceil(SIGN_CHUNK);
+    let threads = threads.clamp(1, chunks.max(1));
+    if threads == 1 {
+        return ops.into_iter().map(|op| op.sign(key)).collect();
+    }
+    let mut parts: Vec<Vec<UnsignedOp>> = Vec::with_capacity(chunks);
+    let mut rest = ops.into_iter();
+    loop {
+        let part: Vec<UnsignedOp> = rest.by_ref().take(SIGN_CHUNK).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(part);
+    }
+    let parts: Vec<std::sync::Mutex<Option<Vec<UnsignedOp>>>> = parts
+        .into_iter()
+        .map(|p| std::sync::Mutex::new(Some(p)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(slot) = parts.get(i) else {
+                return done;
+            };
+            let part = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+                .unwrap_or_default();
+            done.push((i, part.into_iter().map(|op| op.sign(key)).collect::<Vec<_>>()));
+        }
+    };
+    let mut signed: Vec<(usize, Vec<SignedOp>)> = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all = work();
+        for h in helpers {
+            // A helper only signs; a panic there is a bug, re-raised here.
+            all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        all
+    });
+    signed.sort_unstable_by_key(|(i, _)| *i);
+    signed.into_iter().flat_map(|(_, ops)| ops).collect()
 }
 
 fn segment_checksum(body: &[u8]) -> [u8; 32] {

@@ -67,9 +67,16 @@ pub const GROUP: usize = 512;
 pub const VERIFY_BATCH: usize = 256;
 /// Ops per bundle handed to `ingest_bundle` (what a peer sends in one go).
 const INGEST_CHUNK: usize = 16_384;
-/// Signatures per raw signing burst, and a burst every this many append groups.
+/// Signatures per raw signing burst, and a burst every this many groups of the storage floor.
 const SIGN_BURST: usize = 512;
 const SIGN_BURST_EVERY: usize = 8;
+/// Groups per `execute_groups` call in the append phases: the pipeline fills and drains
+/// once per call (the signing threads wait for the first group to be built, the writer
+/// for the last to be signed), so calls are long; a raw signing burst of
+/// [`APPEND_SIGN_BURST`] follows each (the same share of signatures as a burst of
+/// [`SIGN_BURST`] every [`SIGN_BURST_EVERY`] groups).
+const APPEND_CHUNK: usize = 32;
+const APPEND_SIGN_BURST: usize = SIGN_BURST * APPEND_CHUNK / SIGN_BURST_EVERY;
 /// Batches of [`VERIFY_BATCH`] per raw verification burst (one between ingest bundles).
 const VERIFY_BURST_BATCHES: usize = 8;
 /// Signatures per batch equation in `huskies_core::verify_ops`, for the second verification
@@ -111,34 +118,17 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
     let signer = RawSigner::new();
     let mut sign = signer.burst(SIGN_BURST);
 
-    // Figure 1: local appends through execute_group (workload built outside the timing).
-    let groups = workload(n)?;
+    // Figure 1: local appends through `execute_groups`, one signing thread pipelined
+    // against the writer (the workload is built outside the timing).
     let home_a = tmp.path().join("a");
-    let mut a = Node::init(
-        &home_a,
-        InitMode::NewCluster { name: "bench".into() },
-        &mut rand_core::OsRng,
-        start,
-        NodeConfig::default(),
-    )?;
-    let bar = progress_bar(opts, "append", n as u64);
-    let mut append_time = Duration::ZERO;
-    for (i, (now, cmds)) in groups.into_iter().enumerate() {
-        let len = cmds.len();
-        let t = Instant::now();
-        let results = a.execute_group(now, cmds)?;
-        append_time += t.elapsed();
-        for r in results {
-            r.context("a workload command was refused")?;
-        }
-        bar.inc(len as u64);
-        if i % SIGN_BURST_EVERY == SIGN_BURST_EVERY - 1 {
-            sign.add(signer.burst(SIGN_BURST));
-        }
-    }
-    bar.finish_and_clear();
+    let (a, append_time) = append_phase(&home_a, n, 1, opts, &signer, &mut sign)?;
     let append_per_s = n as f64 / append_time.as_secs_f64();
-    sign.add(signer.burst(SIGN_BURST));
+    // Figure 1c: the same in a home of its own, signing on every core; removed at once.
+    let home_p = tmp.path().join("a-parallel");
+    let (parallel, parallel_time) = append_phase(&home_p, n, cores, opts, &signer, &mut sign)?;
+    let append_parallel_per_s = n as f64 / parallel_time.as_secs_f64();
+    drop(parallel);
+    std::fs::remove_dir_all(&home_p).with_context(|| format!("removing {}", home_p.display()))?;
     let raw_sign_per_s = sign.per_s();
 
     // Sizes: mean signed op, store on disk.
@@ -245,6 +235,9 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
         "raw_sign_per_s": round(raw_sign_per_s, 0),
         "append_per_s": round(append_per_s, 0),
         "append_vs_sign": round(append_per_s / raw_sign_per_s, 3),
+        "append_parallel_per_s": round(append_parallel_per_s, 0),
+        "append_parallel_vs_sign": round(append_parallel_per_s / raw_sign_per_s, 3),
+        "sign_threads_parallel": cores,
         "store_floor_per_s": round(store_floor_per_s, 0),
         "store_floor_vs_sign": round(store_floor_per_s / floor_sign, 3),
         "append_vs_store_floor": round(
@@ -278,6 +271,8 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
         "cores": cores,
         "cpu": cpu_model(),
         "notes": "ops counts workload commands; the appending home also holds its genesis op. \
+                  append: execute_groups, one signing thread pipelined against the writer; \
+                  append_parallel: the same with a signing thread per core. \
                   sync: a fresh node joins with a ticket and catches up every op from a daemon \
                   serving the appending home over loopback WebSocket. store_floor: the same payloads \
                   in the same groups, only built, signed and stored durably (no projection). \
@@ -285,6 +280,59 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
     });
     add_interactive(&mut out, tmp.path(), opts)?;
     Ok(out)
+}
+
+/// Builds the workload of `n` commands and appends it to a new home at `home` through
+/// `Node::execute_groups` with `sign_threads` signing threads, [`APPEND_CHUNK`] groups per
+/// call, a raw signing burst into `sign` after each call (untimed). Returns the node and
+/// the time inside the calls.
+fn append_phase(
+    home: &Path,
+    n: usize,
+    sign_threads: usize,
+    opts: &BenchOptions,
+    signer: &RawSigner,
+    sign: &mut Rate,
+) -> anyhow::Result<(Node, Duration)> {
+    let groups = workload(n)?;
+    let config = NodeConfig {
+        sign_threads,
+        ..NodeConfig::default()
+    };
+    let start = Timestamp::from_millis(START_MILLIS);
+    let mut node = Node::init(
+        home,
+        InitMode::NewCluster { name: "bench".into() },
+        &mut rand_core::OsRng,
+        start,
+        config,
+    )?;
+    let phase = if sign_threads == 1 { "append" } else { "append-p" };
+    let bar = progress_bar(opts, phase, n as u64);
+    let mut time = Duration::ZERO;
+    let mut rest = groups.into_iter().peekable();
+    while rest.peek().is_some() {
+        let chunk: Vec<_> = rest.by_ref().take(APPEND_CHUNK).collect();
+        let len: usize = chunk.iter().map(|(_, cmds)| cmds.len()).sum();
+        let t = Instant::now();
+        let outcomes = node.execute_groups(chunk);
+        time += t.elapsed();
+        for outcome in outcomes {
+            for r in outcome? {
+                r.context("a workload command was refused")?;
+            }
+        }
+        bar.inc(len as u64);
+        sign.add(signer.burst(APPEND_SIGN_BURST));
+    }
+    bar.finish_and_clear();
+    ensure!(
+        node.version_vector().get(&node.node_id()) == n as u64 + 1,
+        "the append phase stored {} ops, expected {}",
+        node.version_vector().get(&node.node_id()),
+        n + 1
+    );
+    Ok((node, time))
 }
 
 /// The interactive phase (`interactive.rs`), its figures added to `out`.
@@ -815,6 +863,8 @@ mod tests {
             "raw_sign_per_s",
             "append_per_s",
             "append_vs_sign",
+            "append_parallel_per_s",
+            "append_parallel_vs_sign",
             "store_floor_per_s",
             "store_floor_vs_sign",
             "append_vs_store_floor",

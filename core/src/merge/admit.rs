@@ -2,10 +2,10 @@
 //! gaps, forks, Lamport order), membership and authorization, for local and remote ops
 //! alike; commands ask the same rules before signing ([`require_admin`], [`usable_key`]).
 
-use super::{Admission, Working};
+use super::{Admission, NewOp, Working};
 use crate::error::Error;
 use crate::id::{NodeId, OpId};
-use crate::op::{check_rotation_proof, derive_cluster_id, SignedOp};
+use crate::op::{check_rotation_proof, derive_cluster_id, SignedOp, UnsignedOp};
 use crate::oplog;
 use crate::payload::{Payload, Role};
 use crate::projection::AuthorRecord;
@@ -33,6 +33,13 @@ impl<S: Store> Working<'_, S> {
 
     /// Chain checks, authorization and the payload's effect for one verified op.
     pub fn admit(&mut self, op: SignedOp) -> Result<Admission, Error> {
+        self.admit_op(NewOp::Signed(op))
+    }
+
+    /// [`Working::admit`] for a signed op or a local one not signed yet. An unsigned op
+    /// cannot be held for a gap or kept as fork evidence (both need its signature): a
+    /// local op that would be either is `Corrupt`, as [`Working::admit_local`] says.
+    fn admit_op(&mut self, op: NewOp) -> Result<Admission, Error> {
         let c = op.content();
         if c.cluster != self.state.cluster.id {
             return Ok(Admission::Rejected(RejectReason::WrongCluster {
@@ -66,7 +73,7 @@ impl<S: Store> Working<'_, S> {
                             return Ok(Admission::Rejected(r));
                         }
                     }
-                    self.record_fork(&op, at)?;
+                    self.record_fork(signed_or_corrupt(&op)?, at)?;
                     Ok(Admission::Fork)
                 }
                 None => Ok(Admission::Duplicate),
@@ -96,12 +103,15 @@ impl<S: Store> Working<'_, S> {
                     }));
                 }
             }
-            return Ok(Admission::Gap(op));
+            return match op {
+                NewOp::Signed(op) => Ok(Admission::Gap(op)),
+                NewOp::Unsigned(_) => Err(local_off_chain()),
+            };
         }
         if c.prev != head_id {
             // The author signed an op whose chain passes through a different op at
             // `head_seq` than the one we hold: equivocation.
-            self.record_fork(&op, head_seq)?;
+            self.record_fork(signed_or_corrupt(&op)?, head_seq)?;
             return Ok(Admission::Fork);
         }
         if c.lamport <= head_lamport {
@@ -139,11 +149,7 @@ impl<S: Store> Working<'_, S> {
     /// the two disagree, and a fresh node refuses the evidence it is sent. So both refuse it,
     /// with the same reason. An author already quarantined at or below this seq gains or
     /// loses nothing here: its evidence is kept as before.
-    fn refusal_in_place(
-        &self,
-        op: &SignedOp,
-        quarantined: Option<u64>,
-    ) -> Result<Option<RejectReason>, Error> {
+    fn refusal_in_place(&self, op: &NewOp, quarantined: Option<u64>) -> Result<Option<RejectReason>, Error> {
         let c = op.content();
         if quarantined.is_some_and(|q| q <= c.seq) {
             return Ok(None);
@@ -174,7 +180,7 @@ impl<S: Store> Working<'_, S> {
         Ok(self.authorize_op(op).err())
     }
 
-    fn authorize_op(&self, op: &SignedOp) -> Result<Role, RejectReason> {
+    fn authorize_op(&self, op: &NewOp) -> Result<Role, RejectReason> {
         let c = op.content();
         if let Payload::Genesis { name, nonce } = &c.payload {
             // The genesis we hold may be this author's own seq 1, when this op competes
@@ -212,7 +218,7 @@ impl<S: Store> Working<'_, S> {
     }
 
     /// Records an accepted op: storage, chain head, clock.
-    fn append(&mut self, op: SignedOp) {
+    fn append(&mut self, op: NewOp) {
         let c = op.content();
         let author = c.author;
         if !self.state.authors.contains_key(&author) {
@@ -275,7 +281,7 @@ impl<S: Store> Working<'_, S> {
             .get(&author)
             .and_then(|ops| ops.iter().find(|o| o.content().seq == at_seq))
         {
-            Some(held) => Some(held.clone()),
+            Some(held) => Some(signed_or_corrupt(held)?.clone()),
             None => match self.state.authors.get(&author) {
                 Some(rec) => oplog::read_op(self.db, rec.idx, at_seq)?,
                 None => None,
@@ -298,15 +304,28 @@ impl<S: Store> Working<'_, S> {
         Ok(())
     }
 
-    /// Ops that a local command produced go through the same path as remote ones.
-    pub fn admit_local(&mut self, op: SignedOp) -> Result<(), Error> {
-        match self.admit(op)? {
+    /// Ops that a local command produced go through the same path as remote ones, before
+    /// they are signed (the signature is made when the batch is committed).
+    pub fn admit_local(&mut self, op: UnsignedOp) -> Result<(), Error> {
+        match self.admit_op(NewOp::Unsigned(op))? {
             Admission::Applied => Ok(()),
             Admission::Rejected(r) => Err(Error::Rejected(r)),
-            Admission::Duplicate | Admission::Gap(_) | Admission::Fork => Err(Error::Corrupt(
-                "local op does not extend this node's own chain".into(),
-            )),
+            Admission::Duplicate | Admission::Gap(_) | Admission::Fork => Err(local_off_chain()),
         }
+    }
+}
+
+/// A local op that does not extend this node's own chain: the store and the state disagree.
+fn local_off_chain() -> Error {
+    Error::Corrupt("local op does not extend this node's own chain".into())
+}
+
+/// The op as signed bytes, for fork evidence; a local op not signed yet is never evidence
+/// (it is this node's own, off its chain: [`local_off_chain`]).
+fn signed_or_corrupt(op: &NewOp) -> Result<&SignedOp, Error> {
+    match op {
+        NewOp::Signed(op) => Ok(op),
+        NewOp::Unsigned(_) => Err(local_off_chain()),
     }
 }
 

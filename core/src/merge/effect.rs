@@ -1,11 +1,10 @@
 //! The effect of each payload on the records a working set holds: registers, histories,
 //! leases, presence, membership. Every merge rule here commutes (see `projection.rs`).
 
-use super::Working;
+use super::{NewOp, Working};
 use crate::error::Error;
 use crate::event::{Event, TransitionEvent};
 use crate::id::{NodeId, OpId, StoryId};
-use crate::op::SignedOp;
 use crate::payload::{Payload, Role, StoryField};
 use crate::pipeline::{transition, PipelineEvent, Stage};
 use crate::projection::{HistoryEntry, Lease, Lww, PresenceRecord, Stamp};
@@ -43,7 +42,7 @@ impl<S: Store> Working<'_, S> {
     /// proofs); what can still refuse it here is a payload that contradicts itself.
     pub(super) fn apply_payload(
         &mut self,
-        op: &SignedOp,
+        op: &NewOp,
         role: Role,
     ) -> Result<Result<(), RejectReason>, Error> {
         let c = op.content();
@@ -176,7 +175,7 @@ impl<S: Store> Working<'_, S> {
     /// A transition op (forced over `forced`'s claim, or not) joins the story's history.
     fn apply_transition(
         &mut self,
-        op: &SignedOp,
+        op: &NewOp,
         story: &StoryId,
         event: &PipelineEvent,
         from: &Stage,

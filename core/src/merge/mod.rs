@@ -15,7 +15,7 @@ use crate::event::Event;
 use crate::id::{NodeId, OpId, StoryId};
 use crate::journal::Journal;
 use crate::keyspace as key;
-use crate::op::SignedOp;
+use crate::op::{OpContent, SignedOp, UnsignedOp};
 use crate::oplog;
 use crate::pipeline::StageKind;
 use crate::projection::{LeaseSet, PresenceRecord, StoryRecord};
@@ -34,6 +34,31 @@ pub(crate) enum Admission {
     Gap(SignedOp),
     Fork,
     Rejected(RejectReason),
+}
+
+/// An op staged in a working set: signed (remote ops, a rebuild's replay), or a local op
+/// admitted before its signature is made (see [`UnsignedOp`]: the id does not cover the
+/// signature, so admission needs only the content and the id). Every op is signed before
+/// its batch is written ([`Working::commit_signing`], [`Sealed::put_signed`]).
+pub(crate) enum NewOp {
+    Signed(SignedOp),
+    Unsigned(UnsignedOp),
+}
+
+impl NewOp {
+    pub fn content(&self) -> &OpContent {
+        match self {
+            NewOp::Signed(op) => op.content(),
+            NewOp::Unsigned(op) => op.content(),
+        }
+    }
+
+    pub fn id(&self) -> OpId {
+        match self {
+            NewOp::Signed(op) => op.id(),
+            NewOp::Unsigned(op) => op.id(),
+        }
+    }
 }
 
 /// Decoded story records as last committed, kept between commits so that a story a
@@ -65,7 +90,7 @@ pub(crate) struct Working<'a, S: Store> {
     lock_dirty: bool,
     dirty_members: BTreeSet<NodeId>,
     dirty_authors: BTreeSet<NodeId>,
-    new_ops: BTreeMap<NodeId, Vec<SignedOp>>,
+    new_ops: BTreeMap<NodeId, Vec<NewOp>>,
     forks: Vec<(NodeId, u64, OpId, Vec<u8>)>,
     cluster_dirty: bool,
     pub events: Vec<Event>,
@@ -148,6 +173,13 @@ impl<'a, S: Store> Working<'a, S> {
         self
     }
 
+    /// Reserves room for the next group's `ops` ops and events (as [`Working::expecting`],
+    /// for a working set that goes on after [`Working::seal`]).
+    pub fn expect_group(&mut self, ops: usize) {
+        self.events.reserve(ops);
+        self.pending_ops_hint = ops;
+    }
+
     pub fn has_changes(&self) -> bool {
         !self.new_ops.is_empty() || !self.forks.is_empty() || self.state.rebuild_needed
     }
@@ -200,49 +232,241 @@ impl<'a, S: Store> Working<'a, S> {
 
     /// Writes everything this working set staged, on top of `batch` (a rebuild's
     /// removals, a command's extra records; later writes win), in one atomic batch, then
-    /// flushes. Returns the new state and the events to publish.
-    pub fn commit_with(mut self, mut batch: S::Batch) -> Result<Committed, Error> {
+    /// flushes. Returns the new state and the events to publish. Every staged op must be
+    /// signed already (a rebuild's and an ingest's are); a command's working set is
+    /// committed with [`Working::commit_signing`].
+    pub fn commit_with(self, batch: S::Batch) -> Result<Committed, Error> {
+        self.commit_signing(batch, |unsigned| {
+            assert!(unsigned.is_empty(), "local ops are signed before their commit");
+            Vec::new()
+        })
+    }
+
+    /// [`Working::commit_with`], after signing the staged local ops with `sign` (all of
+    /// them at once, in order, so that it may use several threads).
+    pub fn commit_signing(
+        mut self,
+        batch: S::Batch,
+        sign: impl FnOnce(Vec<UnsignedOp>) -> Vec<SignedOp>,
+    ) -> Result<Committed, Error> {
+        let empty = State::new(self.state.cluster.id);
+        let state = std::mem::replace(&mut self.state, empty);
+        let mut sealed = self.take_group(state, false);
+        let unsigned = sealed.take_unsigned();
+        if !unsigned.is_empty() {
+            sealed.put_signed(sign(unsigned));
+        }
+        let written = sealed.write(self.db, self.journal, batch)?;
+        Ok(Committed {
+            state: written.state,
+            events: written.events,
+            cache: self.into_cache(),
+            claims_seen: written.claims_seen,
+            own_heartbeat: written.own_heartbeat,
+            durable: written.durable,
+            error: written.error,
+        })
+    }
+
+    /// Ends a group of a pipelined append (`Node::execute_groups`): takes out everything
+    /// it staged, encoded, as a [`Sealed`] group to be signed and written later, and leaves
+    /// this working set ready for the next group, which sees this one's effects.
+    ///
+    /// The records this group changed stay loaded (clean) until the next seal, since the
+    /// store does not hold them until this group is written; records of earlier groups
+    /// move to the bounded cache. That is right as long as the next group but one is only
+    /// built after this group is written (the pipeline holds at most two groups).
+    pub fn seal(&mut self) -> Sealed {
+        self.take_group(self.state.clone(), true)
+    }
+
+    /// Takes out this group's writes (see [`Sealed`]) and clears the dirty marks; with
+    /// `evict`, records not changed by this group move to the cache.
+    fn take_group(&mut self, state: State, evict: bool) -> Sealed {
+        let mut stories = Vec::new();
+        let mut evicted = Vec::new();
+        for (id, e) in &mut self.stories {
+            if e.dirty {
+                stories.push((id.clone(), encode_story(&e.rec)));
+                e.dirty = false;
+            } else if evict {
+                evicted.push(id.clone());
+            }
+        }
+        for id in evicted {
+            if let Some(e) = self.stories.remove(&id) {
+                if self.cache.len() >= STORY_CACHE_MAX {
+                    self.cache.clear();
+                }
+                self.cache.insert(id, e.rec);
+            }
+        }
+        let mut records = Vec::new();
+        for node in std::mem::take(&mut self.dirty_presence) {
+            records.push((key::presence(&node).to_vec(), self.presence[&node].encode()));
+        }
+        if std::mem::take(&mut self.lock_dirty) {
+            let lock = self.lock.as_ref().expect("dirty lock is loaded");
+            records.push((key::LOCK.to_vec(), codec::encode(lock)));
+        }
+        for node in std::mem::take(&mut self.dirty_members) {
+            records.push((key::member(&node).to_vec(), codec::encode(&state.members[&node])));
+        }
+        Sealed {
+            new_ops: std::mem::take(&mut self.new_ops).into_iter().collect(),
+            taken: Vec::new(),
+            stories,
+            fresh: self.fresh,
+            records,
+            dirty_authors: std::mem::take(&mut self.dirty_authors),
+            forks: std::mem::take(&mut self.forks),
+            cluster_dirty: std::mem::take(&mut self.cluster_dirty),
+            state,
+            events: std::mem::take(&mut self.events),
+            claims_seen: std::mem::take(&mut self.claims_seen),
+            own_heartbeat: std::mem::take(&mut self.own_heartbeat),
+        }
+    }
+
+    /// Hands over the committed records this working set holds (loaded or cached): after
+    /// a pipelined append, every group of which is written, they start the next batch.
+    pub fn into_cache(self) -> StoryCache {
+        let mut cache = self.cache;
+        if cache.len() + self.stories.len() > STORY_CACHE_MAX {
+            cache.clear();
+        }
+        if self.stories.len() <= STORY_CACHE_MAX {
+            cache.extend(self.stories.into_iter().map(|(id, e)| (id, e.rec)));
+        }
+        cache
+    }
+}
+
+/// One group's writes, taken out of a working set ([`Working::seal`]): its ops (signed,
+/// or local ones still to be signed), its changed records already encoded, and the state
+/// after it. [`Sealed::write`] stores it as one atomic batch with one flush.
+pub(crate) struct Sealed {
+    new_ops: Vec<(NodeId, Vec<NewOp>)>,
+    /// Where [`Sealed::take_unsigned`] took ops out: (author position, op position), in
+    /// ascending order, so that inserting them back in that order restores each position.
+    taken: Vec<(usize, usize)>,
+    /// Changed story records, encoded.
+    stories: Vec<(StoryId, Vec<u8>)>,
+    /// A rebuild's: stories go straight to their keys, not to the journal.
+    fresh: bool,
+    /// Changed presence, merge lock and member records: key and value.
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Authors whose record is written (encoded at write time: writing ops moves the tail).
+    dirty_authors: BTreeSet<NodeId>,
+    forks: Vec<(NodeId, u64, OpId, Vec<u8>)>,
+    cluster_dirty: bool,
+    /// The node-wide state once this group is stored.
+    pub state: State,
+    pub events: Vec<Event>,
+    claims_seen: bool,
+    own_heartbeat: bool,
+}
+
+/// What writing a [`Sealed`] group leaves (see [`Committed`] for `durable` and `error`).
+pub(crate) struct Written {
+    pub state: State,
+    pub events: Vec<Event>,
+    pub claims_seen: bool,
+    pub own_heartbeat: bool,
+    pub durable: bool,
+    pub error: Option<Error>,
+}
+
+impl Sealed {
+    /// Whether the group writes anything (else it needs no batch and no flush).
+    pub fn has_changes(&self) -> bool {
+        !self.new_ops.is_empty() || !self.forks.is_empty() || self.state.rebuild_needed
+    }
+
+    /// Takes the ops still to be signed out, in order (to be signed on other threads);
+    /// [`Sealed::put_signed`] puts them back.
+    pub fn take_unsigned(&mut self) -> Vec<UnsignedOp> {
+        let mut out = Vec::new();
+        for (a, (_, ops)) in self.new_ops.iter_mut().enumerate() {
+            for (i, op) in std::mem::take(ops).into_iter().enumerate() {
+                match op {
+                    NewOp::Unsigned(op) => {
+                        self.taken.push((a, i));
+                        out.push(op);
+                    }
+                    signed => ops.push(signed),
+                }
+            }
+        }
+        out
+    }
+
+    /// Puts back, in the order [`Sealed::take_unsigned`] gave them, the ops it took,
+    /// signed.
+    pub fn put_signed(&mut self, signed: Vec<SignedOp>) {
+        assert_eq!(
+            signed.len(),
+            self.taken.len(),
+            "every op taken out comes back signed"
+        );
+        for ((a, at), op) in std::mem::take(&mut self.taken).into_iter().zip(signed) {
+            self.new_ops[a].1.insert(at, NewOp::Signed(op));
+        }
+    }
+
+    /// Continues each writing author's open segment run from `committed` (the state after
+    /// the group written before this one), which a pipelined group built before that
+    /// write could not see.
+    pub fn continue_tails(&mut self, committed: &State) {
+        for (author, _) in &self.new_ops {
+            let tail = committed.authors.get(author).and_then(|a| a.last_segment);
+            if let Some(rec) = self.state.authors.get_mut(author) {
+                rec.last_segment = tail;
+            }
+        }
+    }
+
+    /// Writes the group on top of `batch` in one atomic batch, then flushes. Every op
+    /// must be signed (see [`Sealed::put_signed`]).
+    pub fn write<S: Store>(
+        mut self,
+        db: &S,
+        journal: &Journal<S>,
+        mut batch: S::Batch,
+    ) -> Result<Written, Error> {
         for (author, ops) in std::mem::take(&mut self.new_ops) {
+            let ops: Vec<SignedOp> = ops
+                .into_iter()
+                .map(|op| match op {
+                    NewOp::Signed(op) => op,
+                    NewOp::Unsigned(_) => unreachable!("ops are signed before their group is written"),
+                })
+                .collect();
             let rec = self.state.authors.get_mut(&author).expect("author of staged ops");
             debug_assert_eq!(
                 ops.last().map(|o| (o.content().seq, Some(o.id()))),
                 Some((rec.head_seq, rec.head_id)),
                 "the author's record names its newest staged op as its head"
             );
-            oplog::write_ops(self.db, &mut batch, rec.idx, &mut rec.last_segment, &ops)?;
+            oplog::write_ops(db, &mut batch, rec.idx, &mut rec.last_segment, &ops)?;
         }
-        let stories: Vec<(StoryId, Vec<u8>)> = self
-            .stories
-            .iter()
-            .filter(|(_, e)| e.dirty)
-            .map(|(id, e)| (id.clone(), encode_story(&e.rec)))
-            .collect();
         let staged = if self.fresh {
             // A rebuild (the journal is drained and the old keys are removed in `batch`):
             // straight into the story keys and the stage index.
-            for (id, value) in stories {
+            for (id, value) in std::mem::take(&mut self.stories) {
                 if let Some(kind) = value.first().and_then(|c| StageKind::from_code(*c)) {
                     batch.insert(&key::stage_index(kind, &id), &[]);
                 }
                 batch.insert(&key::story(&id), &value);
             }
             None
-        } else if stories.is_empty() {
+        } else if self.stories.is_empty() {
             None
         } else {
-            Some(self.journal.stage(&mut batch, stories))
+            Some(journal.stage(&mut batch, std::mem::take(&mut self.stories)))
         };
-        for node in &self.dirty_presence {
-            batch.insert(&key::presence(node), &self.presence[node].encode());
-        }
-        if self.lock_dirty {
-            batch.insert(
-                key::LOCK,
-                &codec::encode(self.lock.as_ref().expect("dirty lock is loaded")),
-            );
-        }
-        for node in &self.dirty_members {
-            batch.insert(&key::member(node), &codec::encode(&self.state.members[node]));
+        for (k, v) in &self.records {
+            batch.insert(k, v);
         }
         for node in &self.dirty_authors {
             batch.insert(&key::author(node), &codec::encode(&self.state.authors[node]));
@@ -256,34 +480,26 @@ impl<'a, S: Store> Working<'a, S> {
         batch.insert(key::META_CLOCK, &codec::encode(&self.state.clock.value()));
         batch.insert(key::META_NEXT_IDX, &codec::encode(&self.state.next_idx));
         batch.insert(key::META_REBUILD, &codec::encode(&self.state.rebuild_needed));
-        if let Err(e) = self.db.apply(batch) {
+        if let Err(e) = db.apply(batch) {
             // Nothing of the batch is applied (the `Store` contract).
             if let Some(staged) = staged {
-                self.journal.abandoned(staged);
+                journal.abandoned(staged);
             }
             return Err(e);
         }
         // From here the store holds the batch, so the node must hold it too: an error now
         // (a failed flush, or the fold a commit runs itself) is returned with the new state
-        // in `Committed::error`, never by dropping the state.
-        let flushed = self.db.flush();
+        // in `Written::error`, never by dropping the state.
+        let flushed = db.flush();
         let durable = flushed.is_ok();
         let folded = match staged {
-            Some(staged) => self.journal.committed(staged),
+            Some(staged) => journal.committed(staged),
             None => Ok(()),
         };
         let error = flushed.err().or(folded.err());
-        let mut cache = self.cache;
-        if cache.len() + self.stories.len() > STORY_CACHE_MAX {
-            cache.clear();
-        }
-        if self.stories.len() <= STORY_CACHE_MAX {
-            cache.extend(self.stories.into_iter().map(|(id, e)| (id, e.rec)));
-        }
-        Ok(Committed {
+        Ok(Written {
             state: self.state,
             events: self.events,
-            cache,
             claims_seen: self.claims_seen,
             own_heartbeat: self.own_heartbeat,
             durable,

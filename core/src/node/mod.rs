@@ -8,6 +8,7 @@
 //! - `query.rs` — reads of the projection and the log, and `verify`.
 //! - `sync.rs` — what the sync protocol reads, and join tickets.
 
+mod append;
 mod command;
 mod ingest;
 mod query;
@@ -32,14 +33,15 @@ use crate::key::NodeKey;
 use crate::keyspace::{self as key, STORE_FORMAT_VERSION};
 use crate::mark::{Mark, MarkValue};
 use crate::merge::{Committed, State, StoryCache, Working};
-use crate::op::{derive_cluster_id, SignedOp};
+use crate::op::{derive_cluster_id, SignedOp, UnsignedOp};
 use crate::oplog;
 use crate::payload::Payload;
 use crate::storage::{self, CompactionPolicy, SledStore, Store, WriteBatch};
 use crate::time::Timestamp;
 use crate::version::VersionVector;
 
-pub use command::{Command, Receipt};
+pub use append::GroupResult;
+pub use command::{Command, Receipt, PARALLEL_SIGN_MIN};
 pub use ingest::{IngestReport, Rejection};
 
 /// Tunables of a [`Node`]. Each limit bounds memory or time against a misbehaving peer.
@@ -63,6 +65,12 @@ pub struct NodeConfig {
     /// backends ignore it). Default [`crate::DEFAULT_STORE_CACHE_BYTES`] (32 MiB); a larger
     /// cache adds resident memory roughly in proportion.
     pub store_cache_bytes: u64,
+    /// Threads that sign local ops: the signing threads of
+    /// [`Node::execute_groups`], and the threads [`Node::execute_group`] signs a group of
+    /// at least [`PARALLEL_SIGN_MIN`] ops on. 1 signs on the calling thread only (and one
+    /// signing thread beside it in `execute_groups`). The bytes stored are the same for
+    /// any value.
+    pub sign_threads: usize,
 }
 
 impl Default for NodeConfig {
@@ -75,6 +83,7 @@ impl Default for NodeConfig {
             ingest_batch: 8192,
             compaction: CompactionPolicy::DEFAULT,
             store_cache_bytes: crate::storage::DEFAULT_STORE_CACHE_BYTES,
+            sign_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -443,12 +452,14 @@ impl<S: Store> Node<S> {
         self.buffer.len()
     }
 
+    /// The next op of this node's chain as the working set sees it: seq, `prev`, Lamport
+    /// time and id assigned, the signature still to be made (at commit).
     pub(super) fn build_op(
         &self,
         w: &Working<'_, S>,
         payload: Payload,
         now: Timestamp,
-    ) -> Result<SignedOp, Error> {
+    ) -> Result<UnsignedOp, Error> {
         if let Some(b) = self.behind {
             return Err(Error::OwnChainBehind {
                 held: b.held,
@@ -462,7 +473,7 @@ impl<S: Store> Node<S> {
             .get(&me)
             .map_or((0, None), |a| (a.head_seq, a.head_id));
         let lamport = w.state.clock.next().ok_or(Error::ClockExhausted)?;
-        oplog::sign_next(
+        oplog::build_next(
             &self.key,
             w.state.cluster.id,
             head_seq,
@@ -473,10 +484,28 @@ impl<S: Store> Node<S> {
         )
     }
 
-    /// Commits a working set (with `batch`'s writes in the same atomic batch), then
-    /// publishes its events, records the mark and, if the batch voided merged ops,
-    /// rebuilds.
+    /// Commits a working set (with `batch`'s writes in the same atomic batch), its local
+    /// ops signed first (see [`Node::sign_ops`]), then publishes its events, records the
+    /// mark and, if the batch voided merged ops, rebuilds.
     pub(super) fn commit(&mut self, w: Working<'_, S>, batch: S::Batch) -> Result<Vec<Event>, Error> {
+        let committed = w.commit_signing(batch, |ops| self.sign_ops(ops))?;
+        self.committed(committed)
+    }
+
+    /// Signs local ops in order: on [`NodeConfig::sign_threads`] threads when there are at
+    /// least [`PARALLEL_SIGN_MIN`] of them, else on this thread.
+    pub(super) fn sign_ops(&self, ops: Vec<UnsignedOp>) -> Vec<SignedOp> {
+        let threads = if ops.len() >= PARALLEL_SIGN_MIN {
+            self.config.sign_threads
+        } else {
+            1
+        };
+        oplog::sign_all(ops, &self.key, threads)
+    }
+
+    /// What follows a stored batch: the node takes its state, publishes its events,
+    /// records the mark and, if the batch voided merged ops, rebuilds.
+    pub(super) fn committed(&mut self, committed: Committed) -> Result<Vec<Event>, Error> {
         let Committed {
             state,
             events,
@@ -485,7 +514,7 @@ impl<S: Store> Node<S> {
             own_heartbeat,
             durable,
             error,
-        } = w.commit_with(batch)?;
+        } = committed;
         if own_heartbeat {
             self.heartbeat_wanted = false;
         }
