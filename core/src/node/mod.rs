@@ -40,6 +40,7 @@ use crate::time::Timestamp;
 use crate::version::VersionVector;
 
 pub use command::{Command, Receipt};
+pub(crate) use ingest::decode_split;
 pub use ingest::{IngestReport, Rejection};
 
 /// Tunables of a [`Node`]. Each limit bounds memory or time against a misbehaving peer.
