@@ -431,7 +431,7 @@ mod tests {
             assert!(report.rejected.is_empty(), "{:?}", report.rejected);
         };
         sync(&a, &mut c);
-        let steps = rng.gen_range(40..120);
+        let steps = rng.gen_range(60..160);
         for step in 0..steps {
             let node = if rng.gen_bool(0.5) { &mut a } else { &mut c };
             let id = StoryId::new(format!("{}_s", rng.gen_range(0..12))).unwrap();
@@ -494,6 +494,32 @@ mod tests {
         stream
     }
 
+    /// A random history (with a removal or not), another cluster's ops, and a hostile
+    /// stream made of both.
+    struct Case {
+        a: Node,
+        ops: Vec<SignedOp>,
+        foreign: Vec<SignedOp>,
+        stream: Vec<u8>,
+        remove: bool,
+    }
+
+    fn hostile_case(dir: &std::path::Path, rng: &mut impl rand::Rng) -> Case {
+        let remove = rng.gen_bool(0.5);
+        let a = random_history(dir, rng, remove);
+        let ops = a.ops_since(&VersionVector::default()).unwrap();
+        let other = init(&dir.join("x"), InitMode::NewCluster { name: "x".into() });
+        let foreign = other.ops_since(&VersionVector::default()).unwrap();
+        let stream = hostile_stream(&ops, &foreign, rng);
+        Case {
+            a,
+            ops,
+            foreign,
+            stream,
+            remove,
+        }
+    }
+
     /// What importing `stream` did before the import was pipelined: each bundle decoded,
     /// its undecodable entries reported, then its ops ingested chunk by chunk, one after
     /// the other (the reference the pipeline must match exactly).
@@ -540,12 +566,13 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         for case in 0..4 {
             let dir = tempfile::tempdir().unwrap();
-            let remove = rng.gen_bool(0.5);
-            let a = random_history(dir.path(), &mut rng, remove);
-            let ops = a.ops_since(&VersionVector::default()).unwrap();
-            let other = init(&dir.path().join("x"), InitMode::NewCluster { name: "x".into() });
-            let foreign = other.ops_since(&VersionVector::default()).unwrap();
-            let stream = hostile_stream(&ops, &foreign, &mut rng);
+            let Case {
+                a,
+                ops,
+                stream,
+                remove,
+                ..
+            } = hostile_case(dir.path(), &mut rng);
             let chunk_ops = rng.gen_range(1..=64);
             eprintln!(
                 "case {case}: {} ops, removal {remove}, chunks of {chunk_ops}",
@@ -603,6 +630,70 @@ mod tests {
                 holdings(&streamed),
                 holdings(&sequential),
                 "case {case}: streamed store differs"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_ingest_verified_beside_the_merge_matches_verifying_first_seeded() {
+        use rand::{Rng, SeedableRng};
+        let seed = test_seed();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for case in 0..4 {
+            let dir = tempfile::tempdir().unwrap();
+            let made = hostile_case(dir.path(), &mut rng);
+            let (a, ops, foreign, stream, remove) =
+                (made.a, made.ops, made.foreign, made.stream, made.remove);
+            let input: Vec<UnverifiedOp> = split_bundles(&stream)
+                .unwrap()
+                .into_iter()
+                .flat_map(|b| decode_bundle(b).unwrap())
+                .filter_map(Result::ok)
+                .collect();
+            // At least one op of each kind a verifier refuses, somewhere in the middle.
+            let mut input = input;
+            let mut forged = ops[ops.len() / 2].bytes().to_vec();
+            let last = forged.len() - 1;
+            forged[last] ^= 0x01;
+            input.insert(
+                rng.gen_range(0..=input.len()),
+                UnverifiedOp::decode(&forged).unwrap(),
+            );
+            let stranger = UnverifiedOp::decode(foreign[0].bytes()).unwrap();
+            input.insert(rng.gen_range(0..=input.len()), stranger);
+            let config = NodeConfig {
+                ingest_batch: rng.gen_range(1..=16),
+                verify_threads: rng.gen_range(1..=2),
+                ..NodeConfig::default()
+            };
+            eprintln!(
+                "case {case}: {} ops in, removal {remove}, batches of {}",
+                input.len(),
+                config.ingest_batch
+            );
+            let node = |name: &str| {
+                let mode = InitMode::Join {
+                    cluster: a.cluster_id(),
+                };
+                Node::init(
+                    &dir.path().join(name),
+                    mode,
+                    &mut rand_core::OsRng,
+                    t(0),
+                    config.clone(),
+                )
+                .unwrap()
+            };
+            let mut reference = node("ref");
+            let expected = reference.ingest_verifying_first(input.clone()).unwrap();
+            let mut pipelined = node("pipe");
+            let report = pipelined.ingest(input).unwrap();
+            assert!(expected.rejected.len() >= 2, "the input holds bad ops");
+            assert_eq!(report, expected, "case {case}: reports differ");
+            assert_eq!(
+                holdings(&pipelined),
+                holdings(&reference),
+                "case {case}: stores differ"
             );
         }
     }

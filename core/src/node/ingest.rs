@@ -3,6 +3,7 @@
 //! after a removal or an equivocation voided ops already merged.
 
 use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use ed25519_dalek::VerifyingKey;
 
@@ -79,28 +80,12 @@ impl Verifier {
         let cluster = self.cluster;
         let (ours, foreign): (Vec<_>, Vec<_>) =
             ops.into_iter().partition(|op| op.content().cluster == cluster);
-        let mut rejected: Vec<Rejection> = foreign
-            .into_iter()
-            .map(|op| Rejection {
-                op_id: Some(op.id()),
-                author: Some(op.content().author),
-                seq: Some(op.content().seq),
-                reason: RejectReason::WrongCluster {
-                    expected: cluster,
-                    got: op.content().cluster,
-                },
-            })
-            .collect();
+        let mut rejected: Vec<Rejection> = foreign.iter().map(|op| wrong_cluster(op, cluster)).collect();
         let mut good = Vec::with_capacity(ours.len());
         for r in self.verify_parallel(ours) {
             match r {
                 Ok(op) => good.push(op),
-                Err((op, e)) => rejected.push(Rejection {
-                    op_id: Some(op.id()),
-                    author: Some(op.content().author),
-                    seq: Some(op.content().seq),
-                    reason: e.into(),
-                }),
+                Err((op, e)) => rejected.push(bad_signature(&op, e)),
             }
         }
         good.sort_by_key(|op| (op.content().lamport, op.content().author, op.content().seq));
@@ -146,6 +131,29 @@ impl Verifier {
     }
 }
 
+/// The rejection of an op of another cluster.
+fn wrong_cluster(op: &UnverifiedOp, expected: ClusterId) -> Rejection {
+    Rejection {
+        op_id: Some(op.id()),
+        author: Some(op.content().author),
+        seq: Some(op.content().seq),
+        reason: RejectReason::WrongCluster {
+            expected,
+            got: op.content().cluster,
+        },
+    }
+}
+
+/// The rejection of an op whose signature (or author key) fails.
+fn bad_signature(op: &UnverifiedOp, e: crate::op::VerifyError) -> Rejection {
+    Rejection {
+        op_id: Some(op.id()),
+        author: Some(op.content().author),
+        seq: Some(op.content().seq),
+        reason: e.into(),
+    }
+}
+
 /// A framed bundle's ops: those that decode, and a rejection for each that does not.
 pub(crate) fn decode_split(bytes: &[u8]) -> Result<(Vec<UnverifiedOp>, Vec<Rejection>), Error> {
     let mut good = Vec::new();
@@ -169,6 +177,108 @@ impl<S: Store> Node<S> {
     /// inputs), checks each author's hash chain, membership and subspace, buffers ops
     /// whose predecessors are missing (bounded), and commits in atomic batches.
     pub fn ingest(&mut self, ops: Vec<UnverifiedOp>) -> Result<IngestReport, Error> {
+        let batch = self.config.ingest_batch.max(1);
+        if ops.len() > batch {
+            return self.ingest_large(ops, batch);
+        }
+        let mut verifier = self.verifier();
+        let verified = verifier.verify(ops);
+        self.keys = verifier.keys;
+        self.ingest_checked(verified)
+    }
+
+    /// [`Node::ingest`] of more than one batch (a sync catch-up's frames, a bundle): the ops
+    /// are sorted first, then verified a batch at a time on a second thread while this one
+    /// admits and commits the batch before. Same result as verifying everything first:
+    /// the same batches of `batch` verified ops in the same order, and the rejections in
+    /// the same order (another cluster's, then bad signatures in input order, then
+    /// admission's).
+    fn ingest_large(&mut self, ops: Vec<UnverifiedOp>, batch: usize) -> Result<IngestReport, Error> {
+        let cluster = self.state.cluster.id;
+        let (ours, foreign): (Vec<_>, Vec<_>) =
+            ops.into_iter().partition(|op| op.content().cluster == cluster);
+        let mut rejected: Vec<Rejection> = foreign.iter().map(|op| wrong_cluster(op, cluster)).collect();
+        let mut sorted: Vec<(usize, UnverifiedOp)> = ours.into_iter().enumerate().collect();
+        sorted.sort_by_key(|(_, op)| (op.content().lamport, op.content().author, op.content().seq));
+        let mut pieces = std::collections::VecDeque::new();
+        let mut rest = sorted.into_iter().peekable();
+        while rest.peek().is_some() {
+            let piece: (Vec<usize>, Vec<UnverifiedOp>) = rest.by_ref().take(batch).unzip();
+            pieces.push_back(piece);
+        }
+        let mut failed: Vec<(usize, Rejection)> = Vec::new();
+        let mut admitted = IngestReport::default();
+        self.with_verifier(Verifier::verify_parallel, |node, to_worker, checked| {
+            const GONE: &str = "the verification thread ended early";
+            let mut sent = std::collections::VecDeque::with_capacity(2);
+            let mut hand_over = |sent: &mut std::collections::VecDeque<Vec<usize>>| {
+                if let Some((at, ops)) = pieces.pop_front() {
+                    to_worker.send(ops).expect(GONE);
+                    sent.push_back(at);
+                }
+            };
+            hand_over(&mut sent);
+            let mut good: Vec<SignedOp> = Vec::with_capacity(batch);
+            while let Some(at) = sent.pop_front() {
+                hand_over(&mut sent);
+                for (r, i) in checked.recv().expect(GONE).into_iter().zip(at) {
+                    match r {
+                        Ok(op) => good.push(op),
+                        Err((op, e)) => failed.push((i, bad_signature(&op, e))),
+                    }
+                }
+                while good.len() >= batch {
+                    let later = good.split_off(batch);
+                    node.ingest_verified(std::mem::replace(&mut good, later), &mut admitted)?;
+                }
+            }
+            if !good.is_empty() {
+                node.ingest_verified(good, &mut admitted)?;
+            }
+            Ok::<(), Error>(())
+        })?;
+        failed.sort_by_key(|(i, _)| *i);
+        rejected.extend(failed.into_iter().map(|(_, r)| r));
+        rejected.append(&mut admitted.rejected);
+        admitted.rejected = rejected;
+        Ok(admitted)
+    }
+
+    /// Runs `body` beside a verification thread that holds the node's [`Verifier`]: each
+    /// input `body` sends is turned by `work` into an output that comes back, in order.
+    /// Hanging up both channels when `body` returns ends the thread whatever it was doing;
+    /// the key cache it grew comes back to the node.
+    fn with_verifier<I: Send, O: Send, R>(
+        &mut self,
+        work: fn(&mut Verifier, I) -> O,
+        body: impl FnOnce(&mut Self, &SyncSender<I>, &Receiver<O>) -> R,
+    ) -> R {
+        let verifier = self.verifier();
+        let (result, verifier) = std::thread::scope(|s| {
+            let (to_worker, inbox) = std::sync::mpsc::sync_channel::<I>(1);
+            let (to_main, outbox) = std::sync::mpsc::sync_channel::<O>(1);
+            let worker = s.spawn(move || {
+                let mut verifier = verifier;
+                for input in inbox {
+                    if to_main.send(work(&mut verifier, input)).is_err() {
+                        break;
+                    }
+                }
+                verifier
+            });
+            let result = body(self, &to_worker, &outbox);
+            drop(to_worker);
+            drop(outbox);
+            (result, worker.join().expect("verification thread panicked"))
+        });
+        self.keys = verifier.keys;
+        result
+    }
+
+    /// [`Node::ingest`] without the pipeline: every op verified first, then admitted in
+    /// batches (the reference the pipelined paths are tested against).
+    #[cfg(test)]
+    pub(crate) fn ingest_verifying_first(&mut self, ops: Vec<UnverifiedOp>) -> Result<IngestReport, Error> {
         let mut verifier = self.verifier();
         let verified = verifier.verify(ops);
         self.keys = verifier.keys;
@@ -216,34 +326,16 @@ impl<S: Store> Node<S> {
         mut inputs: impl Iterator<Item = Result<(T, Vec<UnverifiedOp>), Error>>,
         mut each: impl FnMut(&mut Self, T, IngestReport) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let verifier = self.verifier();
-        let (result, verifier) = std::thread::scope(|s| {
-            let (to_worker, work) = std::sync::mpsc::sync_channel::<Vec<UnverifiedOp>>(1);
-            let (to_main, verified) = std::sync::mpsc::sync_channel::<Verified>(1);
-            let worker = s.spawn(move || {
-                let mut verifier = verifier;
-                for ops in work {
-                    if to_main.send(verifier.verify(ops)).is_err() {
-                        break;
-                    }
-                }
-                verifier
-            });
-            let result = self.drive_pipeline(&mut inputs, &to_worker, &verified, &mut each);
-            // Hanging up both channels ends the worker whatever it was doing.
-            drop(to_worker);
-            drop(verified);
-            (result, worker.join().expect("verification thread panicked"))
-        });
-        self.keys = verifier.keys;
-        result
+        self.with_verifier(Verifier::verify, |node, to_worker, verified| {
+            node.drive_pipeline(&mut inputs, to_worker, verified, &mut each)
+        })
     }
 
     fn drive_pipeline<T>(
         &mut self,
         inputs: &mut impl Iterator<Item = Result<(T, Vec<UnverifiedOp>), Error>>,
-        to_worker: &std::sync::mpsc::SyncSender<Vec<UnverifiedOp>>,
-        verified: &std::sync::mpsc::Receiver<Verified>,
+        to_worker: &SyncSender<Vec<UnverifiedOp>>,
+        verified: &Receiver<Verified>,
         each: &mut impl FnMut(&mut Self, T, IngestReport) -> Result<(), Error>,
     ) -> Result<(), Error> {
         const GONE: &str = "the verification thread ended early";
