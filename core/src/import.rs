@@ -135,7 +135,8 @@ impl<S: Store> Node<S> {
 
     /// Imports a bundle stream read from `r` one bundle at a time (see
     /// [`crate::read_bundle`]), so an export of any size is imported in bounded memory.
-    /// `progress(ops_ingested, ops_in_bundles_read_so_far)` is called after each chunk.
+    /// `progress(ops_ingested, ops_in_bundles_read_so_far)` is called as each bundle is read
+    /// (the next one is read while the one before is still merging) and after each chunk.
     /// Unlike [`Node::import_bundle`], a broken bundle is found only when it is reached: the
     /// bundles before it stay stored (each stored op is valid on its own; importing again
     /// skips them as duplicates) and the error is returned.
@@ -158,22 +159,26 @@ impl<S: Store> Node<S> {
     pub fn import_reader_with_events(
         &mut self,
         r: &mut impl std::io::Read,
-        mut progress: impl FnMut(u64, u64),
+        progress: impl FnMut(u64, u64),
         mut events: impl FnMut(Vec<Event>),
     ) -> Result<IngestReport, Error> {
-        let total = std::cell::Cell::new(0u64);
+        use std::cell::{Cell, RefCell};
+        // Called when a bundle is read (by the chunk iterator) and after each chunk: never
+        // both at once, as the pipeline reads only between chunks.
+        let progress = RefCell::new(progress);
+        let (done, total) = (Cell::new(0u64), Cell::new(0u64));
         let bundles = std::iter::from_fn(|| read_bundle(r).transpose());
         let chunks = chunks_of(bundles, IMPORT_CHUNK_OPS, |n| {
-            total.set(total.get().saturating_add(n))
+            total.set(total.get().saturating_add(n));
+            (progress.borrow_mut())(done.get(), total.get());
         });
         let mut report = IngestReport::default();
-        let mut done = 0u64;
         self.ingest_pipelined(chunks, |_, chunk, mut one| {
             events(std::mem::take(&mut one.events));
             report.rejected.extend(chunk.rejected);
             report.absorb(one);
-            done = done.saturating_add(chunk.ops);
-            progress(done, total.get());
+            done.set(done.get().saturating_add(chunk.ops));
+            (progress.borrow_mut())(done.get(), total.get());
             Ok(())
         })?;
         report.buffered = self.buffered_ops();
@@ -477,6 +482,16 @@ mod tests {
                 }
                 _ => {}
             }
+        }
+        // At least one entry of each bad kind, wherever the dice put them.
+        let mut forged = ops[rng.gen_range(0..ops.len())].bytes().to_vec();
+        let last = forged.len() - 1;
+        forged[last] ^= 0x02;
+        let mut bad = vec![forged, vec![0xfe; 3]];
+        bad.extend(foreign.first().map(|op| op.bytes().to_vec()));
+        for entry in bad {
+            let at = rng.gen_range(0..=entries.len());
+            entries.insert(at, entry);
         }
         for _ in 0..entries.len() / 10 {
             let (i, j) = (rng.gen_range(0..entries.len()), rng.gen_range(0..entries.len()));
