@@ -8,9 +8,10 @@ use std::io::{Read, Seek, SeekFrom};
 use rand_core::CryptoRngCore;
 
 use crate::home::remove_made;
+use crate::node::decode_split;
 use crate::{
     decode_bundle, read_bundle, split_bundles, verify_ops, ClusterId, Error, Event, IngestReport, InitMode,
-    Node, NodeConfig, NodeKey, Payload, Rejection, SledStore, Store, Timestamp,
+    Node, NodeConfig, NodeKey, Payload, Rejection, SledStore, Store, Timestamp, UnverifiedOp,
 };
 
 /// Ops per ingest call when importing a bundle. Bounds the verified ops held at once (a
@@ -134,7 +135,8 @@ impl<S: Store> Node<S> {
 
     /// Imports a bundle stream read from `r` one bundle at a time (see
     /// [`crate::read_bundle`]), so an export of any size is imported in bounded memory.
-    /// `progress(ops_ingested, ops_in_bundles_read_so_far)` is called after each chunk.
+    /// `progress(ops_ingested, ops_in_bundles_read_so_far)` is called as each bundle is read
+    /// (the next one is read while the one before is still merging) and after each chunk.
     /// Unlike [`Node::import_bundle`], a broken bundle is found only when it is reached: the
     /// bundles before it stay stored (each stored op is valid on its own; importing again
     /// skips them as duplicates) and the error is returned.
@@ -157,26 +159,28 @@ impl<S: Store> Node<S> {
     pub fn import_reader_with_events(
         &mut self,
         r: &mut impl std::io::Read,
-        mut progress: impl FnMut(u64, u64),
+        progress: impl FnMut(u64, u64),
         mut events: impl FnMut(Vec<Event>),
     ) -> Result<IngestReport, Error> {
+        use std::cell::{Cell, RefCell};
+        // Called when a bundle is read (by the chunk iterator) and after each chunk: never
+        // both at once, as the pipeline reads only between chunks.
+        let progress = RefCell::new(progress);
+        let (done, total) = (Cell::new(0u64), Cell::new(0u64));
+        let bundles = std::iter::from_fn(|| read_bundle(r).transpose());
+        let chunks = chunks_of(bundles, IMPORT_CHUNK_OPS, |n| {
+            total.set(total.get().saturating_add(n));
+            (progress.borrow_mut())(done.get(), total.get());
+        });
         let mut report = IngestReport::default();
-        let (mut done, mut total) = (0u64, 0u64);
-        while let Some(bundle) = read_bundle(r)? {
-            total = total.saturating_add(op_count(&bundle));
-            progress(done, total);
-            import_in_chunks(
-                self,
-                &bundle,
-                IMPORT_CHUNK_OPS,
-                Events::Hand(&mut events),
-                &mut report,
-                |n| {
-                    done = done.saturating_add(n);
-                    progress(done, total);
-                },
-            )?;
-        }
+        self.ingest_pipelined(chunks, |_, chunk, mut one| {
+            events(std::mem::take(&mut one.events));
+            report.rejected.extend(chunk.rejected);
+            report.absorb(one);
+            done.set(done.get().saturating_add(chunk.ops));
+            (progress.borrow_mut())(done.get(), total.get());
+            Ok(())
+        })?;
         report.buffered = self.buffered_ops();
         Ok(report)
     }
@@ -261,12 +265,14 @@ fn import_slice<S: Store>(
     let mut report = IngestReport::default();
     let mut done = 0u64;
     progress(done, total);
-    for bundle in bundles {
-        import_in_chunks(node, bundle, chunk_ops, Events::Keep, &mut report, |n| {
-            done = done.saturating_add(n);
-            progress(done, total);
-        })?;
-    }
+    let chunks = chunks_of(bundles.into_iter().map(Ok), chunk_ops, |_| {});
+    node.ingest_pipelined(chunks, |_, chunk, one| {
+        report.rejected.extend(chunk.rejected);
+        report.absorb(one);
+        done = done.saturating_add(chunk.ops);
+        progress(done, total);
+        Ok(())
+    })?;
     report.buffered = node.buffered_ops();
     Ok(report)
 }
@@ -278,54 +284,60 @@ fn op_count(bundle: &[u8]) -> u64 {
     ))
 }
 
-/// Where an import's events go: into its report, or to a caller's sink chunk by chunk.
-enum Events<'a> {
-    Keep,
-    Hand(&'a mut dyn FnMut(Vec<Event>)),
+/// One chunk of an import, beside its ops: the rejections of its bundle's ops that do not
+/// decode (on the bundle's first chunk; they come before what the chunk's ingest reports)
+/// and how many ops the chunk had in its bundle.
+struct Chunk {
+    rejected: Vec<Rejection>,
+    ops: u64,
 }
 
-/// Decodes one bundle and ingests it in chunks of `chunk_ops` into `report`, calling
-/// `ingested(n)` after each chunk of `n` ops.
-fn import_in_chunks<S: Store>(
-    node: &mut Node<S>,
-    bytes: &[u8],
+/// Splits a sequence of framed bundles into ingest inputs of at most `chunk_ops` ops each,
+/// decoding one bundle at a time (when its first chunk is asked for); `read(n)` is told
+/// the op count of each bundle as it is read. A bundle whose ops all fail to decode still
+/// yields one (empty) chunk, carrying its rejections.
+fn chunks_of<B: AsRef<[u8]>>(
+    mut bundles: impl Iterator<Item = Result<B, Error>>,
     chunk_ops: usize,
-    mut events: Events<'_>,
-    report: &mut IngestReport,
-    mut ingested: impl FnMut(u64),
-) -> Result<(), Error> {
-    let decoded = decode_bundle(bytes)?;
-    let mut good = Vec::with_capacity(decoded.len());
-    for op in decoded {
-        match op {
-            Ok(op) => good.push(op),
-            Err(e) => report.rejected.push(Rejection {
-                op_id: None,
-                author: None,
-                seq: None,
-                reason: e.into(),
-            }),
+    mut read: impl FnMut(u64),
+) -> impl Iterator<Item = Result<(Chunk, Vec<UnverifiedOp>), Error>> {
+    let chunk_ops = chunk_ops.max(1);
+    let mut rest = Vec::new().into_iter();
+    let mut rejected = Vec::new();
+    std::iter::from_fn(move || {
+        while rest.len() == 0 && rejected.is_empty() {
+            let bundle = match bundles.next()? {
+                Ok(bundle) => bundle,
+                Err(e) => return Some(Err(e)),
+            };
+            let bundle = bundle.as_ref();
+            read(op_count(bundle));
+            match decode_split(bundle) {
+                Ok((good, bad)) => {
+                    rest = good.into_iter();
+                    rejected = bad;
+                }
+                Err(e) => return Some(Err(e)),
+            }
         }
-    }
-    let mut rest = good.into_iter().peekable();
-    while rest.peek().is_some() {
-        let chunk: Vec<_> = rest.by_ref().take(chunk_ops.max(1)).collect();
-        let n = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
-        let mut chunk_report = node.ingest(chunk)?;
-        if let Events::Hand(sink) = &mut events {
-            sink(std::mem::take(&mut chunk_report.events));
-        }
-        report.absorb(chunk_report);
-        ingested(n);
-    }
-    Ok(())
+        let ops: Vec<UnverifiedOp> = rest.by_ref().take(chunk_ops).collect();
+        let n = u64::try_from(ops.len()).unwrap_or(u64::MAX);
+        Some(Ok((
+            Chunk {
+                rejected: std::mem::take(&mut rejected),
+                ops: n,
+            },
+            ops,
+        )))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        encode_bundle, Command, InitMode, NodeConfig, NodeId, RejectReason, StoryId, Timestamp, VersionVector,
+        encode_bundle, Command, InitMode, NodeConfig, NodeId, RejectReason, SignedOp, StoryId, Timestamp,
+        VersionVector,
     };
 
     fn t(secs: u64) -> Timestamp {
@@ -392,6 +404,337 @@ mod tests {
         // Again: everything is a duplicate, nothing is applied.
         let again = b.import_bundle(&bundle, |_, _| {}).unwrap();
         assert_eq!((again.applied, again.duplicates), (0, ops.len()));
+    }
+
+    /// The seed of a randomized test: `HUSKIES_TEST_SEED`, else a fresh one; printed.
+    fn test_seed() -> u64 {
+        let seed = match std::env::var("HUSKIES_TEST_SEED") {
+            Ok(s) => s.trim().parse().expect("HUSKIES_TEST_SEED must be a u64"),
+            Err(_) => rand_core::RngCore::next_u64(&mut rand_core::OsRng),
+        };
+        eprintln!("seed = {seed} (replay: HUSKIES_TEST_SEED={seed})");
+        seed
+    }
+
+    /// A random history of two authors of one cluster (and, with `remove`, the second
+    /// one's removal), as the founder holds it.
+    fn random_history(dir: &std::path::Path, rng: &mut impl rand::Rng, remove: bool) -> Node {
+        use crate::{PipelineEvent, Role};
+        let mut a = init(&dir.join("a"), InitMode::NewCluster { name: "p".into() });
+        let mut c = init(
+            &dir.join("c"),
+            InitMode::Join {
+                cluster: a.cluster_id(),
+            },
+        );
+        a.execute(t(1), Command::add_member(c.node_id(), Role::Member))
+            .unwrap();
+        let sync = |from: &Node, to: &mut Node| {
+            let report = to
+                .ingest_bundle(&from.export_since(&to.version_vector()).unwrap())
+                .unwrap();
+            assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        };
+        sync(&a, &mut c);
+        let steps = rng.gen_range(60..160);
+        for step in 0..steps {
+            let node = if rng.gen_bool(0.5) { &mut a } else { &mut c };
+            let id = StoryId::new(format!("{}_s", rng.gen_range(0..12))).unwrap();
+            let command = match rng.gen_range(0..6) {
+                0 | 1 => Command::add_story(id, "s").into_command(),
+                2 => Command::event(id, PipelineEvent::DepsMet),
+                3 => Command::event(id, PipelineEvent::GatesStarted),
+                4 => Command::claim(id, 600),
+                _ => Command::release(id),
+            };
+            // Commands the local rules refuse (a story added twice, ...) are skipped.
+            let _ = node.execute(t(2 + step), command);
+            if rng.gen_bool(0.2) {
+                sync(&a, &mut c);
+                sync(&c, &mut a);
+            }
+        }
+        sync(&c, &mut a);
+        if remove {
+            a.execute(t(500), Command::remove_member(c.node_id())).unwrap();
+        }
+        a
+    }
+
+    /// Signed bytes of `ops` (good, each twice now and then, some out of order), with ops
+    /// of another cluster, ops whose signature fails and entries that do not decode mixed
+    /// in, cut into bundles back to back.
+    fn hostile_stream(ops: &[SignedOp], foreign: &[SignedOp], rng: &mut impl rand::Rng) -> Vec<u8> {
+        let mut entries: Vec<Vec<u8>> = Vec::new();
+        for op in ops {
+            entries.push(op.bytes().to_vec());
+            match rng.gen_range(0..20) {
+                0 => entries.push(op.bytes().to_vec()),
+                1 => {
+                    let mut bad = op.bytes().to_vec();
+                    let last = bad.len() - 1;
+                    bad[last] ^= 0x40;
+                    entries.push(bad);
+                }
+                2 => entries.push(vec![0xff; rng.gen_range(1..50)]),
+                3 if !foreign.is_empty() => {
+                    entries.push(foreign[rng.gen_range(0..foreign.len())].bytes().to_vec())
+                }
+                _ => {}
+            }
+        }
+        // At least one entry of each bad kind, wherever the dice put them.
+        let mut forged = ops[rng.gen_range(0..ops.len())].bytes().to_vec();
+        let last = forged.len() - 1;
+        forged[last] ^= 0x02;
+        let mut bad = vec![forged, vec![0xfe; 3]];
+        bad.extend(foreign.first().map(|op| op.bytes().to_vec()));
+        for entry in bad {
+            let at = rng.gen_range(0..=entries.len());
+            entries.insert(at, entry);
+        }
+        for _ in 0..entries.len() / 10 {
+            let (i, j) = (rng.gen_range(0..entries.len()), rng.gen_range(0..entries.len()));
+            entries.swap(i, j);
+        }
+        let mut stream = Vec::new();
+        let mut rest = &entries[..];
+        while !rest.is_empty() {
+            let n = rng.gen_range(1..=rest.len().min(40));
+            stream.extend(crate::bundle::encode_bundle_bytes(
+                rest[..n].iter().map(Vec::as_slice),
+            ));
+            rest = &rest[n..];
+        }
+        stream
+    }
+
+    /// A random history (with a removal or not), another cluster's ops, and a hostile
+    /// stream made of both.
+    struct Case {
+        a: Node,
+        ops: Vec<SignedOp>,
+        foreign: Vec<SignedOp>,
+        stream: Vec<u8>,
+        remove: bool,
+    }
+
+    fn hostile_case(dir: &std::path::Path, rng: &mut impl rand::Rng) -> Case {
+        let remove = rng.gen_bool(0.5);
+        let a = random_history(dir, rng, remove);
+        let ops = a.ops_since(&VersionVector::default()).unwrap();
+        let other = init(&dir.join("x"), InitMode::NewCluster { name: "x".into() });
+        let foreign = other.ops_since(&VersionVector::default()).unwrap();
+        let stream = hostile_stream(&ops, &foreign, rng);
+        Case {
+            a,
+            ops,
+            foreign,
+            stream,
+            remove,
+        }
+    }
+
+    /// What importing `stream` did before the import was pipelined: each bundle decoded,
+    /// its undecodable entries reported, then its ops ingested chunk by chunk, one after
+    /// the other (the reference the pipeline must match exactly).
+    fn sequential_import(node: &mut Node, stream: &[u8], chunk_ops: usize) -> (IngestReport, Vec<Event>) {
+        let mut report = IngestReport::default();
+        let mut events = Vec::new();
+        for bundle in split_bundles(stream).unwrap() {
+            let mut good = Vec::new();
+            for op in decode_bundle(bundle).unwrap() {
+                match op {
+                    Ok(op) => good.push(op),
+                    Err(e) => report.rejected.push(Rejection {
+                        op_id: None,
+                        author: None,
+                        seq: None,
+                        reason: e.into(),
+                    }),
+                }
+            }
+            for chunk in good.chunks(chunk_ops) {
+                let mut one = node.ingest(chunk.to_vec()).unwrap();
+                events.extend(std::mem::take(&mut one.events));
+                report.absorb(one);
+            }
+        }
+        report.buffered = node.buffered_ops();
+        (report, events)
+    }
+
+    /// Everything a node holds that an import can change, in comparable form.
+    fn holdings(node: &Node) -> (VersionVector, Vec<u8>, Vec<crate::Story>, usize) {
+        (
+            node.version_vector(),
+            node.export_since(&VersionVector::default()).unwrap(),
+            node.stories(None, t(1000)).unwrap(),
+            node.buffered_ops(),
+        )
+    }
+
+    #[test]
+    fn a_pipelined_import_matches_sequential_ingest_seeded() {
+        use rand::{Rng, SeedableRng};
+        let seed = test_seed();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for case in 0..4 {
+            let dir = tempfile::tempdir().unwrap();
+            let Case {
+                a,
+                ops,
+                stream,
+                remove,
+                ..
+            } = hostile_case(dir.path(), &mut rng);
+            let chunk_ops = rng.gen_range(1..=64);
+            eprintln!(
+                "case {case}: {} ops, removal {remove}, chunks of {chunk_ops}",
+                ops.len()
+            );
+
+            let reference_node = |name: &str| {
+                init(
+                    &dir.path().join(name),
+                    InitMode::Join {
+                        cluster: a.cluster_id(),
+                    },
+                )
+            };
+            let mut sequential = reference_node("seq");
+            let (expected, expected_events) = sequential_import(&mut sequential, &stream, chunk_ops);
+            assert!(!expected.rejected.is_empty(), "the stream holds bad entries");
+
+            let mut sliced = reference_node("slice");
+            let report = import_slice(&mut sliced, &stream, chunk_ops, |_, _| {}).unwrap();
+            let mut events = report.events.clone();
+            let mut without_events = report;
+            without_events.events.clear();
+            let mut expected_plain = expected.clone();
+            expected_plain.events.clear();
+            assert_eq!(without_events, expected_plain, "case {case}: reports differ");
+            assert_eq!(events, expected_events, "case {case}: events differ");
+            assert_eq!(
+                holdings(&sliced),
+                holdings(&sequential),
+                "case {case}: stores differ"
+            );
+
+            let mut streamed = reference_node("stream");
+            let mut handed = Vec::new();
+            let report = streamed
+                .import_reader_with_events(&mut stream.as_slice(), |_, _| {}, |e| handed.extend(e))
+                .unwrap();
+            let mut full_chunks = expected_plain.clone();
+            if chunk_ops != IMPORT_CHUNK_OPS {
+                // import_reader uses IMPORT_CHUNK_OPS: compare it with that reference.
+                let mut again = reference_node("seq-full");
+                let (r, e) = sequential_import(&mut again, &stream, IMPORT_CHUNK_OPS);
+                full_chunks = IngestReport { events: vec![], ..r };
+                events = e;
+                assert_eq!(
+                    holdings(&again),
+                    holdings(&sequential),
+                    "case {case}: chunking changed the store"
+                );
+            }
+            assert_eq!(report, full_chunks, "case {case}: streamed report differs");
+            assert_eq!(handed, events, "case {case}: streamed events differ");
+            assert_eq!(
+                holdings(&streamed),
+                holdings(&sequential),
+                "case {case}: streamed store differs"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_ingest_verified_beside_the_merge_matches_verifying_first_seeded() {
+        use rand::{Rng, SeedableRng};
+        let seed = test_seed();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for case in 0..4 {
+            let dir = tempfile::tempdir().unwrap();
+            let made = hostile_case(dir.path(), &mut rng);
+            let (a, ops, foreign, stream, remove) =
+                (made.a, made.ops, made.foreign, made.stream, made.remove);
+            let input: Vec<UnverifiedOp> = split_bundles(&stream)
+                .unwrap()
+                .into_iter()
+                .flat_map(|b| decode_bundle(b).unwrap())
+                .filter_map(Result::ok)
+                .collect();
+            // At least one op of each kind a verifier refuses, somewhere in the middle.
+            let mut input = input;
+            let mut forged = ops[ops.len() / 2].bytes().to_vec();
+            let last = forged.len() - 1;
+            forged[last] ^= 0x01;
+            input.insert(
+                rng.gen_range(0..=input.len()),
+                UnverifiedOp::decode(&forged).unwrap(),
+            );
+            let stranger = UnverifiedOp::decode(foreign[0].bytes()).unwrap();
+            input.insert(rng.gen_range(0..=input.len()), stranger);
+            let config = NodeConfig {
+                ingest_batch: rng.gen_range(1..=16),
+                verify_threads: rng.gen_range(1..=2),
+                ..NodeConfig::default()
+            };
+            eprintln!(
+                "case {case}: {} ops in, removal {remove}, batches of {}",
+                input.len(),
+                config.ingest_batch
+            );
+            let node = |name: &str| {
+                let mode = InitMode::Join {
+                    cluster: a.cluster_id(),
+                };
+                Node::init(
+                    &dir.path().join(name),
+                    mode,
+                    &mut rand_core::OsRng,
+                    t(0),
+                    config.clone(),
+                )
+                .unwrap()
+            };
+            let mut reference = node("ref");
+            let expected = reference.ingest_verifying_first(input.clone()).unwrap();
+            let mut pipelined = node("pipe");
+            let report = pipelined.ingest(input).unwrap();
+            assert!(expected.rejected.len() >= 2, "the input holds bad ops");
+            assert_eq!(report, expected, "case {case}: reports differ");
+            assert_eq!(
+                holdings(&pipelined),
+                holdings(&reference),
+                "case {case}: stores differ"
+            );
+        }
+    }
+
+    #[test]
+    fn a_broken_bundle_mid_stream_keeps_what_came_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, mut b) = pair(dir.path(), 6);
+        let ops = a.ops_since(&VersionVector::default()).unwrap();
+        let (first, second) = ops.split_at(3);
+        let mut stream = encode_bundle(first.iter());
+        stream.extend(encode_bundle(second.iter()));
+        let good_len = stream.len();
+        stream.extend_from_slice(b"HSKB\x01\x05\x00\x00\x00\x10");
+        let mut progress = Vec::new();
+        let err = b
+            .import_reader(&mut stream.as_slice(), |done, _| progress.push(done))
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert_eq!(
+            b.version_vector(),
+            a.version_vector(),
+            "both whole bundles are stored"
+        );
+        assert_eq!(progress.last(), Some(&(ops.len() as u64)));
+        assert!(b.import_bundle(&stream[..good_len], |_, _| {}).is_ok());
     }
 
     #[test]

@@ -120,6 +120,8 @@ fn combine(stories: usize, h: Json, a: Json) -> Json {
             "build_automerge_over_huskies": ratio(f(&a, "build_ms"), f(&h, "build_ms")),
             "reopen_query_automerge_over_huskies": ratio(f(&a, "reopen_query_ms"), f(&h, "reopen_query_ms")),
             "receive_automerge_signed_over_huskies": ratio(f(&a, "receive_signed_ms"), f(&h, "receive_ms")),
+            "receive_cpu_automerge_signed_over_huskies":
+                ratio(f(&a, "receive_signed_cpu_ms"), f(&h, "receive_cpu_ms")),
             "receive_automerge_signed_unpersisted_over_huskies":
                 ratio(f(&a, "receive_signed_unpersisted_ms"), f(&h, "receive_ms")),
             "peak_rss_huskies_over_automerge": ratio(f(&h, "peak_rss_mb"), f(&a, "peak_rss_mb")),
@@ -263,10 +265,11 @@ fn huskies_side(n: usize) -> Result<Json> {
         now,
         NodeConfig::default(),
     )?;
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_ms());
     let report = fresh.import_reader(&mut std::io::BufReader::new(File::open(&stream)?), |_, _| {})?;
     fresh.flush()?;
     let receive_ms = ms(t);
+    let receive_cpu_ms = cpu_ms().zip(cpu).map(|(after, before)| after - before);
     if let Some(first) = report.rejected.first() {
         bail!(
             "the fresh replica rejected {} ops, first: {}",
@@ -292,6 +295,7 @@ fn huskies_side(n: usize) -> Result<Json> {
         "bundle_bytes": bundle_bytes,
         "receive_ms": receive_ms,
         "receive_us_per_change": receive_ms * 1e3 / ops,
+        "receive_cpu_ms": receive_cpu_ms,
         "peak_rss_mb": peak_rss_mb(),
     }))
 }
@@ -440,7 +444,7 @@ fn automerge_side(n: usize) -> Result<Json> {
     // A fresh replica receives the signed history: verify each change's signature,
     // decode, apply; then persist what it holds.
     let verifying = key.verifying_key();
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_ms());
     let mut decoded = Vec::with_capacity(history.len());
     for (bytes, sig) in history.iter().zip(&sigs) {
         verifying
@@ -453,6 +457,7 @@ fn automerge_side(n: usize) -> Result<Json> {
     let receive_signed_unpersisted_ms = ms(t);
     write_synced(&recv_path, &fresh.save())?;
     let receive_signed_ms = ms(t);
+    let receive_signed_cpu_ms = cpu_ms().zip(cpu).map(|(after, before)| after - before);
     ensure!(automerge_stage(&fresh, &probe)? == "archived");
 
     let c = changes as f64;
@@ -472,6 +477,7 @@ fn automerge_side(n: usize) -> Result<Json> {
         "receive_signed_unpersisted_ms": receive_signed_unpersisted_ms,
         "receive_signed_ms": receive_signed_ms,
         "receive_us_per_change": receive_signed_ms * 1e3 / c,
+        "receive_signed_cpu_ms": receive_signed_cpu_ms,
         "peak_rss_mb": peak_rss_mb(),
     }))
 }
@@ -501,6 +507,21 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 // ---------------------------------------------------------------- machine
+
+/// CPU time (user + system, all threads) this process has used so far, in ms (None off
+/// Linux). Beside a wall time it says how much of that time the side computed: on a
+/// machine shared with other work the wall time also counts waiting for a core.
+fn cpu_ms() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) and its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    Some((utime + stime) * 1e3 / USER_HZ)
+}
+
+/// Ticks per second of /proc's times: `USER_HZ`, 100 on every Linux architecture this runs on.
+const USER_HZ: f64 = 100.0;
 
 /// `VmHWM` of this process, in MB.
 fn peak_rss_mb() -> Option<f64> {

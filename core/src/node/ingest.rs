@@ -2,11 +2,16 @@
 //! the bounded buffer of ops that wait for a predecessor, and the rebuild of the projection
 //! after a removal or an equivocation voided ops already merged.
 
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use ed25519_dalek::VerifyingKey;
+
 use super::{quarantined, Node};
 use crate::bundle::decode_bundle;
 use crate::error::Error;
 use crate::event::Event;
-use crate::id::{NodeId, OpId};
+use crate::id::{ClusterId, NodeId, OpId};
 use crate::keyspace as key;
 use crate::merge::{Admission, State, Working};
 use crate::op::{verify_ops, SignedOp, UnverifiedOp};
@@ -51,81 +56,42 @@ pub struct IngestReport {
     pub events: Vec<Event>,
 }
 
-impl<S: Store> Node<S> {
-    /// Merges remote ops: verifies signatures (in batches, on several threads for large
-    /// inputs), checks each author's hash chain, membership and subspace, buffers ops
-    /// whose predecessors are missing (bounded), and commits in atomic batches.
-    pub fn ingest(&mut self, ops: Vec<UnverifiedOp>) -> Result<IngestReport, Error> {
-        let mut report = IngestReport::default();
-        let cluster = self.state.cluster.id;
+/// The half of an ingest that needs no node: sorting out ops of another cluster and
+/// checking signatures (in batches, on several threads for large inputs). It holds the
+/// cluster id (fixed for a node's life) and a cache of decoded author keys, so it can run
+/// on another thread while the node merges earlier ops ([`Node::ingest_pipelined`]); what
+/// it decides depends on nothing the merge changes.
+pub(crate) struct Verifier {
+    cluster: ClusterId,
+    keys: HashMap<NodeId, VerifyingKey>,
+    threads: usize,
+}
+
+/// One ingest's input after [`Verifier::verify`]: what it refused and the good ops in the
+/// order admission takes them.
+pub(crate) struct Verified {
+    /// Ops of another cluster, then ops whose signature fails, each in input order.
+    rejected: Vec<Rejection>,
+    /// The good ops, sorted by `(lamport, author, seq)` (stable: equal keys keep input order).
+    ops: Vec<SignedOp>,
+}
+
+impl Verifier {
+    /// Refuses ops of another cluster, verifies the rest and sorts the good ones.
+    pub(crate) fn verify(&mut self, ops: Vec<UnverifiedOp>) -> Verified {
+        let cluster = self.cluster;
         let (ours, foreign): (Vec<_>, Vec<_>) =
             ops.into_iter().partition(|op| op.content().cluster == cluster);
-        for op in foreign {
-            report.rejected.push(Rejection {
-                op_id: Some(op.id()),
-                author: Some(op.content().author),
-                seq: Some(op.content().seq),
-                reason: RejectReason::WrongCluster {
-                    expected: cluster,
-                    got: op.content().cluster,
-                },
-            });
-        }
-        let mut verified = Vec::with_capacity(ours.len());
+        let mut rejected: Vec<Rejection> = foreign.iter().map(|op| wrong_cluster(op, cluster)).collect();
+        let mut good = Vec::with_capacity(ours.len());
         for r in self.verify_parallel(ours) {
             match r {
-                Ok(op) => verified.push(op),
-                Err((op, e)) => report.rejected.push(Rejection {
-                    op_id: Some(op.id()),
-                    author: Some(op.content().author),
-                    seq: Some(op.content().seq),
-                    reason: e.into(),
-                }),
-            }
-        }
-        verified.sort_by_key(|op| (op.content().lamport, op.content().author, op.content().seq));
-        let batch = self.config.ingest_batch.max(1);
-        let mut iter = verified.into_iter().peekable();
-        while iter.peek().is_some() {
-            let chunk: Vec<SignedOp> = iter.by_ref().take(batch).collect();
-            self.ingest_verified(chunk, &mut report)?;
-        }
-        Ok(report)
-    }
-
-    /// Decodes a bundle (see [`crate::encode_bundle`]), or a bundle stream (bundles back to
-    /// back, as [`Node::export_chunks`] yields them and `huskies export` writes them), and
-    /// ingests it bundle by bundle. Ops that do not decode are reported as rejections; a
-    /// broken bundle anywhere in `bytes` is an error and ingests nothing.
-    ///
-    /// Refused ops (another cluster's, bad signatures, ...) do not make this an `Err`: they
-    /// are in the report's `rejected`, with `applied` counting what was merged.
-    pub fn ingest_bundle(&mut self, bytes: &[u8]) -> Result<IngestReport, Error> {
-        let bundles = crate::bundle::split_bundles(bytes)?;
-        let mut report = IngestReport::default();
-        for bundle in bundles {
-            report.absorb(self.ingest_one_bundle(bundle)?);
-        }
-        Ok(report)
-    }
-
-    fn ingest_one_bundle(&mut self, bytes: &[u8]) -> Result<IngestReport, Error> {
-        let mut good = Vec::new();
-        let mut bad = Vec::new();
-        for r in decode_bundle(bytes)? {
-            match r {
                 Ok(op) => good.push(op),
-                Err(e) => bad.push(Rejection {
-                    op_id: None,
-                    author: None,
-                    seq: None,
-                    reason: e.into(),
-                }),
+                Err((op, e)) => rejected.push(bad_signature(&op, e)),
             }
         }
-        let mut report = self.ingest(good)?;
-        report.rejected.extend(bad);
-        Ok(report)
+        good.sort_by_key(|op| (op.content().lamport, op.content().author, op.content().seq));
+        Verified { rejected, ops: good }
     }
 
     fn verify_parallel(
@@ -133,12 +99,7 @@ impl<S: Store> Node<S> {
         ops: Vec<UnverifiedOp>,
     ) -> Vec<Result<SignedOp, (UnverifiedOp, crate::op::VerifyError)>> {
         const MIN_PER_THREAD: usize = 256;
-        let threads = self
-            .config
-            .verify_threads
-            .clamp(1, 64)
-            .min(ops.len() / MIN_PER_THREAD)
-            .max(1);
+        let threads = self.threads.clamp(1, 64).min(ops.len() / MIN_PER_THREAD).max(1);
         if threads == 1 {
             return verify_ops(ops, &mut self.keys);
         }
@@ -169,6 +130,263 @@ impl<S: Store> Node<S> {
             out.extend(r);
         }
         out
+    }
+}
+
+/// The rejection of an op of another cluster.
+fn wrong_cluster(op: &UnverifiedOp, expected: ClusterId) -> Rejection {
+    Rejection {
+        op_id: Some(op.id()),
+        author: Some(op.content().author),
+        seq: Some(op.content().seq),
+        reason: RejectReason::WrongCluster {
+            expected,
+            got: op.content().cluster,
+        },
+    }
+}
+
+/// The rejection of an op whose signature (or author key) fails.
+fn bad_signature(op: &UnverifiedOp, e: crate::op::VerifyError) -> Rejection {
+    Rejection {
+        op_id: Some(op.id()),
+        author: Some(op.content().author),
+        seq: Some(op.content().seq),
+        reason: e.into(),
+    }
+}
+
+/// A framed bundle's ops: those that decode, and a rejection for each that does not.
+pub(crate) fn decode_split(bytes: &[u8]) -> Result<(Vec<UnverifiedOp>, Vec<Rejection>), Error> {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for r in decode_bundle(bytes)? {
+        match r {
+            Ok(op) => good.push(op),
+            Err(e) => bad.push(Rejection {
+                op_id: None,
+                author: None,
+                seq: None,
+                reason: e.into(),
+            }),
+        }
+    }
+    Ok((good, bad))
+}
+
+impl<S: Store> Node<S> {
+    /// Merges remote ops: verifies signatures (in batches, on several threads for large
+    /// inputs), checks each author's hash chain, membership and subspace, buffers ops
+    /// whose predecessors are missing (bounded), and commits in atomic batches.
+    pub fn ingest(&mut self, ops: Vec<UnverifiedOp>) -> Result<IngestReport, Error> {
+        let batch = self.config.ingest_batch.max(1);
+        if ops.len() > batch {
+            return self.ingest_large(ops, batch);
+        }
+        let mut verifier = self.verifier();
+        let verified = verifier.verify(ops);
+        self.keys = verifier.keys;
+        self.ingest_checked(verified)
+    }
+
+    /// [`Node::ingest`] of more than one batch (a sync catch-up's frames, a bundle): the ops
+    /// are sorted first, then verified a batch at a time on a second thread while this one
+    /// admits and commits the batch before. Same result as verifying everything first:
+    /// the same batches of `batch` verified ops in the same order, and the rejections in
+    /// the same order (another cluster's, then bad signatures in input order, then
+    /// admission's).
+    fn ingest_large(&mut self, ops: Vec<UnverifiedOp>, batch: usize) -> Result<IngestReport, Error> {
+        let cluster = self.state.cluster.id;
+        let (ours, foreign): (Vec<_>, Vec<_>) =
+            ops.into_iter().partition(|op| op.content().cluster == cluster);
+        let mut rejected: Vec<Rejection> = foreign.iter().map(|op| wrong_cluster(op, cluster)).collect();
+        let mut sorted: Vec<(usize, UnverifiedOp)> = ours.into_iter().enumerate().collect();
+        sorted.sort_by_key(|(_, op)| (op.content().lamport, op.content().author, op.content().seq));
+        let mut pieces = std::collections::VecDeque::new();
+        let mut rest = sorted.into_iter().peekable();
+        while rest.peek().is_some() {
+            let piece: (Vec<usize>, Vec<UnverifiedOp>) = rest.by_ref().take(batch).unzip();
+            pieces.push_back(piece);
+        }
+        let mut failed: Vec<(usize, Rejection)> = Vec::new();
+        let mut admitted = IngestReport::default();
+        self.with_verifier(Verifier::verify_parallel, |node, to_worker, checked| {
+            const GONE: &str = "the verification thread ended early";
+            let mut sent = std::collections::VecDeque::with_capacity(2);
+            let mut hand_over = |sent: &mut std::collections::VecDeque<Vec<usize>>| {
+                if let Some((at, ops)) = pieces.pop_front() {
+                    to_worker.send(ops).expect(GONE);
+                    sent.push_back(at);
+                }
+            };
+            hand_over(&mut sent);
+            let mut good: Vec<SignedOp> = Vec::with_capacity(batch);
+            while let Some(at) = sent.pop_front() {
+                hand_over(&mut sent);
+                for (r, i) in checked.recv().expect(GONE).into_iter().zip(at) {
+                    match r {
+                        Ok(op) => good.push(op),
+                        Err((op, e)) => failed.push((i, bad_signature(&op, e))),
+                    }
+                }
+                while good.len() >= batch {
+                    let later = good.split_off(batch);
+                    node.ingest_verified(std::mem::replace(&mut good, later), &mut admitted)?;
+                }
+            }
+            if !good.is_empty() {
+                node.ingest_verified(good, &mut admitted)?;
+            }
+            Ok::<(), Error>(())
+        })?;
+        failed.sort_by_key(|(i, _)| *i);
+        rejected.extend(failed.into_iter().map(|(_, r)| r));
+        rejected.append(&mut admitted.rejected);
+        admitted.rejected = rejected;
+        Ok(admitted)
+    }
+
+    /// Runs `body` beside a verification thread that holds the node's [`Verifier`]: each
+    /// input `body` sends is turned by `work` into an output that comes back, in order.
+    /// Hanging up both channels when `body` returns ends the thread whatever it was doing;
+    /// the key cache it grew comes back to the node.
+    fn with_verifier<I: Send, O: Send, R>(
+        &mut self,
+        work: fn(&mut Verifier, I) -> O,
+        body: impl FnOnce(&mut Self, &SyncSender<I>, &Receiver<O>) -> R,
+    ) -> R {
+        let verifier = self.verifier();
+        let (result, verifier) = std::thread::scope(|s| {
+            let (to_worker, inbox) = std::sync::mpsc::sync_channel::<I>(1);
+            let (to_main, outbox) = std::sync::mpsc::sync_channel::<O>(1);
+            let worker = s.spawn(move || {
+                let mut verifier = verifier;
+                for input in inbox {
+                    if to_main.send(work(&mut verifier, input)).is_err() {
+                        break;
+                    }
+                }
+                verifier
+            });
+            let result = body(self, &to_worker, &outbox);
+            drop(to_worker);
+            drop(outbox);
+            (result, worker.join().expect("verification thread panicked"))
+        });
+        self.keys = verifier.keys;
+        result
+    }
+
+    /// [`Node::ingest`] without the pipeline: every op verified first, then admitted in
+    /// batches (the reference the pipelined paths are tested against).
+    #[cfg(test)]
+    pub(crate) fn ingest_verifying_first(&mut self, ops: Vec<UnverifiedOp>) -> Result<IngestReport, Error> {
+        let mut verifier = self.verifier();
+        let verified = verifier.verify(ops);
+        self.keys = verifier.keys;
+        self.ingest_checked(verified)
+    }
+
+    /// The node's [`Verifier`], taking its key cache (give it back with `self.keys = ..`).
+    fn verifier(&mut self) -> Verifier {
+        Verifier {
+            cluster: self.state.cluster.id,
+            keys: std::mem::take(&mut self.keys),
+            threads: self.config.verify_threads,
+        }
+    }
+
+    /// The node's half of [`Node::ingest`]: admission and commits, in batches of
+    /// `NodeConfig::ingest_batch` verified ops.
+    fn ingest_checked(&mut self, verified: Verified) -> Result<IngestReport, Error> {
+        let mut report = IngestReport {
+            rejected: verified.rejected,
+            ..IngestReport::default()
+        };
+        let batch = self.config.ingest_batch.max(1);
+        let mut iter = verified.ops.into_iter().peekable();
+        while iter.peek().is_some() {
+            let chunk: Vec<SignedOp> = iter.by_ref().take(batch).collect();
+            self.ingest_verified(chunk, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    /// Ingests a sequence of inputs as [`Node::ingest`] would one after another — the same
+    /// reports, events, rejections and stored state — but verifies each input on a second
+    /// thread while this one merges and persists the input before it, so a catching-up
+    /// node uses two cores for its two halves (and, with `NodeConfig::verify_threads`,
+    /// more for the signatures). `each(node, tag, report)` is called with every input's
+    /// tag and report, in order, right after its commit.
+    ///
+    /// Memory stays bounded: besides the input being merged, one input is verified and
+    /// one more is read ahead. An `Err` from `inputs` is returned after the inputs before
+    /// it are ingested (and `each` called for them); an error of an ingest or of `each`
+    /// stops at once (later inputs are not ingested).
+    pub(crate) fn ingest_pipelined<T>(
+        &mut self,
+        mut inputs: impl Iterator<Item = Result<(T, Vec<UnverifiedOp>), Error>>,
+        mut each: impl FnMut(&mut Self, T, IngestReport) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.with_verifier(Verifier::verify, |node, to_worker, verified| {
+            node.drive_pipeline(&mut inputs, to_worker, verified, &mut each)
+        })
+    }
+
+    fn drive_pipeline<T>(
+        &mut self,
+        inputs: &mut impl Iterator<Item = Result<(T, Vec<UnverifiedOp>), Error>>,
+        to_worker: &SyncSender<Vec<UnverifiedOp>>,
+        verified: &Receiver<Verified>,
+        each: &mut impl FnMut(&mut Self, T, IngestReport) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        const GONE: &str = "the verification thread ended early";
+        // Tags of the inputs handed to the worker, oldest first.
+        let mut waiting = std::collections::VecDeque::with_capacity(2);
+        let mut failed = None;
+        let mut hand_over =
+            |waiting: &mut std::collections::VecDeque<T>, failed: &mut Option<Error>| match inputs.next() {
+                Some(Ok((tag, ops))) => {
+                    to_worker.send(ops).expect(GONE);
+                    waiting.push_back(tag);
+                }
+                Some(Err(e)) => *failed = Some(e),
+                None => {}
+            };
+        hand_over(&mut waiting, &mut failed);
+        while let Some(tag) = waiting.pop_front() {
+            // The next input is read (and queued for the worker) before this one is
+            // merged, so the worker verifies it while this thread merges.
+            if failed.is_none() {
+                hand_over(&mut waiting, &mut failed);
+            }
+            let checked = verified.recv().expect(GONE);
+            let report = self.ingest_checked(checked)?;
+            each(self, tag, report)?;
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Decodes a bundle (see [`crate::encode_bundle`]), or a bundle stream (bundles back to
+    /// back, as [`Node::export_chunks`] yields them and `huskies export` writes them), and
+    /// ingests it bundle by bundle. Ops that do not decode are reported as rejections; a
+    /// broken bundle anywhere in `bytes` is an error and ingests nothing.
+    ///
+    /// Refused ops (another cluster's, bad signatures, ...) do not make this an `Err`: they
+    /// are in the report's `rejected`, with `applied` counting what was merged.
+    pub fn ingest_bundle(&mut self, bytes: &[u8]) -> Result<IngestReport, Error> {
+        let bundles = crate::bundle::split_bundles(bytes)?;
+        let inputs = bundles.into_iter().map(|bundle| {
+            let (good, bad) = decode_split(bundle)?;
+            Ok((bad, good))
+        });
+        let mut report = IngestReport::default();
+        self.ingest_pipelined(inputs, |_, bad, mut one| {
+            one.rejected.extend(bad);
+            report.absorb(one);
+            Ok(())
+        })?;
+        Ok(report)
     }
 
     fn ingest_verified(&mut self, ops: Vec<SignedOp>, report: &mut IngestReport) -> Result<(), Error> {

@@ -42,6 +42,7 @@ use crate::version::VersionVector;
 
 pub use append::GroupResult;
 pub use command::{Command, Receipt, PARALLEL_SIGN_MIN};
+pub(crate) use ingest::decode_split;
 pub use ingest::{IngestReport, Rejection};
 
 /// Tunables of a [`Node`]. Each limit bounds memory or time against a misbehaving peer.
