@@ -148,6 +148,11 @@ impl UnverifiedOp {
         self.0.id
     }
 
+    /// The wire bytes as received (content and the unchecked signature).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0.bytes
+    }
+
     /// Checks the signature with `verify_strict`.
     pub fn verify(self) -> Result<SignedOp, (Self, VerifyError)> {
         let Some(vk) = verifying_key(&self.0.content.author) else {

@@ -618,3 +618,109 @@ fn a_node_behind_its_own_chain_is_told_and_catches_up() {
         "b got its own ops back"
     );
 }
+
+/// Six authors whose ops interleave in Lamport order: `ops_for_sync` hands a holder of
+/// nothing every op exactly once, in (Lamport, author) order, in answers of about the
+/// budget (the next ops while under it, at least one), whatever the budget.
+#[test]
+fn ops_for_sync_answers_in_lamport_order_across_many_authors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = TestRng::new(31);
+    let mut nodes = vec![new_cluster(&dir.path().join("n0"), &mut rng, at(0))];
+    for i in 1..6 {
+        let n = join(
+            &dir.path().join(format!("n{i}")),
+            &mut nodes[0],
+            Role::Member,
+            &mut rng,
+            at(0),
+        );
+        nodes.push(n);
+    }
+    sync_all(&mut nodes);
+    for round in 0..12u64 {
+        for (i, n) in nodes.iter_mut().enumerate() {
+            for k in 0..=(round + i as u64) % 3 {
+                n.execute(
+                    at(1 + round),
+                    Command::Heartbeat {
+                        label: format!(
+                            "n{i} r{round} k{k} {}",
+                            "x".repeat((i * 37 + k as usize * 11) % 90)
+                        ),
+                        address: None,
+                    },
+                )
+                .unwrap();
+            }
+        }
+        if round % 4 == 3 {
+            sync_all(&mut nodes);
+        }
+    }
+    sync_all(&mut nodes);
+    let node = &nodes[0];
+    let all = node.ops_for_sync(&VersionVector::default(), usize::MAX).unwrap();
+    assert_eq!(all.len() as u64, node.version_vector().total());
+    assert!(
+        all.windows(2)
+            .all(|w| (w[0].lamport, w[0].author) < (w[1].lamport, w[1].author)),
+        "one answer holds everything in (Lamport, author) order"
+    );
+    for budget in [1, 150, 700, 3_000, 20_000] {
+        let mut cursor = VersionVector::default();
+        let mut at_op = 0;
+        loop {
+            let answer = node.ops_for_sync(&cursor, budget).unwrap();
+            if answer.is_empty() {
+                break;
+            }
+            let mut expected = Vec::new();
+            let mut bytes = 0;
+            for op in &all[at_op..] {
+                if bytes >= budget && !expected.is_empty() {
+                    break;
+                }
+                bytes += op.bytes.len();
+                expected.push(op);
+            }
+            assert_eq!(
+                answer.iter().map(|o| (o.author, o.seq)).collect::<Vec<_>>(),
+                expected.iter().map(|o| (o.author, o.seq)).collect::<Vec<_>>(),
+                "budget {budget}, from op {at_op}"
+            );
+            for op in &answer {
+                assert_eq!(op.seq, cursor.get(&op.author) + 1);
+                cursor.set(op.author, op.seq);
+            }
+            at_op += answer.len();
+        }
+        assert_eq!(at_op, all.len(), "budget {budget}: every op once");
+    }
+}
+
+/// Ops a node holds count as duplicates when they come again; the same op with other
+/// signature bytes is still checked, and refused.
+#[test]
+fn held_ops_are_duplicates_and_a_changed_signature_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three_nodes(dir.path(), 32);
+    let [a, b, _] = &mut nodes[..] else { unreachable!() };
+    for i in 0..5 {
+        add_story(a, at(1), &format!("{i}_s"));
+    }
+    let ops = a.ops_since(&b.version_vector()).unwrap();
+    let report = b.ingest(unverified(ops.clone())).unwrap();
+    assert_eq!((report.applied, report.duplicates), (5, 0));
+    let report = b.ingest(unverified(ops.clone())).unwrap();
+    assert_eq!((report.applied, report.duplicates), (0, 5));
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    let mut forged = ops[2].bytes().to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let forged = huskies_core::UnverifiedOp::decode(&forged).unwrap();
+    let report = b.ingest(vec![forged]).unwrap();
+    assert_eq!((report.applied, report.duplicates), (0, 0));
+    assert_eq!(report.rejected.len(), 1);
+    assert_eq!(report.rejected[0].reason.code(), "bad_signature");
+}

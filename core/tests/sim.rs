@@ -361,7 +361,22 @@ fn sim_at_scale() {
     let started = std::time::Instant::now();
     let mut sim = Sim::new(seed, &scenario);
     sim.story_list_every = 64;
-    sim.run_until(scenario.workload_ms);
+    // In tenths, with a progress line each: a run that does not finish says how far it got.
+    for tenth in 1..=10 {
+        sim.run_until(scenario.workload_ms * tenth / 10);
+        let (up, cut) = sim.link_census();
+        eprintln!(
+            "workload {}0%: t={} ms, links {up} up / {cut} cut, {} commands ok, {} ops carried, {} frame bytes, \
+             {} KiB RSS; {:.1}s real",
+            tenth,
+            sim.t,
+            sim.stats.commands_ok,
+            sim.stats.ops_carried,
+            sim.stats.frame_bytes,
+            rss_kib(),
+            started.elapsed().as_secs_f64()
+        );
+    }
     let workload_real = started.elapsed();
     let (t, bytes, frames, ops_frames) = (
         sim.t,
@@ -409,5 +424,48 @@ fn sim_at_scale() {
     assert!(
         held as usize >= commands / 3,
         "the workload did little: {held} ops from {commands} commands"
+    );
+    shut_down_watched(&mut sim);
+}
+
+/// Closes every node of `sim` one by one, timed. A close that takes more than two minutes
+/// aborts the process naming the node (rather than leaving a silent hang, as a teardown
+/// of many nodes once did).
+fn shut_down_watched(sim: &mut Sim) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+    let current = Arc::new(AtomicUsize::new(usize::MAX));
+    let done = Arc::new(AtomicBool::new(false));
+    let since = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+    let watchdog = {
+        let (current, done, since) = (current.clone(), done.clone(), since.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let stuck = since.lock().expect("watchdog clock").elapsed();
+                if stuck > LIMIT && !done.load(Ordering::SeqCst) {
+                    eprintln!(
+                        "teardown: closing node {} has taken {:.0}s; aborting",
+                        current.load(Ordering::SeqCst),
+                        stuck.as_secs_f64()
+                    );
+                    std::process::abort();
+                }
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let slowest = sim.shut_down(|i| {
+        current.store(i, Ordering::SeqCst);
+        *since.lock().expect("watchdog clock") = std::time::Instant::now();
+    });
+    done.store(true, Ordering::SeqCst);
+    watchdog.join().expect("watchdog");
+    eprintln!(
+        "teardown: every node closed in {:.1}s (slowest: node {} in {:.2}s)",
+        started.elapsed().as_secs_f64(),
+        slowest.0,
+        slowest.1.as_secs_f64()
     );
 }

@@ -179,14 +179,19 @@ impl<S: Store> Node<S> {
     /// inputs), checks each author's hash chain, membership and subspace, buffers ops
     /// whose predecessors are missing (bounded), and commits in atomic batches.
     pub fn ingest(&mut self, ops: Vec<UnverifiedOp>) -> Result<IngestReport, Error> {
+        let mut held = IngestReport::default();
+        let ops = self.drop_held(ops, &mut held)?;
         let batch = self.config.ingest_batch.max(1);
-        if ops.len() > batch {
-            return self.ingest_large(ops, batch);
-        }
-        let mut verifier = self.verifier();
-        let verified = verifier.verify(ops);
-        self.keys = verifier.keys;
-        self.ingest_checked(verified)
+        let mut report = if ops.len() > batch {
+            self.ingest_large(ops, batch)?
+        } else {
+            let mut verifier = self.verifier();
+            let verified = verifier.verify(ops);
+            self.keys = verifier.keys;
+            self.ingest_checked(verified)?
+        };
+        report.duplicates += held.duplicates;
+        Ok(report)
     }
 
     /// [`Node::ingest`] of more than one batch (a sync catch-up's frames, a bundle): the ops
@@ -288,6 +293,68 @@ impl<S: Store> Node<S> {
     }
 
     /// The node's [`Verifier`], taking its key cache (give it back with `self.keys = ..`).
+    /// Counts as duplicates, without verifying them again, the ops whose bytes equal an op
+    /// this node stores: that op's signature was checked when it was stored, and the same
+    /// bytes carry the same signature. In a mesh every op arrives once from each peer, so
+    /// most of what a busy node receives is held already, and verifying a signature costs
+    /// far more than reading the author's few segments. The rest (new ops, other bytes at a
+    /// held seq: forks, bad signatures) is verified and admitted as before. An author's held
+    /// seqs are read as one range, and only when that range is not much wider than the ops
+    /// asking for it (sparse claims are simply verified).
+    fn drop_held(
+        &self,
+        ops: Vec<UnverifiedOp>,
+        report: &mut IngestReport,
+    ) -> Result<Vec<UnverifiedOp>, Error> {
+        use std::collections::BTreeMap;
+        // Per author with held seqs among the ops: the lowest and highest such seq, and count.
+        let mut ranges: BTreeMap<NodeId, (u64, u64, u64)> = BTreeMap::new();
+        for op in &ops {
+            let c = op.content();
+            if self
+                .state
+                .authors
+                .get(&c.author)
+                .is_some_and(|rec| c.seq <= rec.head_seq)
+            {
+                let r = ranges.entry(c.author).or_insert((c.seq, c.seq, 0));
+                r.0 = r.0.min(c.seq);
+                r.1 = r.1.max(c.seq);
+                r.2 += 1;
+            }
+        }
+        let mut held: BTreeMap<(NodeId, u64), Vec<u8>> = BTreeMap::new();
+        for (author, (low, high, count)) in ranges {
+            if high - low + 1 > 2 * count + 32 {
+                continue;
+            }
+            let idx = self.state.authors[&author].idx;
+            oplog::for_each_op_bytes(&self.db, idx, author, low, |op| {
+                if op.seq > high {
+                    return Ok(false);
+                }
+                held.insert((author, op.seq), op.bytes);
+                Ok(true)
+            })?;
+        }
+        if held.is_empty() {
+            return Ok(ops);
+        }
+        let mut rest = Vec::with_capacity(ops.len());
+        for op in ops {
+            let c = op.content();
+            if held
+                .get(&(c.author, c.seq))
+                .is_some_and(|b| b.as_slice() == op.bytes())
+            {
+                report.duplicates += 1;
+            } else {
+                rest.push(op);
+            }
+        }
+        Ok(rest)
+    }
+
     fn verifier(&mut self) -> Verifier {
         Verifier {
             cluster: self.state.cluster.id,

@@ -77,9 +77,17 @@ impl<S: Store> Node<S> {
     /// The next ops a holder of `have` lacks, about `max_bytes` of them, in Lamport order
     /// across authors (so an admission precedes the admitted node's ops). Reads at most
     /// `max_bytes` per author: a catch-up of N ops costs O(N) reads in total.
+    ///
+    /// Authors are read one after another, and an author's reading stops at the cutoff:
+    /// the (Lamport, author) key by which the ops read so far fill `max_bytes` in order.
+    /// Nothing past it can be part of the answer, and Lamport values grow along a chain, so
+    /// a holder that lacks ops of many authors costs a few budgets of reads, not one budget
+    /// per author.
     pub fn ops_for_sync(&self, have: &VersionVector, max_bytes: usize) -> Result<Vec<OpBytes>, Error> {
-        let mut all = Vec::new();
+        let key_of = |op: &OpBytes| (op.lamport, op.author);
+        let mut all: Vec<OpBytes> = Vec::new();
         let mut horizon: Option<(u64, NodeId)> = None;
+        let mut cutoff: Option<(u64, NodeId)> = None;
         for (node, rec) in &self.state.authors {
             let until = self.state.valid_until(node).unwrap_or(u64::MAX).min(rec.head_seq);
             let from = have.get(node) + 1;
@@ -89,8 +97,9 @@ impl<S: Store> Node<S> {
             let mut bytes = 0usize;
             let mut truncated = false;
             let mut last = None;
+            let read_before = all.len();
             oplog::for_each_op_bytes(&self.db, rec.idx, *node, from, |op| {
-                if op.seq > until {
+                if op.seq > until || cutoff.is_some_and(|c| key_of(&op) > c) {
                     return Ok(false);
                 }
                 if bytes >= max_bytes {
@@ -107,6 +116,13 @@ impl<S: Store> Node<S> {
                     (Some(h), Some(l)) => h.min(l),
                     (h, l) => h.or(l).expect("a truncated author read at least one op"),
                 });
+            }
+            if all.len() > read_before {
+                all.sort_by_key(key_of);
+                cutoff = fill_point(&all, max_bytes).or(cutoff);
+                if let Some(c) = cutoff {
+                    all.retain(|op| key_of(op) <= c);
+                }
             }
         }
         all.sort_by_key(|op| (op.lamport, op.author, op.seq));
@@ -189,4 +205,17 @@ impl<S: Store> Node<S> {
         self.commit(w, forget)?;
         Ok(())
     }
+}
+
+/// The key of the op at which `sorted` (in (Lamport, author) order) first holds
+/// `max_bytes`: an answer of about `max_bytes` ends there. `None` while it holds less.
+fn fill_point(sorted: &[OpBytes], max_bytes: usize) -> Option<(u64, NodeId)> {
+    let mut bytes = 0usize;
+    for op in sorted {
+        bytes += op.bytes.len();
+        if bytes >= max_bytes {
+            return Some((op.lamport, op.author));
+        }
+    }
+    None
 }

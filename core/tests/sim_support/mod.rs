@@ -378,7 +378,6 @@ pub struct Sim {
     rng: ChaCha8Rng,
     /// Simulated ms since [`BASE_MS`].
     pub t: u64,
-    _dir: tempfile::TempDir,
     /// The nodes.
     pub nodes: Vec<SimNode>,
     /// The links.
@@ -410,6 +409,9 @@ pub struct Sim {
     receipts: Vec<(usize, u64, OpId)>,
     /// The member the admin will remove.
     victim: Option<usize>,
+    /// Declared last, so dropped last: the homes are removed after every node closed its
+    /// store.
+    _dir: tempfile::TempDir,
 }
 
 fn node_config() -> NodeConfig {
@@ -809,6 +811,42 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Links whose connection is established at both ends, and links cut by a partition.
+    pub fn link_census(&self) -> (usize, usize) {
+        let up = self
+            .links
+            .iter()
+            .filter(|l| {
+                l.conn
+                    .as_ref()
+                    .is_some_and(|c| c.s[0].is_established() && c.s[1].is_established())
+            })
+            .count();
+        (up, self.links.iter().filter(|l| l.cuts > 0).count())
+    }
+
+    /// Stops every node that is up (dropping its `Node`: its journal folds what is left and
+    /// its store closes), one by one, calling `before(i)` first; the homes stay. Returns
+    /// the slowest close: the node and how long it took.
+    pub fn shut_down(&mut self, mut before: impl FnMut(usize)) -> (usize, std::time::Duration) {
+        for l in 0..self.links.len() {
+            self.links[l].conn = None;
+        }
+        self.wire.clear();
+        let mut slowest = (0, std::time::Duration::ZERO);
+        for i in 0..self.nodes.len() {
+            if let Some(node) = self.nodes[i].node.take() {
+                before(i);
+                let started = std::time::Instant::now();
+                drop(node);
+                if started.elapsed() > slowest.1 {
+                    slowest = (i, started.elapsed());
+                }
+            }
+        }
+        slowest
     }
 
     /// Runs for `ms` more simulated milliseconds.

@@ -232,8 +232,14 @@ impl Sim {
             let mut out = Vec::new();
             let mut err = None;
             loop {
+                // The session counts the ops it sends: an `Ops` frame is one that raised it
+                // (so the wire need not decode every frame to count them).
+                let before = conn.s[side].ops_sent();
                 match conn.s[side].poll_transmit(node, now) {
-                    Ok(Some(f)) => out.push(f),
+                    Ok(Some(f)) => {
+                        let ops = conn.s[side].ops_sent() - before;
+                        out.push((f, (ops > 0).then_some(ops)));
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         err = Some(e);
@@ -241,8 +247,8 @@ impl Sim {
                     }
                 }
             }
-            for f in out {
-                self.send(l, conn.id, side, f);
+            for (f, ops) in out {
+                self.send(l, conn.id, side, f, ops);
             }
             if let Some(e) = err {
                 self.fail(l, conn, side, e);
@@ -256,19 +262,26 @@ impl Sim {
         per_mille > 0 && self.rng.gen_range(0..1000) < per_mille
     }
 
-    pub(super) fn send(&mut self, l: usize, conn: u64, from: usize, bytes: Vec<u8>) {
+    /// Puts a frame on the wire; `ops`: how many ops it carries, if it is an `Ops` frame.
+    pub(super) fn send(&mut self, l: usize, conn: u64, from: usize, bytes: Vec<u8>, ops: Option<u64>) {
         self.stats.frames_sent += 1;
         self.stats.frame_bytes += bytes.len() as u64;
-        let msg = Message::decode(&bytes).expect("sessions send well-formed frames");
-        if let Message::Ops { ops } = &msg {
+        if cfg!(debug_assertions) {
+            let counted = match Message::decode(&bytes).expect("sessions send well-formed frames") {
+                Message::Ops { ops } => Some(ops.len() as u64),
+                _ => None,
+            };
+            assert_eq!(counted, ops, "the session's op count matches the frame");
+        }
+        if let Some(ops) = ops {
             self.stats.ops_frames += 1;
-            self.stats.ops_carried += ops.len() as u64;
+            self.stats.ops_carried += ops;
             if self.record_ops {
                 self.recorded.push(OpsFrame {
                     t: self.t,
                     from: self.links[l].node(from),
                     to: self.links[l].node(1 - from),
-                    ops: ops.len(),
+                    ops: ops as usize,
                 });
             }
         }
