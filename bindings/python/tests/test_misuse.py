@@ -11,7 +11,11 @@ import time
 import huskies
 
 LONG_RUNNER = """
-import sys, huskies
+import signal, sys, huskies
+# A process started in the background of a shell without job control inherits SIGINT
+# ignored, and Python then installs no handler of its own: restore Python's default so the
+# test is about the bindings, not about how the test run was started.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 node = huskies.Node.init(sys.argv[1])
 sub = node.subscribe(lambda e: None)
 print("ready", flush=True)
