@@ -7,7 +7,8 @@ Measures, in temporary homes:
     `huskies story add`), over N/20 commands;
   - `python_batch512_per_s`: the same command mix in `node.batch()` blocks of 512 (one
     atomic write and one flush per block), over N commands;
-  - `append_per_s` from `huskies bench --json --ops N` (Rust, group commit);
+  - `append_per_s` from `huskies bench --json --ops N` (Rust: groups of 512, one signing
+    thread pipelined against the writer);
 and the ratios. Needs the installed `huskies` package and the release `huskies` binary.
 """
 
