@@ -287,6 +287,17 @@ pub struct IngestReport {
     pub rejected: Vec<String>,
 }
 
+/// One step of a resumable export: a bundle and the cursor for the next step.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ExportChunk {
+    /// The next bundle; `None` once the export is complete.
+    pub bundle: Option<Vec<u8>>,
+    /// Author id (hex) → seq: pass back as `have` for the next bundle.
+    pub have: HashMap<String, u64>,
+    /// Pass back as `evidence_sent` for the next bundle.
+    pub evidence_sent: Option<u64>,
+}
+
 /// A committed transition.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct Event {
@@ -769,6 +780,28 @@ impl NativeNode {
         })? {
             ApiReply::Bundle(hex) => decode_hex(&hex),
             _ => Err(unexpected("export_since")),
+        }
+    }
+
+    /// One bundle of at most `max_bytes` of what the holder of `have` lacks, and the cursor
+    /// (`have`, `evidence_sent`) that asks for the next one.
+    pub fn export_chunk(
+        &self,
+        have: HashMap<String, u64>,
+        evidence_sent: Option<u64>,
+        max_bytes: u64,
+    ) -> Result<ExportChunk, HuskiesError> {
+        match self.call(ApiRequest::ExportChunk {
+            have: have.into_iter().collect(),
+            evidence_sent,
+            max_bytes,
+        })? {
+            ApiReply::Chunk(c) => Ok(ExportChunk {
+                bundle: c.bundle.as_deref().map(decode_hex).transpose()?,
+                have: c.have.into_iter().collect(),
+                evidence_sent: c.evidence_sent,
+            }),
+            _ => Err(unexpected("export_chunk")),
         }
     }
 

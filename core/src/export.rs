@@ -24,12 +24,46 @@ pub const EXPORT_BUNDLE_BYTES: usize = 4 << 20;
 #[must_use = "an export does nothing until its bundles are read"]
 pub struct ExportChunks<'a, S: Store> {
     node: &'a Node<S>,
-    /// What the receiver holds, plus what earlier bundles carried.
+    /// What the receiver holds, plus what earlier reads carried (including `pending`).
     sent: VersionVector,
     max_bytes: usize,
     /// Ops read but not yet put in a bundle (the bounded read may overshoot a bundle).
     pending: VecDeque<OpBytes>,
     phase: Phase,
+    /// Fork-evidence ops a resumed export had already sent: skipped when evidence is read.
+    evidence_skip: u64,
+    /// Fork-evidence ops queued (including the skipped ones), once the evidence is read.
+    evidence_total: u64,
+    /// Whether the evidence was read (it is read once, when the valid ops are all sent).
+    evidence_read: bool,
+}
+
+/// Where an export stands between two bundles, so that it can be resumed later, by another
+/// call, or by another process: what the receiver holds plus what the bundles so far carried,
+/// and how far the fork evidence that follows the valid ops has been sent. Hosts that cannot
+/// keep an [`ExportChunks`] borrowed between calls (the daemon's API, the bindings) export one
+/// bundle per call and hand the cursor back: see [`Node::export_chunks_from`].
+///
+/// The cursor names positions, not a snapshot: ops the node stores between two calls are
+/// sent too if they lie past the cursor. A receiver that wants to be sure it lacks nothing
+/// asks again with its own [`Node::version_vector`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExportCursor {
+    /// The receiver's version vector plus the ops already sent.
+    pub have: VersionVector,
+    /// `None` while valid ops may remain; `Some(n)` once all were sent and `n` ops of fork
+    /// evidence (of every quarantined author, in author order) went after them.
+    pub evidence_sent: Option<u64>,
+}
+
+impl From<VersionVector> for ExportCursor {
+    /// The start of an export to a holder of `have`.
+    fn from(have: VersionVector) -> ExportCursor {
+        ExportCursor {
+            have,
+            evidence_sent: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -73,6 +107,37 @@ impl<S: Store> Node<S> {
         have: &VersionVector,
         max_bytes: usize,
     ) -> Result<ExportChunks<'_, S>, Error> {
+        self.export_chunks_from(&ExportCursor::from(have.clone()), max_bytes)
+    }
+
+    /// [`Node::export_chunks`] resumed at `cursor` (from [`ExportChunks::cursor`]): the
+    /// bundles that export would still have produced. One bundle per call, with the cursor
+    /// kept by the caller, moves a whole history with one bundle in memory at a time:
+    ///
+    /// ```
+    /// use huskies_core::{Command, ExportCursor, InitMode, Node, NodeConfig, StoryId, Timestamp};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let now = Timestamp::from_millis(1_763_700_000_000);
+    /// let mut a = Node::init(&dir.path().join("a"), InitMode::NewCluster { name: "demo".into() },
+    ///                        &mut huskies_core::rand_core::OsRng, now, NodeConfig::default())?;
+    /// a.execute(now, Command::add_story(StoryId::new("s1")?, "One"))?;
+    /// let mut b = Node::init(&dir.path().join("b"), InitMode::Join { cluster: a.cluster_id() },
+    ///                        &mut huskies_core::rand_core::OsRng, now, NodeConfig::default())?;
+    /// let mut cursor = ExportCursor::from(b.version_vector());
+    /// loop {
+    ///     let mut chunks = a.export_chunks_from(&cursor, 1 << 20)?;
+    ///     let Some(bundle) = chunks.next() else { break };
+    ///     cursor = chunks.cursor();
+    ///     b.ingest_bundle(&bundle?)?;
+    /// }
+    /// assert_eq!(b.version_vector(), a.version_vector());
+    /// # Ok::<(), huskies_core::Error>(())
+    /// ```
+    pub fn export_chunks_from(
+        &self,
+        cursor: &ExportCursor,
+        max_bytes: usize,
+    ) -> Result<ExportChunks<'_, S>, Error> {
         if max_bytes < MIN_BUNDLE_BYTES {
             return Err(Error::InvalidArgument(format!(
                 "an export bundle needs at least {MIN_BUNDLE_BYTES} bytes (one op of the largest size), got {max_bytes}"
@@ -80,26 +145,77 @@ impl<S: Store> Node<S> {
         }
         Ok(ExportChunks {
             node: self,
-            sent: have.clone(),
+            sent: cursor.have.clone(),
             max_bytes,
             pending: VecDeque::new(),
-            phase: Phase::Ops,
+            phase: if cursor.evidence_sent.is_some() {
+                Phase::Evidence
+            } else {
+                Phase::Ops
+            },
+            evidence_skip: cursor.evidence_sent.unwrap_or(0),
+            evidence_total: 0,
+            evidence_read: false,
         })
     }
 }
 
 impl<S: Store> ExportChunks<'_, S> {
+    /// Where this export stands: after the bundles yielded so far. Resuming there with
+    /// [`Node::export_chunks_from`] yields the bundles this iterator would still yield.
+    pub fn cursor(&self) -> ExportCursor {
+        match self.phase {
+            Phase::Ops => {
+                // `sent` counts ops read but not yet bundled; each author's pending ops are
+                // the top of a contiguous run, so the cursor stops below the first of them.
+                let mut have = self.sent.clone();
+                for op in &self.pending {
+                    if op.seq.saturating_sub(1) < have.get(&op.author) {
+                        have.set(op.author, op.seq.saturating_sub(1));
+                    }
+                }
+                ExportCursor {
+                    have,
+                    evidence_sent: None,
+                }
+            }
+            Phase::Evidence | Phase::Done => ExportCursor {
+                have: self.sent.clone(),
+                evidence_sent: Some(self.evidence_total - self.pending.len() as u64),
+            },
+        }
+    }
+
+    /// Queues the fork evidence of every quarantined author, past what a resumed export
+    /// already sent.
+    fn read_evidence(&mut self) -> Result<(), Error> {
+        self.evidence_read = true;
+        let mut skip = self.evidence_skip;
+        for author in self.node.quarantined_authors() {
+            for op in self.node.fork_evidence(&author)? {
+                self.evidence_total += 1;
+                if skip > 0 {
+                    skip -= 1;
+                } else {
+                    self.pending.push_back(OpBytes::from(&op));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn next_bundle(&mut self) -> Result<Option<Vec<u8>>, Error> {
         let body = self.max_bytes - BUNDLE_HEADER_BYTES;
         loop {
+            if self.phase == Phase::Evidence && !self.evidence_read {
+                // An export resumed after its valid ops were all sent starts here.
+                self.read_evidence()?;
+            }
             if self.phase == Phase::Ops && self.pending.is_empty() {
                 let ops = self.node.ops_for_sync(&self.sent, body)?;
                 if ops.is_empty() {
                     self.phase = Phase::Evidence;
-                    for author in self.node.quarantined_authors() {
-                        let evidence = self.node.fork_evidence(&author)?;
-                        self.pending.extend(evidence.iter().map(OpBytes::from));
-                    }
+                    self.read_evidence()?;
                 } else {
                     for op in &ops {
                         if op.seq > self.sent.get(&op.author) {

@@ -87,7 +87,7 @@ pub use envelope::{
 pub use error::{Error, ErrorKind, LockHolder};
 pub use event::{Event, Subscription, TransitionEvent};
 pub use execution::{apply_execution_event, ExecutionEvent, ExecutionState, InvalidExecutionEvent};
-pub use export::{ExportChunks, EXPORT_BUNDLE_BYTES};
+pub use export::{ExportChunks, ExportCursor, EXPORT_BUNDLE_BYTES};
 pub use id::{ClusterId, NodeId, OpId, StoryId, MAX_STORY_ID_LEN};
 pub use import::{check_bundle_stream, BundleCheck, IMPORT_CHUNK_OPS};
 pub use key::NodeKey;

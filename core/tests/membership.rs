@@ -365,3 +365,79 @@ fn equivocation_at_the_authors_head_is_detected() {
         assert!(n.members().iter().any(|x| x.node == m.id() && x.quarantined));
     }
 }
+
+/// An export resumed from its cursor after every bundle (what the daemon's API and the
+/// bindings do, one bundle per call) carries exactly what one uninterrupted export
+/// carries, fork evidence included, and a fresh node fed it reaches the same quarantine.
+#[test]
+fn an_export_resumed_after_every_bundle_carries_the_fork_evidence_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b, m) = with_raw_member(dir.path(), 17);
+    let l = a.lamport() + 1;
+    let pay = |name: &str| Payload::StoryCreate {
+        story: sid(name),
+        name: name.into(),
+        body: Some("e".repeat(huskies_core::MAX_BODY_BYTES)),
+        depends_on: vec![],
+    };
+    let x = m.peek(l, at(3), pay("m_x"));
+    let y = m.peek(l + 1, at(3), pay("m_y"));
+    let _ = a.ingest(unverified(vec![x.clone()])).unwrap();
+    assert_eq!(a.ingest(unverified(vec![y.clone()])).unwrap().forks, vec![m.id()]);
+    for i in 0..80 {
+        a.execute(
+            at(4),
+            Command::add_story(sid(&format!("{i}_big")), "big").body("b".repeat(3000)),
+        )
+        .unwrap();
+    }
+
+    // A fresh node of the cluster that has heard nothing yet.
+    let mut c = Node::init(
+        &dir.path().join("c"),
+        huskies_core::InitMode::Join {
+            cluster: a.cluster_id(),
+        },
+        &mut TestRng::new(171),
+        at(5),
+        config(),
+    )
+    .unwrap();
+    let max = huskies_core::MIN_BUNDLE_BYTES;
+    let whole: Vec<Vec<u8>> = a
+        .export_chunks(&c.version_vector(), max)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(whole.len() > 3, "{} bundles", whole.len());
+
+    let mut cursor = huskies_core::ExportCursor::from(c.version_vector());
+    let mut resumed = Vec::new();
+    loop {
+        let mut chunks = a.export_chunks_from(&cursor, max).unwrap();
+        let Some(bundle) = chunks.next() else { break };
+        cursor = chunks.cursor();
+        resumed.push(bundle.unwrap());
+        assert!(resumed.len() <= whole.len(), "the resumed export does not end");
+    }
+    let ops = |bundles: &[Vec<u8>]| -> Vec<huskies_core::OpId> {
+        bundles
+            .iter()
+            .flat_map(|b| huskies_core::decode_bundle(b).unwrap())
+            .map(|op| op.unwrap().id())
+            .collect()
+    };
+    assert_eq!(
+        ops(&resumed),
+        ops(&whole),
+        "resumed bundle by bundle, the same ops"
+    );
+    assert!(cursor.evidence_sent.is_some_and(|n| n >= 2), "{cursor:?}");
+    for bundle in &resumed {
+        assert!(c.ingest_bundle(bundle).unwrap().rejected.is_empty());
+    }
+    assert_quarantined(&c, m.id(), 2, &[x.id(), y.id()]);
+    assert_eq!(snapshot(&c, at(6)), snapshot(&a, at(6)));
+    // A finished cursor yields nothing more.
+    assert_eq!(a.export_chunks_from(&cursor, max).unwrap().count(), 0);
+}

@@ -303,6 +303,18 @@ pub enum ApiRequest {
         /// The other side's version vector.
         have: BTreeMap<String, u64>,
     },
+    /// One bundle of at most `max_bytes` of what the holder of `have` lacks, resumable:
+    /// replies [`ApiReply::Chunk`] with the cursor to send back for the next bundle (a
+    /// history moves with one bounded bundle in memory at a time).
+    ExportChunk {
+        /// The receiver's version vector plus what earlier chunks carried (the previous
+        /// reply's `have`).
+        have: BTreeMap<String, u64>,
+        /// The previous reply's `evidence_sent` (`None` to start).
+        evidence_sent: Option<u64>,
+        /// The bundle's size bound; at least `huskies_core::MIN_BUNDLE_BYTES`.
+        max_bytes: u64,
+    },
     /// Verify and merge a bundle.
     Ingest {
         /// The bundle, hex-encoded.
@@ -582,6 +594,17 @@ pub struct EventsData {
     pub ops_read: u64,
 }
 
+/// One step of a resumable export ([`ApiRequest::ExportChunk`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkData {
+    /// The next bundle, hex-encoded; `None` once the export is complete.
+    pub bundle: Option<String>,
+    /// The cursor to send with the next request: `have` ...
+    pub have: BTreeMap<String, u64>,
+    /// ... and `evidence_sent`.
+    pub evidence_sent: Option<u64>,
+}
+
 /// A node's ids.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InfoData {
@@ -619,6 +642,8 @@ pub enum ApiReply {
     VersionVector(BTreeMap<String, u64>),
     /// [`ApiRequest::ExportSince`]: a bundle, hex-encoded.
     Bundle(String),
+    /// [`ApiRequest::ExportChunk`]
+    Chunk(ChunkData),
     /// [`ApiRequest::Ingest`]
     Ingested(IngestData),
     /// [`ApiRequest::Ticket`]
@@ -752,6 +777,25 @@ pub fn serve(
         ApiRequest::VersionVector => ApiReply::VersionVector(version_vector_to(&node.version_vector())),
         ApiRequest::ExportSince { have } => {
             ApiReply::Bundle(hex::encode(node.export_since(&version_vector_from(have)?)?))
+        }
+        ApiRequest::ExportChunk {
+            have,
+            evidence_sent,
+            max_bytes,
+        } => {
+            let cursor = huskies_core::ExportCursor {
+                have: version_vector_from(have)?,
+                evidence_sent: *evidence_sent,
+            };
+            let max_bytes = usize::try_from(*max_bytes).unwrap_or(usize::MAX);
+            let mut chunks = node.export_chunks_from(&cursor, max_bytes)?;
+            let bundle = chunks.next().transpose()?;
+            let next = chunks.cursor();
+            ApiReply::Chunk(ChunkData {
+                bundle: bundle.map(hex::encode),
+                have: version_vector_to(&next.have),
+                evidence_sent: next.evidence_sent,
+            })
         }
         ApiRequest::Ingest { bundle } => {
             let bytes = hex::decode(bundle).map_err(invalid)?;

@@ -62,6 +62,7 @@ __all__ = [
     "IoError",
     "EVENT_NAMES",
     "STAGE_KINDS",
+    "EXPORT_BUNDLE_BYTES",
 ]
 
 #: Pipeline event names (``shared/spec/cli.md``), as the Rust core defines them.
@@ -242,6 +243,19 @@ def _path(value: object) -> str:
 
 _U32 = 2**32 - 1
 _U64 = 2**64 - 1
+
+EXPORT_BUNDLE_BYTES = 4 << 20
+"""``export_chunks``' default bundle size: 4 MiB, as ``huskies export`` writes."""
+
+
+def _version_vector(version_vector: Optional[Mapping[str, int]]) -> Dict[str, int]:
+    have: Dict[str, int] = {}
+    if version_vector is not None:
+        if not isinstance(version_vector, Mapping):
+            raise TypeError("version_vector must be a mapping of author id to seq")
+        for k, v in version_vector.items():
+            have[_str("author id", k)] = _int("seq", v, 0, _U64)
+    return have
 
 # ---------------------------------------------------------------------------------------
 # Results
@@ -848,15 +862,30 @@ class Node:
     # -- moving ops without a network
 
     def export_since(self, version_vector: Optional[Mapping[str, int]] = None) -> bytes:
-        """Signed ops that the holder of ``version_vector`` lacks (all, if None), as bytes."""
-        have: Dict[str, int] = {}
-        if version_vector is not None:
-            if not isinstance(version_vector, Mapping):
-                raise TypeError("version_vector must be a mapping of author id to seq")
-            for k, v in version_vector.items():
-                have[_str("author id", k)] = _int("seq", v, 0, _U64)
+        """Signed ops that the holder of ``version_vector`` lacks (all, if None), as bytes
+        (one bundle, the whole export in memory: for a large history use ``export_chunks``)."""
+        have = _version_vector(version_vector)
         with _errors():
             return bytes(self._native.export_since(have))
+
+    def export_chunks(
+        self, version_vector: Optional[Mapping[str, int]] = None, max_bytes: int = EXPORT_BUNDLE_BYTES
+    ) -> Iterator[bytes]:
+        """What ``export_since`` returns, as bundles of at most ``max_bytes`` each, read from
+        the store one at a time (one bundle in memory at a time). Each bundle is accepted as
+        it is by ``ingest``; written one after another they form the file ``huskies export``
+        writes."""
+        have = _version_vector(version_vector)
+        limit = _int("max_bytes", max_bytes, 1, _U64)
+        evidence_sent: Optional[int] = None
+        while True:
+            with _errors():
+                chunk = self._native.export_chunk(have, evidence_sent, limit)
+            if chunk.bundle is None:
+                return
+            have = dict(chunk.have)
+            evidence_sent = chunk.evidence_sent
+            yield bytes(chunk.bundle)
 
     def ingest(self, data: bytes) -> int:
         """Verifies and merges ops from ``export_since``; returns how many were new. Raises

@@ -252,3 +252,40 @@ def test_two_daemons_and_a_cli_daemon_converge(tmp_path: pathlib.Path, processes
             c.close()
             proc.terminate()
             assert proc.wait(timeout=30) == 0
+
+
+def test_export_chunks_are_bounded_and_each_ingests_on_every_route(tmp_path: pathlib.Path) -> None:
+    a, b = pair(tmp_path)
+    body = "x" * 30_000
+    with a.batch():
+        for i in range(12):
+            a.add_story(f"{i}_big", name=f"big {i}", body=body)
+    limit = 70_000  # just over one op of the largest size: two of these stories per bundle
+    with pytest.raises(huskies.InvalidArgument):
+        next(a.export_chunks(b.version_vector(), max_bytes=1000))
+    chunks = list(a.export_chunks(b.version_vector(), max_bytes=limit))
+    assert len(chunks) >= 6 and all(len(c) <= limit for c in chunks), [len(c) for c in chunks]
+    assert sum(b.ingest(c) for c in chunks) == 12
+    assert b.version_vector() == a.version_vector() and b.stories() == a.stories()
+    assert list(a.export_chunks(b.version_vector())) == []  # nothing left to send
+    # The default bound holds this export in one bundle, the same ops as export_since.
+    whole = list(a.export_chunks())
+    assert len(whole) == 1 and len(whole[0]) == len(a.export_since())
+    b.close()
+    a.close()
+
+    # Through a daemon that owns the home (in process, and routed over its control socket).
+    home = tmp_path / "pa"
+    with huskies.Daemon.start(home, listen="127.0.0.1:0") as d:
+        routed = huskies.Node.open(home, timeout=10)
+        assert routed.route == "daemon"
+        for n in (d.node, routed):
+            fresh = huskies.Node.open(tmp_path / "pb")
+            vv = {k: v for k, v in fresh.version_vector().items() if k != n.id}
+            got = list(n.export_chunks(vv, max_bytes=limit))
+            assert len(got) >= 6 and all(len(c) <= limit for c in got)
+            for c in got:
+                fresh.ingest(c)  # b held all but the daemon's own latest ops: duplicates
+            assert fresh.version_vector()[n.id] == n.version_vector()[n.id]
+            fresh.close()
+        routed.close()

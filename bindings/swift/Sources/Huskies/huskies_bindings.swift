@@ -852,6 +852,12 @@ public protocol NativeNodeProtocol: AnyObject, Sendable {
     func executeGroupJson(commands: String) throws  -> [Refusal]
     
     /**
+     * One bundle of at most `max_bytes` of what the holder of `have` lacks, and the cursor
+     * (`have`, `evidence_sent`) that asks for the next one.
+     */
+    func exportChunk(have: [String: UInt64], evidenceSent: UInt64?, maxBytes: UInt64) throws  -> ExportChunk
+    
+    /**
      * Signed ops the holder of `have` lacks, as a bundle.
      */
     func exportSince(have: [String: UInt64]) throws  -> Data
@@ -1106,6 +1112,22 @@ open func executeGroupJson(commands: String)throws  -> [Refusal]  {
     uniffi_huskies_bindings_fn_method_nativenode_execute_group_json(
             self.uniffiCloneHandle(),
         FfiConverterString.lower(commands),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * One bundle of at most `max_bytes` of what the holder of `have` lacks, and the cursor
+     * (`have`, `evidence_sent`) that asks for the next one.
+     */
+open func exportChunk(have: [String: UInt64], evidenceSent: UInt64?, maxBytes: UInt64)throws  -> ExportChunk  {
+    return try  FfiConverterTypeExportChunk_lift(try rustCallWithError(FfiConverterTypeHuskiesError_lift) {
+        uniffiCallStatus in
+    uniffi_huskies_bindings_fn_method_nativenode_export_chunk(
+            self.uniffiCloneHandle(),
+        FfiConverterDictionaryStringUInt64.lower(have),
+        FfiConverterOptionUInt64.lower(evidenceSent),
+        FfiConverterUInt64.lower(maxBytes),uniffiCallStatus
     )
 })
 }
@@ -1928,6 +1950,85 @@ public func FfiConverterTypeEventPage_lift(_ buf: RustBuffer) throws -> EventPag
 #endif
 public func FfiConverterTypeEventPage_lower(_ value: EventPage) -> RustBuffer {
     return FfiConverterTypeEventPage.lower(value)
+}
+
+
+/**
+ * One step of a resumable export: a bundle and the cursor for the next step.
+ */
+public struct ExportChunk: Equatable, Hashable {
+    /**
+     * The next bundle; `None` once the export is complete.
+     */
+    public var bundle: Data?
+    /**
+     * Author id (hex) → seq: pass back as `have` for the next bundle.
+     */
+    public var have: [String: UInt64]
+    /**
+     * Pass back as `evidence_sent` for the next bundle.
+     */
+    public var evidenceSent: UInt64?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The next bundle; `None` once the export is complete.
+         */bundle: Data?, 
+        /**
+         * Author id (hex) → seq: pass back as `have` for the next bundle.
+         */have: [String: UInt64], 
+        /**
+         * Pass back as `evidence_sent` for the next bundle.
+         */evidenceSent: UInt64?) {
+        self.bundle = bundle
+        self.have = have
+        self.evidenceSent = evidenceSent
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ExportChunk: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeExportChunk: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ExportChunk {
+        return
+            try ExportChunk(
+                bundle: FfiConverterOptionData.read(from: &buf), 
+                have: FfiConverterDictionaryStringUInt64.read(from: &buf), 
+                evidenceSent: FfiConverterOptionUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ExportChunk, into buf: inout [UInt8]) {
+        FfiConverterOptionData.write(value.bundle, into: &buf)
+        FfiConverterDictionaryStringUInt64.write(value.have, into: &buf)
+        FfiConverterOptionUInt64.write(value.evidenceSent, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeExportChunk_lift(_ buf: RustBuffer) throws -> ExportChunk {
+    return try FfiConverterTypeExportChunk.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeExportChunk_lower(_ value: ExportChunk) -> RustBuffer {
+    return FfiConverterTypeExportChunk.lower(value)
 }
 
 
@@ -3409,6 +3510,30 @@ fileprivate struct FfiConverterOptionUInt32: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionUInt64: FfiConverterRustBuffer {
+    typealias SwiftType = UInt64?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterUInt64.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterUInt64.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
     typealias SwiftType = String?
 
@@ -3425,6 +3550,30 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterString.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
+    typealias SwiftType = Data?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterData.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterData.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -3751,6 +3900,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_huskies_bindings_checksum_method_nativenode_execute_group_json() != 31759) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_huskies_bindings_checksum_method_nativenode_export_chunk() != 21963) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_huskies_bindings_checksum_method_nativenode_export_since() != 54889) {
