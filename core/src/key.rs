@@ -4,7 +4,8 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::hazmat::{raw_sign, ExpandedSecretKey};
+use ed25519_dalek::{Sha512, Signature, SigningKey, VerifyingKey};
 use rand_core::CryptoRngCore;
 
 use crate::error::Error;
@@ -15,21 +16,28 @@ const KEY_FILE_HEADER: &str = "huskies-node-key v1";
 /// A node's Ed25519 signing key. The node id is its public key.
 pub struct NodeKey {
     signing: SigningKey,
+    /// The key expanded for signing (`SHA-512(seed)`: the clamped scalar and the nonce
+    /// prefix), derived once. `SigningKey::sign` derives it again for every signature, a
+    /// SHA-512 and a scalar reduction that an append of many ops would pay per op. Same
+    /// signatures: Ed25519 signing is a function of the expanded key and the message.
+    /// Zeroed on drop, like the `SigningKey`.
+    expanded: ExpandedSecretKey,
 }
 
 impl NodeKey {
     /// A fresh key from the caller's RNG (the core never reads an RNG by itself).
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
-        Self {
-            signing: SigningKey::generate(rng),
-        }
+        Self::from_signing(SigningKey::generate(rng))
     }
 
     /// A key from a 32-byte seed (tests, simulators).
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        Self {
-            signing: SigningKey::from_bytes(&seed),
-        }
+        Self::from_signing(SigningKey::from_bytes(&seed))
+    }
+
+    fn from_signing(signing: SigningKey) -> Self {
+        let expanded = ExpandedSecretKey::from(signing.as_bytes());
+        Self { signing, expanded }
     }
 
     /// This key's node id.
@@ -40,13 +48,13 @@ impl NodeKey {
     /// A second handle on the same key, for a signing thread that must not borrow the
     /// node (`Node::execute_groups`). Stays inside the crate.
     pub(crate) fn duplicate(&self) -> NodeKey {
-        NodeKey {
-            signing: self.signing.clone(),
-        }
+        Self::from_signing(self.signing.clone())
     }
 
+    /// Signs `message`: byte for byte what `SigningKey::sign` gives (pure Ed25519), from
+    /// the key expanded once.
     pub(crate) fn sign(&self, message: &[u8]) -> Signature {
-        self.signing.sign(message)
+        raw_sign::<Sha512>(&self.expanded, message, self.signing.as_ref())
     }
 
     /// Writes the key to a new file with mode 0600 (never overwrites).
@@ -136,6 +144,30 @@ pub(crate) fn split_signature(sig: &Signature) -> [[u8; 32]; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ed25519_dalek::Signer;
+
+    #[test]
+    fn signatures_are_those_of_the_plain_signing_key() {
+        // The key is expanded once (`NodeKey::expanded`); every signature must still be
+        // the one `SigningKey::sign` makes, or ids would stay but stored bytes would not.
+        for seed in [
+            [0u8; 32],
+            [7; 32],
+            [0xff; 32],
+            *b"huskies expanded key test seed!!",
+        ] {
+            let key = NodeKey::from_seed(seed);
+            let plain = SigningKey::from_bytes(&seed);
+            let copy = key.duplicate();
+            for len in [0usize, 1, 48, 200] {
+                let message: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed[0]).collect();
+                let want = plain.sign(&message);
+                assert_eq!(key.sign(&message), want, "seed {seed:?}, message of {len} bytes");
+                assert_eq!(copy.sign(&message), want, "a duplicate signs the same");
+                assert!(plain.verifying_key().verify_strict(&message, &want).is_ok());
+            }
+        }
+    }
 
     #[test]
     fn key_files_round_trip_with_mode_0600() {
