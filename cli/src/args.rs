@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use huskies_core::{EventKind, StageKind, MERGE_FAILURE_KINDS};
 use serde_json::json;
 
@@ -511,8 +511,22 @@ pub(crate) enum KeyCmd {
 /// Parses a command line (without the program name); a parse failure is rendered as the
 /// contract says (help and version are successes).
 pub(crate) fn parse(argv: &[String]) -> Result<Cli, Rendered> {
+    parse_with(&mut Cli::command(), argv)
+}
+
+/// [`parse`] with a command tree the caller built once (`Cli::command()`) and reuses: a
+/// daemon parses every control request's argv, and building clap's tree of every command,
+/// flag and help text costs as much CPU as executing the command itself. The result is
+/// the same as [`parse`]'s, except that the tree reads `HUSKIES_HOME` and
+/// `HUSKIES_LOCK_TIMEOUT` when it is built (the daemon's own environment, fixed while it
+/// runs).
+pub(crate) fn parse_with(cmd: &mut clap::Command, argv: &[String]) -> Result<Cli, Rendered> {
+    use clap::FromArgMatches as _;
     let json_requested = argv.iter().any(|a| a == "--json");
-    Cli::try_parse_from(std::iter::once("huskies".to_string()).chain(argv.iter().cloned())).map_err(|e| {
+    let parsed = cmd
+        .try_get_matches_from_mut(std::iter::once("huskies".to_string()).chain(argv.iter().cloned()))
+        .and_then(|mut matches| Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(cmd)));
+    parsed.map_err(|e| {
         use clap::error::ErrorKind as K;
         if matches!(
             e.kind(),
@@ -596,7 +610,66 @@ fn usage_message(rendered: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::usage_message;
+    use super::{parse, parse_with, usage_message, Cli};
+    use clap::CommandFactory as _;
+
+    /// One tree reused for many command lines (what the daemon does) parses each exactly as
+    /// a fresh tree does: the same values, and the same usage errors and help, in any order
+    /// (an error or a help text must leave nothing behind for the next line).
+    #[test]
+    fn a_reused_command_tree_parses_each_line_as_a_fresh_one() {
+        let lines: &[&[&str]] = &[
+            &["story", "add", "1_a", "--name", "A story"],
+            &["--json", "story", "add", "bad id!"],
+            &[
+                "story",
+                "event",
+                "1_a",
+                "gates-passed",
+                "--branch",
+                "b",
+                "--commits",
+                "2",
+            ],
+            &["story", "event", "1_a", "gates-passed", "--commits", "two"],
+            &["--json", "story", "nonsense"],
+            &["story", "--help"],
+            &["claim", "1_a", "--ttl", "60", "--color", "never"],
+            &["--quiet", "--lock-timeout", "2.5", "log", "--follow"],
+            &[
+                "story",
+                "add",
+                "2_b",
+                "--depends-on",
+                "1_a",
+                "--depends-on",
+                "0_z",
+                "--json",
+            ],
+            &["import"],
+            &["status", "--json"],
+        ];
+        let mut tree = Cli::command();
+        for round in 0..2 {
+            for line in lines {
+                let argv: Vec<String> = line.iter().map(|a| a.to_string()).collect();
+                let fresh = parse(&argv);
+                let reused = parse_with(&mut tree, &argv);
+                match (fresh, reused) {
+                    (Ok(a), Ok(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}"), "{line:?}"),
+                    (Err(a), Err(b)) => {
+                        assert_eq!(
+                            (a.code, &a.stdout, &a.stderr),
+                            (b.code, &b.stdout, &b.stderr),
+                            "{line:?} (round {round})"
+                        );
+                        assert!(!a.stdout.is_empty() || !a.stderr.is_empty(), "{line:?}");
+                    }
+                    (a, b) => panic!("{line:?}: fresh ok {}, reused ok {}", a.is_ok(), b.is_ok()),
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_usage_message_keeps_every_line_of_the_error_and_the_usage() {

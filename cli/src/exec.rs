@@ -31,8 +31,8 @@ pub(crate) fn node_id(s: &str) -> Result<NodeId, CliError> {
 pub(crate) enum NodeSlot<'a> {
     /// Open the home when first needed.
     Direct(Option<Box<Node>>),
-    /// Inside a running daemon, with the client's standard input.
-    Daemon(&'a mut Node, &'a huskies_daemon::HealthReport, Option<&'a str>),
+    /// Inside a running daemon (its health on demand), with the client's standard input.
+    Daemon(&'a mut Node, &'a huskies_daemon::Health<'a>, Option<&'a str>),
 }
 
 impl NodeSlot<'_> {
@@ -61,11 +61,17 @@ impl NodeSlot<'_> {
         }
     }
 
-    pub(crate) fn health(&self) -> Option<&huskies_daemon::HealthReport> {
+    /// The daemon's health report, computed now; `None` outside a daemon.
+    pub(crate) fn health(&self) -> Option<huskies_daemon::HealthReport> {
         match self {
-            NodeSlot::Daemon(_, h, _) => Some(h),
+            NodeSlot::Daemon(node, h, _) => Some(h.report(node)),
             NodeSlot::Direct(_) => None,
         }
+    }
+
+    /// Whether the command runs inside a daemon.
+    pub(crate) fn in_daemon(&self) -> bool {
+        matches!(self, NodeSlot::Daemon(..))
     }
 }
 
@@ -180,7 +186,7 @@ pub(crate) fn run(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Option<Out>, Cli
         Commands::Import { file } => {
             let input = std::fs::File::open(file)
                 .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
-            let show = progress_enabled(cli) && slot.health().is_none();
+            let show = progress_enabled(cli) && !slot.in_daemon();
             let node = slot.get(cli)?;
             let bar = progress::bar(show, 0, "importing");
             // One bundle of the stream in memory at a time; the whole file is checked
@@ -232,7 +238,7 @@ fn ticket_address(cli: &Cli, slot: &NodeSlot<'_>, given: Option<&str>) -> Result
         return checked(url.to_string(), "--address");
     }
     if let Some(h) = slot.health() {
-        return Ok(h.address.clone());
+        return Ok(h.address);
     }
     let root = home::resolve(cli.home.as_deref())?;
     match config::load(&root)?.daemon.advertise {
@@ -480,7 +486,7 @@ fn stale_ms() -> i64 {
 }
 
 fn status(cli: &Cli, slot: &mut NodeSlot<'_>) -> Result<Out, CliError> {
-    let health = slot.health().cloned();
+    let health = slot.health();
     let node = slot.get(cli)?;
     let t = now();
     Ok(render::status(&StatusFacts {

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use huskies_core::{Node, VersionVector};
-use huskies_daemon::{ControlHandler, ControlRequest, ControlResponse, HealthReport};
+use huskies_daemon::{ControlHandler, ControlRequest, ControlResponse, Health};
 use serde_json::json;
 
-use crate::args::{parse, Cli, Commands, StoryCmd};
+use crate::args::{parse_with, Cli, Commands, StoryCmd};
 use crate::exec::{run, NodeSlot};
 use crate::render::{render, Rendered};
 
@@ -154,8 +154,8 @@ fn prepare(cli: &Cli, argv: &[String]) -> Result<(Vec<String>, Option<String>), 
 pub(crate) struct CliControl;
 
 impl ControlHandler for CliControl {
-    fn handle(&self, node: &mut Node, request: &ControlRequest, health: &HealthReport) -> ControlResponse {
-        let cli = match parse(&request.argv) {
+    fn handle(&self, node: &mut Node, request: &ControlRequest, health: &Health<'_>) -> ControlResponse {
+        let cli = match daemon_parse(&request.argv) {
             Ok(cli) => cli,
             Err(r) => return response(r, false, false),
         };
@@ -184,11 +184,21 @@ impl ControlHandler for CliControl {
         request: &ControlRequest,
         since: &VersionVector,
     ) -> (String, VersionVector) {
-        let Ok(cli) = parse(&request.argv) else {
+        let Ok(cli) = daemon_parse(&request.argv) else {
             return (String::new(), since.clone());
         };
         crate::follow::daemon_step(&cli, node, since)
     }
+}
+
+/// Parses a control request's argv with one command tree built on first use and kept for
+/// the process (`args::parse_with`): the daemon parses every request, and building the tree
+/// each time cost as much as executing a `story add`.
+fn daemon_parse(argv: &[String]) -> Result<Cli, Rendered> {
+    static TREE: std::sync::Mutex<Option<clap::Command>> = std::sync::Mutex::new(None);
+    let mut tree = TREE.lock().unwrap_or_else(|e| e.into_inner());
+    let cmd = tree.get_or_insert_with(<Cli as clap::CommandFactory>::command);
+    parse_with(cmd, argv)
 }
 
 fn response(r: Rendered, follow: bool, binary: bool) -> ControlResponse {

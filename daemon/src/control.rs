@@ -8,6 +8,12 @@
 //! A line with an `"api"` key is a typed request instead (see [`crate::remote`]): it runs
 //! through [`crate::api::serve`] on the daemon's node, the same function a host that owns
 //! the home calls directly.
+//!
+//! The socket is served by a thread of its own with a single-threaded runtime: a request is
+//! read, run on the node and answered on that one thread, with no hand-off between threads
+//! (control requests wait for the node's one lock in any case). What the command caused
+//! for others — the node's events, the wake-up of sync connections — is published once the
+//! reply is written, after the op is durable (`Shared::with_node_deferred`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -62,10 +68,23 @@ pub struct ControlResponse {
     pub binary: bool,
 }
 
+/// The daemon's health for a command that shows it (`status`, `ticket create`): computed
+/// only when asked, so that the other commands do not pay for it.
+pub struct Health<'a> {
+    shared: &'a Shared,
+}
+
+impl Health<'_> {
+    /// The health report now; `node` is the daemon's node, which the command holds.
+    pub fn report(&self, node: &Node) -> HealthReport {
+        crate::metrics::health_of(self.shared, node)
+    }
+}
+
 /// Runs client commands on the daemon's node (the CLI implements it).
 pub trait ControlHandler: Send + Sync + 'static {
-    /// Runs one command.
-    fn handle(&self, node: &mut Node, request: &ControlRequest, health: &HealthReport) -> ControlResponse;
+    /// Runs one command. `health` gives the daemon's health report on demand.
+    fn handle(&self, node: &mut Node, request: &ControlRequest, health: &Health<'_>) -> ControlResponse;
 
     /// For a following request: output for ops committed since `since`, and the new `since`.
     fn follow(
@@ -82,7 +101,7 @@ pub trait ControlHandler: Send + Sync + 'static {
 pub struct TypedOnly;
 
 impl ControlHandler for TypedOnly {
-    fn handle(&self, _node: &mut Node, _request: &ControlRequest, _health: &HealthReport) -> ControlResponse {
+    fn handle(&self, _node: &mut Node, _request: &ControlRequest, _health: &Health<'_>) -> ControlResponse {
         ControlResponse {
             code: 3,
             stderr: "this home is owned by a daemon running inside a program (not the huskies CLI); \
@@ -102,28 +121,64 @@ impl ControlHandler for TypedOnly {
     }
 }
 
-pub(crate) fn bind(home: &Path) -> Result<UnixListener, DaemonError> {
+pub(crate) fn bind(home: &Path) -> Result<std::os::unix::net::UnixListener, DaemonError> {
     let path = socket_path(home);
-    // We own the home (its lock is held by our node), so a socket file here is stale.
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|source| DaemonError::Bind {
+    let failed = |source| DaemonError::Bind {
         what: path.display().to_string(),
         source,
-    })?;
+    };
+    // We own the home (its lock is held by our node), so a socket file here is stale.
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).map_err(failed)?;
+    // The control thread's runtime drives it.
+    listener.set_nonblocking(true).map_err(failed)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-            DaemonError::Bind {
-                what: path.display().to_string(),
-                source,
-            }
-        })?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
     }
     Ok(listener)
 }
 
-pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener, handler: Arc<dyn ControlHandler>) {
+/// Starts the control thread: a single-threaded runtime serving `listener` until the
+/// daemon shuts down or `runtime_gone` fires (its sender lives in a task of the daemon's
+/// runtime, so dropping that runtime ends this thread too, as it ends the other tasks).
+/// Every request runs on this thread, so a request's way from the socket to the node and
+/// back crosses no other thread.
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    listener: std::os::unix::net::UnixListener,
+    handler: Arc<dyn ControlHandler>,
+    runtime_gone: tokio::sync::oneshot::Receiver<()>,
+) -> Result<std::thread::JoinHandle<()>, DaemonError> {
+    let failed = |source| DaemonError::Bind {
+        what: "the control socket's thread".into(),
+        source,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(failed)?;
+    std::thread::Builder::new()
+        .name("huskies-control".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match UnixListener::from_std(listener) {
+                    Ok(listener) => serve(shared, listener, handler, runtime_gone).await,
+                    Err(e) => tracing::error!(error = %e, "the control socket cannot be served"),
+                }
+            });
+            // Dropping the runtime ends the connections still open (followers).
+        })
+        .map_err(failed)
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    listener: UnixListener,
+    handler: Arc<dyn ControlHandler>,
+    mut runtime_gone: tokio::sync::oneshot::Receiver<()>,
+) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         tokio::select! {
@@ -134,6 +189,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener, handler: 
                 Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
             },
             _ = shutdown.wait_for(|s| *s) => return,
+            _ = &mut runtime_gone => return,
         }
     }
 }
@@ -172,17 +228,17 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, handler: Arc<dyn Contro
             return;
         }
     };
-    let health = crate::metrics::health(&shared);
     let mut changed = shared.changed.subscribe();
-    let (response, mut since) =
-        shared.with_node(|n| (handler.handle(n, &request, &health), n.version_vector()));
+    let health = Health { shared: &shared };
+    let ((response, mut since), notice) =
+        shared.with_node_deferred(|n| (handler.handle(n, &request, &health), n.version_vector()));
     let follow = response.follow;
-    if write
-        .write_all(format!("{}\n", serde_json::to_string(&response).expect("json")).as_bytes())
-        .await
-        .is_err()
-        || !follow
-    {
+    let mut reply = serde_json::to_vec(&response).expect("json");
+    reply.push(b'\n');
+    let written = write.write_all(&reply).await.is_ok();
+    // The op (if any) was durable before the reply; now the others hear of it.
+    drop(notice);
+    if !written || !follow {
         return;
     }
     let mut shutdown = shared.shutdown.subscribe();
@@ -230,12 +286,15 @@ where
         let ctx = ApiContext {
             advertise: Some(shared.advertise.clone()),
         };
-        let result = shared.with_node(|n| crate::api::serve(n, Shared::now(), &request, &ctx));
+        let (result, notice) =
+            shared.with_node_deferred(|n| crate::api::serve(n, Shared::now(), &request, &ctx));
         let answer = match result {
             Ok(reply) => ApiLine::Ok(Box::new(reply)),
             Err(e) => ApiLine::Err(e),
         };
         write_line(&mut write, &answer).await;
+        // As for a command line: the reply first, then the events and the connections.
+        drop(notice);
         return;
     }
     let mut events = shared.events.subscribe();
@@ -310,7 +369,8 @@ pub fn request(
     let mut run = || -> std::io::Result<ControlResponse> {
         // A daemon that does not answer within a minute is stuck: say so rather than hang.
         stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
-        let mut reader = BufReader::new(stream.try_clone()?);
+        // Read through a shared reference: no second descriptor for the one connection.
+        let mut reader = BufReader::new(&stream);
         let mut first = String::new();
         reader.read_line(&mut first)?;
         if first.is_empty() {

@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 
 pub use control::{
     request as control_request, socket_path, ControlError, ControlHandler, ControlRequest, ControlResponse,
-    TypedOnly,
+    Health, TypedOnly,
 };
 pub use events::{default_stream_name, load_cursor, stream_config, EventsConfig, EventsHealth, CURSOR_FILE};
 pub use join::{join_cluster, join_cluster_with, join_home, JoinOptions, JoinOutcome, JoinedHome};
@@ -163,6 +163,8 @@ pub struct Daemon {
     shared: Arc<shared::Shared>,
     local_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    /// The control socket's own thread (`control.rs`).
+    control: std::thread::JoinHandle<()>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -205,12 +207,15 @@ impl Daemon {
         // Subscribers that start late reconcile from this replay.
         shared.with_node(|n| n.replay_state())?;
         let mut tasks = Vec::new();
-        let control_listener = control::bind(&home)?;
-        tasks.push(tokio::spawn(control::serve(
-            shared.clone(),
-            control_listener,
-            control,
-        )));
+        // The control thread lives as long as this task: until shutdown, or until the
+        // runtime that runs the daemon's tasks is dropped (as the tasks themselves).
+        let (alive, runtime_gone) = tokio::sync::oneshot::channel::<()>();
+        let mut stopping = shutdown.subscribe();
+        tasks.push(tokio::spawn(async move {
+            let _alive = alive;
+            let _ = stopping.wait_for(|s| *s).await;
+        }));
+        let control_thread = control::spawn(shared.clone(), control::bind(&home)?, control, runtime_gone)?;
         tasks.push(tokio::spawn(http::serve(shared.clone(), listener)));
         tasks.push(tokio::spawn(policy::run(shared.clone())));
         tasks.push(tokio::spawn(mesh::run(shared.clone())));
@@ -225,6 +230,7 @@ impl Daemon {
             shared,
             local_addr,
             tasks,
+            control: control_thread,
             shutdown,
         })
     }
@@ -266,6 +272,8 @@ impl Daemon {
         for t in self.tasks {
             let _ = t.await;
         }
+        let control = self.control;
+        let _ = tokio::task::spawn_blocking(move || control.join()).await;
         self.shared.wait_for_connections().await;
         let _ = std::fs::remove_file(control::socket_path(&self.shared.home));
         self.shared.with_node(|n| n.flush())?;

@@ -116,7 +116,13 @@ pub struct HealthReport {
 }
 
 pub(crate) fn health(shared: &Shared) -> HealthReport {
-    let (vv, cluster, me) = shared.with_node(|n| (n.version_vector(), n.cluster_id(), n.node_id()));
+    shared.with_node(|n| health_of(shared, n))
+}
+
+/// The health report, from the node the caller already holds (the daemon's node: it must
+/// not be taken a second time).
+pub(crate) fn health_of(shared: &Shared, node: &huskies_core::Node) -> HealthReport {
+    let (vv, cluster, me) = (node.version_vector(), node.cluster_id(), node.node_id());
     let peers = shared
         .peers
         .lock()

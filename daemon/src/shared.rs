@@ -1,5 +1,10 @@
 //! State shared by the daemon's tasks. The node sits behind one mutex: the core is
 //! synchronous, and every call into it is short (one frame, one command).
+//!
+//! What a node call causes for others — the node's events for local subscribers, and the
+//! wake-up of every connection when the op set grew — is published when the call's
+//! [`Notice`] is dropped: at once for [`Shared::with_node`], after the reply for a control
+//! request ([`Shared::with_node_deferred`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use huskies_core::sync::{keep_connection, HeldConnection, KeepConnection, Opener};
 use huskies_core::{Event, Node, NodeId, Timestamp, VersionVector};
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{broadcast, watch};
 
 use crate::metrics::Metrics;
@@ -54,6 +60,10 @@ pub(crate) struct Shared {
     pub shutdown: watch::Sender<bool>,
     /// Committed transitions and claim losses, for local followers.
     pub events: broadcast::Sender<Event>,
+    /// Events the node emitted that are not yet on `events`, in commit order (appended by
+    /// the node's subscriber under the node's lock, sent by [`Notice`]s under this lock, so
+    /// that followers see them in commit order whichever call sends them).
+    pending_events: Arc<Mutex<Vec<Event>>>,
     pub peers: Mutex<BTreeMap<u64, PeerEntry>>,
     pub metrics: Metrics,
     /// The event bridge's counters.
@@ -72,9 +82,10 @@ impl Shared {
         shutdown: watch::Sender<bool>,
     ) -> Arc<Shared> {
         let (events, _) = broadcast::channel(4096);
-        let sender = events.clone();
+        let pending_events = Arc::new(Mutex::new(Vec::new()));
+        let queue = pending_events.clone();
         let sub = node.subscribe(move |e| {
-            let _ = sender.send(e.clone());
+            queue.lock().unwrap_or_else(|e| e.into_inner()).push(e.clone());
         });
         // Kept for the node's whole life: forgetting the handle skips its unsubscribe, and
         // the callback is freed with the node's registry when the node is dropped.
@@ -89,6 +100,7 @@ impl Shared {
             changed,
             shutdown,
             events,
+            pending_events,
             peers: Mutex::new(BTreeMap::new()),
             metrics: Metrics::default(),
             bridge: Default::default(),
@@ -102,20 +114,43 @@ impl Shared {
         Timestamp::from_datetime(chrono::Utc::now())
     }
 
-    /// Runs `f` on the node, off the async scheduler's hot path, and wakes every connection
-    /// if the node now holds more ops.
+    /// Runs `f` on the node, off the async scheduler's hot path, then publishes the node's
+    /// events and wakes every connection if the node now holds more ops.
     pub fn with_node<R>(&self, f: impl FnOnce(&mut Node) -> R) -> R {
-        tokio::task::block_in_place(|| {
+        let (r, notice) = self.with_node_deferred(f);
+        drop(notice);
+        r
+    }
+
+    /// Runs `f` on the node; what it caused for others (events, the connections' wake-up)
+    /// is published when the returned [`Notice`] is dropped. A control request keeps it
+    /// until its reply is written: the client waits for nothing but its own command.
+    ///
+    /// On a worker of a multi-threaded runtime the call goes through `block_in_place`, so
+    /// the worker's other tasks move on; anywhere else (the control socket's own thread,
+    /// or no runtime) it runs in place, with no hand-off to another thread.
+    pub fn with_node_deferred<R>(&self, f: impl FnOnce(&mut Node) -> R) -> (R, Notice<'_>) {
+        let run = || {
             let mut node = self.node.lock().unwrap_or_else(|e| e.into_inner());
             let before = node.version_vector().total();
             let r = f(&mut node);
-            let after = node.version_vector().total();
+            let grew = node.version_vector().total() != before;
             drop(node);
-            if after != before {
-                self.changed.send_modify(|v| *v += 1);
-            }
-            r
-        })
+            (r, Notice { shared: self, grew })
+        };
+        match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+            _ => run(),
+        }
+    }
+
+    /// Sends the events the node has emitted so far to `events`, oldest first.
+    fn publish_events(&self) {
+        let mut queue = self.pending_events.lock().unwrap_or_else(|e| e.into_inner());
+        for event in queue.drain(..) {
+            // No receiver is not an error: nobody follows right now.
+            let _ = self.events.send(event);
+        }
     }
 
     /// This node's id (read each time: `huskies key rotate` changes it while we run).
@@ -211,5 +246,92 @@ impl Shared {
     pub async fn wait_for_connections(&self) {
         let mut rx = self.connections.subscribe();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(|n| *n == 0)).await;
+    }
+}
+
+/// What a node call caused for others, published when dropped: the node's events (in
+/// commit order, with any earlier call's still queued) and, if the op set grew, the
+/// wake-up of every connection. Dropping it is the only way to get rid of it, so nothing
+/// a call caused is ever left unpublished.
+pub(crate) struct Notice<'a> {
+    shared: &'a Shared,
+    grew: bool,
+}
+
+impl Drop for Notice<'_> {
+    fn drop(&mut self) {
+        self.shared.publish_events();
+        if self.grew {
+            self.shared.changed.send_modify(|v| *v += 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use huskies_core::{Command, InitMode, NodeConfig, PipelineEvent, StoryId};
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    /// A new story taken to coding: one committed transition, so one event.
+    fn add(node: &mut Node, id: &str) {
+        let id = StoryId::new(id).unwrap();
+        node.execute(Shared::now(), Command::add_story(id.clone(), "a story"))
+            .unwrap();
+        node.execute(Shared::now(), Command::event(id, PipelineEvent::DepsMet))
+            .unwrap();
+    }
+
+    fn story_of(event: Event) -> String {
+        match event {
+            Event::Transition(t) => t.story.as_str().to_string(),
+            other => panic!("not a transition: {other:?}"),
+        }
+    }
+
+    /// A control request answers before anything else hears of its command: the events and
+    /// the connections' wake-up wait for its notice; and a call that publishes meanwhile
+    /// sends the earlier call's events first (commit order), each once.
+    #[test]
+    fn a_deferred_call_is_published_when_its_notice_drops_and_in_commit_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::init(
+            dir.path(),
+            InitMode::NewCluster { name: "t".into() },
+            &mut rand_core::OsRng,
+            Shared::now(),
+            NodeConfig::default(),
+        )
+        .unwrap();
+        let (shutdown, _) = watch::channel(false);
+        let shared = Shared::new(
+            node,
+            DaemonConfig::default(),
+            "ws://127.0.0.1:9/crdt-sync".into(),
+            shutdown,
+        );
+        let mut events = shared.events.subscribe();
+        let mut changed = shared.changed.subscribe();
+
+        let ((), notice) = shared.with_node_deferred(|n| add(n, "1_first"));
+        assert!(matches!(events.try_recv(), Err(TryRecvError::Empty)));
+        assert!(!changed.has_changed().unwrap());
+        drop(notice);
+        assert_eq!(story_of(events.try_recv().unwrap()), "1_first");
+        assert!(matches!(events.try_recv(), Err(TryRecvError::Empty)));
+        assert!(changed.has_changed().unwrap());
+        changed.borrow_and_update();
+
+        let ((), held) = shared.with_node_deferred(|n| add(n, "2_second"));
+        shared.with_node(|n| add(n, "3_third"));
+        assert_eq!(story_of(events.try_recv().unwrap()), "2_second");
+        assert_eq!(story_of(events.try_recv().unwrap()), "3_third");
+        drop(held);
+        assert!(matches!(events.try_recv(), Err(TryRecvError::Empty)));
+
+        // A call that adds no op publishes no wake-up.
+        changed.borrow_and_update();
+        shared.with_node(|n| n.version_vector());
+        assert!(!changed.has_changed().unwrap());
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use huskies_core::sync::SessionConfig;
 use huskies_core::{Command, InitMode, Node, NodeConfig, Role, Timestamp, VersionVector};
-use huskies_daemon::{ControlHandler, ControlRequest, ControlResponse, Daemon, DaemonConfig, HealthReport};
+use huskies_daemon::{ControlHandler, ControlRequest, ControlResponse, Daemon, DaemonConfig, Health};
 
 pub fn now() -> Timestamp {
     Timestamp::from_datetime(chrono::Utc::now())
@@ -20,7 +20,7 @@ pub fn now() -> Timestamp {
 pub struct NoControl;
 
 impl ControlHandler for NoControl {
-    fn handle(&self, _: &mut Node, _: &ControlRequest, _: &HealthReport) -> ControlResponse {
+    fn handle(&self, _: &mut Node, _: &ControlRequest, _: &Health<'_>) -> ControlResponse {
         ControlResponse {
             code: 2,
             stderr: "no control in tests".into(),
