@@ -403,6 +403,107 @@ fn a_setter_void_on_its_own_goes_before_the_setters_it_cuts() {
     assert_eq!(logic::snapshot(&node, wall), logic::snapshot(&copy, wall));
 }
 
+/// An author's seq 3 whose `prev` is not its seq 2: a fork at seq 2 (the `prev` rule).
+fn fork_after_seq_2(
+    author: &logic::common::RawAuthor,
+    lamport: u64,
+    wall: huskies_core::Timestamp,
+) -> huskies_core::SignedOp {
+    logic::common::craft(
+        &author.key,
+        author.cluster,
+        3,
+        lamport,
+        Some(huskies_core::OpId::from_bytes([7; 32])),
+        wall,
+        huskies_core::Payload::LockRelease,
+    )
+}
+
+/// Found by the `ingest` target (`fuzz/regressions/ingest/voided-author-fork-listed-by-fresh-node`):
+/// the genesis admin adds key 2 as an admin at seq 2 and forks at seq 2, which voids that
+/// admission; key 2 has forked too. A fork counts only while an op of its author at the fork
+/// seq could otherwise count, so key 2's does not: whatever the batching and arrival order,
+/// every node lists only the admin's fork, reports and sends on only its evidence, and a
+/// node fed what one sends has the same projection.
+#[test]
+fn a_fork_of_an_author_whose_admission_is_void_does_not_count() {
+    use logic::common::RawAuthor;
+    let wall = logic::at_ms(0);
+    let cluster = logic::ops::cluster();
+    let (mut admin, genesis) = fuzz_admin(wall);
+    let add_two = admin.next(2, wall, add_admin(2));
+    let admin_fork = fork_after_seq_2(&admin, 3, wall);
+    let mut two = RawAuthor::new(logic::KEY_SEEDS[2], cluster);
+    let two_1 = two.next(4, wall, huskies_core::Payload::LockRelease);
+    let two_2 = two.next(5, wall, huskies_core::Payload::LockRelease);
+    let two_fork = fork_after_seq_2(&two, 6, wall);
+    let dir = tempfile::tempdir().unwrap();
+    let batchings: [Vec<Vec<&huskies_core::SignedOp>>; 3] = [
+        // All in one batch: key 2's fork is recorded after the admin's, in the same batch.
+        vec![vec![&genesis, &add_two, &admin_fork, &two_1, &two_2, &two_fork]],
+        // Key 2's fork first, while its admission counts; the admin's fork voids it later.
+        vec![
+            vec![&genesis, &add_two, &two_1, &two_2],
+            vec![&two_fork],
+            vec![&admin_fork],
+        ],
+        // The admin's fork first: key 2's ops come to a node that knows its admission is void.
+        vec![
+            vec![&genesis, &add_two, &admin_fork],
+            vec![&two_1, &two_2, &two_fork],
+        ],
+    ];
+    let mut snapshots = Vec::new();
+    for (i, batches) in batchings.iter().enumerate() {
+        let path = dir.path().join(format!("b{i}"));
+        let mut node = logic::ingest::joining_node(&path.join("node"), 1);
+        let mut reported = Vec::new();
+        for batch in batches {
+            let report = node
+                .ingest(batch.iter().map(|o| (*o).clone().into_unverified()).collect())
+                .unwrap();
+            reported.extend(report.forks);
+        }
+        let forks: Vec<_> = node
+            .forks()
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.author, f.at_seq))
+            .collect();
+        assert_eq!(
+            forks,
+            vec![(logic::key_id(0), 2)],
+            "batching {i}: only the admin's fork counts"
+        );
+        assert!(
+            !node.quarantined_authors().contains(&logic::key_id(2)),
+            "batching {i}: key 2 is not quarantined"
+        );
+        let sent = node.ops_since(&huskies_core::VersionVector::default()).unwrap();
+        assert!(
+            sent.iter().all(|o| o.content().author != logic::key_id(2)),
+            "batching {i}: key 2's fork evidence is not sent on"
+        );
+        if i == 0 {
+            assert_eq!(reported, vec![logic::key_id(0)], "batching {i}: reported forks");
+        }
+        let mut copy = logic::ingest::joining_node(&path.join("copy"), 2);
+        let report = copy
+            .ingest(sent.into_iter().map(|o| o.into_unverified()).collect())
+            .unwrap();
+        assert!(report.rejected.is_empty(), "batching {i}: {:?}", report.rejected);
+        assert_eq!(
+            logic::snapshot(&node, wall),
+            logic::snapshot(&copy, wall),
+            "batching {i}"
+        );
+        snapshots.push(logic::snapshot(&node, wall));
+    }
+    assert_eq!(snapshots[0], snapshots[1]);
+    assert_eq!(snapshots[0], snapshots[2]);
+}
+
 /// Open (`docs/testing.md`, "Open"): two admins remove each other concurrently, each with
 /// a cutoff below the other's removal. Each replica refuses, as `voided`, whichever removal
 /// arrives second, and exchanging ops does not change that: they diverge.

@@ -30,12 +30,7 @@ impl<S: Store> Node<S> {
             .members
             .get(node)
             .is_some_and(|m| m.role().is_some() && m.cutoff.is_none());
-        let quarantined = self
-            .state
-            .authors
-            .get(node)
-            .is_some_and(|a| a.quarantined_at.is_some());
-        member && !quarantined
+        member && self.state.quarantine(node).is_none()
     }
 
     /// The op `author` signed at `seq`, if this node holds it.
@@ -64,7 +59,8 @@ impl<S: Store> Node<S> {
         Ok(out)
     }
 
-    /// Authors quarantined for equivocation.
+    /// Authors quarantined for equivocation: those whose fork counts
+    /// (`docs/format.md`, "Forks"), whose evidence a sync or an export sends on.
     pub fn quarantined_authors(&self) -> Vec<NodeId> {
         quarantined(&self.state)
     }
