@@ -100,6 +100,8 @@ impl<S: Store> ExportChunks<'_, S> {
                         let evidence = self.node.fork_evidence(&author)?;
                         self.pending.extend(evidence.iter().map(OpBytes::from));
                     }
+                    let contested = self.node.contested_removals()?;
+                    self.pending.extend(contested.iter().map(OpBytes::from));
                 } else {
                     for op in &ops {
                         if op.seq > self.sent.get(&op.author) {

@@ -504,11 +504,12 @@ fn a_fork_of_an_author_whose_admission_is_void_does_not_count() {
     assert_eq!(snapshots[0], snapshots[2]);
 }
 
-/// Open (`docs/testing.md`, "Open"): two admins remove each other concurrently, each with
-/// a cutoff below the other's removal. Each replica refuses, as `voided`, whichever removal
-/// arrives second, and exchanging ops does not change that: they diverge.
+/// Two admins remove each other concurrently, each with a cutoff below the other's
+/// removal. Each replica used to refuse, as `voided`, whichever removal arrived second, and
+/// exchanging ops did not change that: they diverged. The second is now kept as a contested
+/// removal, sent on, and every rebuild weighs both (`docs/format.md`, "Removals, rotations
+/// and cutoffs"): the replicas converge on the first in `(lamport, author, seq)` order.
 #[test]
-#[ignore = "open bug: concurrent mutual removals diverge (docs/testing.md)"]
 fn concurrent_mutual_removals_converge() {
     use huskies_core::VersionVector;
     use logic::common::RawAuthor;
@@ -539,6 +540,18 @@ fn concurrent_mutual_removals_converge() {
         }
     }
     assert_eq!(logic::snapshot(&nodes[0], wall), logic::snapshot(&nodes[1], wall));
+    // Both removals have Lamport time 3; the admin's key sorts first, so its removal counts.
+    let first = if logic::key_id(0) < logic::key_id(2) {
+        (2, 0)
+    } else {
+        (0, 2)
+    };
+    assert_eq!(
+        removed(&nodes[0], first.0),
+        Some(true),
+        "the first removal counts"
+    );
+    assert_eq!(removed(&nodes[0], first.1), Some(false), "the second does not");
 }
 
 /// Inputs that still fail: open bugs found by fuzzing, described in `docs/testing.md`. Run
@@ -550,6 +563,133 @@ fn open_bugs_replay() {
         for file in logic::files_in(&fuzz_dir().join("open").join(target)) {
             eprintln!("replaying {}", file.display());
             run(&std::fs::read(&file).expect("read input"));
+        }
+    }
+}
+
+/// One case of [`concurrent_removals_and_rotations_converge_seeded`]: three admins (keys 0,
+/// 1 and 2; 1 and 2 have written one op each) act concurrently, each at most once: nothing,
+/// a removal of another admin with that admin's head as cutoff, or (key 2) a rotation to
+/// key 3, sometimes followed by one more op of its own; Lamport times collide often. Three
+/// replicas get the concurrent ops in random orders and batches, then exchange everything
+/// they send until nothing changes. Returns the replicas' snapshots and a fresh node's fed
+/// one replica's ops at once.
+fn concurrent_membership_case(seed: u64, dir: &std::path::Path) -> Vec<logic::common::Snapshot> {
+    use huskies_core::{Payload, SignedOp, VersionVector};
+    use logic::common::RawAuthor;
+    let mut rng = logic::FixedRng::new(seed);
+    let wall = logic::at_ms(0);
+    let cluster = logic::ops::cluster();
+    let (mut admin, genesis) = fuzz_admin(wall);
+    let mut setup = vec![
+        genesis,
+        admin.next(2, wall, add_admin(1)),
+        admin.next(3, wall, add_admin(2)),
+    ];
+    let mut authors = vec![admin];
+    for k in 1..=2u8 {
+        let mut a = RawAuthor::new(logic::KEY_SEEDS[usize::from(k)], cluster);
+        setup.push(a.next(3 + u64::from(k), wall, Payload::LockRelease));
+        authors.push(a);
+    }
+    let heads: Vec<u64> = authors.iter().map(|a| a.seq).collect();
+    let mut concurrent: Vec<SignedOp> = Vec::new();
+    for (k, author) in authors.iter_mut().enumerate() {
+        let lamport = 6 + rng.below(3) as u64;
+        let payload = match rng.below(4) {
+            0 => continue,
+            3 if k == 2 => Payload::KeyRotate {
+                new_key: logic::key_id(3),
+                proof: logic::ops::rotation_proof(cluster, &logic::key_id(2), 3),
+            },
+            _ => {
+                let j = (k + 1 + rng.below(2)) % 3;
+                remove(j as u8, heads[j])
+            }
+        };
+        concurrent.push(author.next(lamport, wall, payload));
+        if rng.chance(30) {
+            concurrent.push(author.next(lamport + 1, wall, Payload::LockRelease));
+        }
+    }
+    let log = std::env::var_os("HUSKIES_TEST_LOG").is_some();
+    if log {
+        for o in &concurrent {
+            let c = o.content();
+            eprintln!(
+                "  {} seq {} lamport {} {:?}",
+                c.author, c.seq, c.lamport, c.payload
+            );
+        }
+    }
+    let mut nodes = Vec::new();
+    for r in 0..3u64 {
+        let mut node = logic::ingest::joining_node(&dir.join(format!("r{r}")), r);
+        let _setup = node
+            .ingest(setup.iter().map(|o| o.clone().into_unverified()).collect())
+            .unwrap();
+        let mut order = concurrent.clone();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        while !order.is_empty() {
+            let n = 1 + rng.below(order.len());
+            let batch: Vec<_> = order.drain(..n).collect();
+            if log {
+                let ids: Vec<_> = batch
+                    .iter()
+                    .map(|o| (o.content().author, o.content().seq))
+                    .collect();
+                eprintln!("  replica {r} ingests {ids:?}");
+            }
+            let report = node
+                .ingest(batch.into_iter().map(|o| o.into_unverified()).collect())
+                .unwrap();
+            if log {
+                eprintln!("    {report:?}");
+            }
+        }
+        nodes.push(node);
+    }
+    for _ in 0..4 {
+        for (from, to) in [(0, 1), (1, 2), (2, 0), (1, 0), (2, 1), (0, 2)] {
+            let ops = nodes[from].ops_since(&VersionVector::default()).unwrap();
+            let report = nodes[to]
+                .ingest(ops.into_iter().map(|o| o.into_unverified()).collect())
+                .unwrap();
+            if log && (report.applied > 0 || !report.rejected.is_empty() || report.contested > 0) {
+                eprintln!("  {from} -> {to}: {report:?}");
+            }
+        }
+    }
+    let mut fresh = logic::ingest::joining_node(&dir.join("fresh"), 9);
+    let sent = nodes[0].ops_since(&VersionVector::default()).unwrap();
+    for _ in 0..3 {
+        let _report = fresh
+            .ingest(sent.iter().map(|o| o.clone().into_unverified()).collect())
+            .unwrap();
+    }
+    nodes.push(fresh);
+    nodes.iter().map(|n| logic::snapshot(n, wall)).collect()
+}
+
+/// Seeded property over arrival orders: concurrent removals (mutual, in a cycle of three,
+/// or one-sided) and a rotation among three admins end in one projection on every replica,
+/// and on a fresh node fed what one replica sends. Prints its seed; `HUSKIES_TEST_SEED`
+/// replays it, `HUSKIES_TEST_CASES` runs more cases (24 by default).
+#[test]
+fn concurrent_removals_and_rotations_converge_seeded() {
+    let seed = logic::common::test_seed();
+    let cases: u64 = std::env::var("HUSKIES_TEST_CASES").map_or(24, |c| c.parse().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    for case in 0..cases {
+        let case_seed = seed.wrapping_add(case);
+        let snapshots = concurrent_membership_case(case_seed, &dir.path().join(format!("c{case}")));
+        for (i, s) in snapshots.iter().enumerate().skip(1) {
+            assert_eq!(
+                &snapshots[0], s,
+                "case seed {case_seed} (HUSKIES_TEST_SEED={seed}, case {case}): replica {i} differs (3 = the fresh node)"
+            );
         }
     }
 }

@@ -96,6 +96,36 @@ impl State {
         Some(q)
     }
 
+    /// Whether `op` is a contested removal: an admin's `MemberRemove` just past its
+    /// author's cutoff, chained to the author's op at the cutoff (its valid head), that
+    /// admission would take but for that cutoff. Two admins removing each other
+    /// concurrently each cut the other below its removal; whichever removal a replica gets
+    /// second is such an op. Kept (`R`) and sent on, it lets every replica's rebuild weigh
+    /// both removals (`Node::rebuild`) instead of keeping whichever came first
+    /// (`docs/format.md`, "Removals, rotations and cutoffs").
+    pub fn contestable(&self, op: &crate::op::SignedOp) -> bool {
+        let c = op.content();
+        if !matches!(c.payload, crate::payload::Payload::MemberRemove { .. }) || c.cluster != self.cluster.id
+        {
+            return false;
+        }
+        let (head_seq, head_id, head_lamport, quarantined) = match self.authors.get(&c.author) {
+            Some(a) => (a.head_seq, a.head_id, a.head_lamport, a.quarantined_at),
+            None => (0, None, 0, None),
+        };
+        let Some(member) = self.members.get(&c.author) else {
+            return false;
+        };
+        member.role() == Some(Role::Admin)
+            && member.cutoff == Some(head_seq)
+            && c.seq == head_seq.saturating_add(1)
+            && c.prev == head_id
+            && c.lamport > head_lamport
+            && quarantined.is_none_or(|q| q > c.seq)
+            && self.clock.check(c.lamport).is_ok()
+            && super::effect::check_payload(&c.payload, c.wall).is_ok()
+    }
+
     /// The last seq of `author` that can be valid, if its validity is bounded.
     pub fn valid_until(&self, author: &NodeId) -> Option<u64> {
         let cutoff = self.members.get(author).and_then(|m| m.cutoff);

@@ -393,7 +393,8 @@ impl<S: Store> Node<S> {
 
     /// Every valid op the holder of `vv` lacks, in Lamport order (so membership ops come
     /// before the ops they admit), plus the evidence of the forks that count
-    /// ([`Node::forks`]; `docs/format.md`, "Forks").
+    /// ([`Node::forks`]; `docs/format.md`, "Forks") and the contested removals
+    /// ([`Node::contested_removals`]).
     pub fn ops_since(&self, vv: &VersionVector) -> Result<Vec<SignedOp>, Error> {
         let mut out = Vec::new();
         for (node, rec) in &self.state.authors {
@@ -412,6 +413,7 @@ impl<S: Store> Node<S> {
                 out.extend(oplog::evidence(&self.db, node)?);
             }
         }
+        out.extend(self.contested_removals()?);
         out.sort_by_key(|op| (op.content().lamport, op.content().author, op.content().seq));
         Ok(out)
     }

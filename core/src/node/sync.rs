@@ -65,6 +65,16 @@ impl<S: Store> Node<S> {
         quarantined(&self.state)
     }
 
+    /// The contested removals this node keeps: admins' removals that arrived void only
+    /// because a concurrent removal had cut their author just below them. They travel with
+    /// sync and export like fork evidence, so that every replica's rebuild weighs the same
+    /// removals (`docs/format.md`, "Removals, rotations and cutoffs"). Usually none.
+    pub fn contested_removals(&self) -> Result<Vec<SignedOp>, Error> {
+        let mut held = oplog::contested(&self.db)?;
+        held.retain(|op| self.state.contestable(op));
+        Ok(held)
+    }
+
     /// The signed ops kept as evidence of an author's equivocation.
     pub fn fork_evidence(&self, author: &NodeId) -> Result<Vec<SignedOp>, Error> {
         oplog::evidence(&self.db, author)
