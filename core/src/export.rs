@@ -51,8 +51,9 @@ pub struct ExportChunks<'a, S: Store> {
 pub struct ExportCursor {
     /// The receiver's version vector plus the ops already sent.
     pub have: VersionVector,
-    /// `None` while valid ops may remain; `Some(n)` once all were sent and `n` ops of fork
-    /// evidence (of every quarantined author, in author order) went after them.
+    /// `None` while valid ops may remain; `Some(n)` once all were sent and `n` held ops went
+    /// after them: fork evidence of every quarantined author (in author order), then the
+    /// contested removals.
     pub evidence_sent: Option<u64>,
 }
 
@@ -186,19 +187,23 @@ impl<S: Store> ExportChunks<'_, S> {
         }
     }
 
-    /// Queues the fork evidence of every quarantined author, past what a resumed export
-    /// already sent.
+    /// Queues the held ops (fork evidence of every quarantined author, then contested
+    /// removals), past what a resumed export already sent.
     fn read_evidence(&mut self) -> Result<(), Error> {
         self.evidence_read = true;
         let mut skip = self.evidence_skip;
+        let mut held = Vec::new();
         for author in self.node.quarantined_authors() {
-            for op in self.node.fork_evidence(&author)? {
-                self.evidence_total += 1;
-                if skip > 0 {
-                    skip -= 1;
-                } else {
-                    self.pending.push_back(OpBytes::from(&op));
-                }
+            held.extend(self.node.fork_evidence(&author)?);
+        }
+        // Contested removals travel like fork evidence (docs/format.md).
+        held.extend(self.node.contested_removals()?);
+        for op in held {
+            self.evidence_total += 1;
+            if skip > 0 {
+                skip -= 1;
+            } else {
+                self.pending.push_back(OpBytes::from(&op));
             }
         }
         Ok(())

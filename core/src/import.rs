@@ -29,6 +29,7 @@ impl IngestReport {
         self.applied += later.applied;
         self.duplicates += later.duplicates;
         self.buffered = self.buffered.saturating_add(later.buffered);
+        self.contested += later.contested;
         self.rejected.extend(later.rejected);
         for fork in later.forks {
             if !self.forks.contains(&fork) {

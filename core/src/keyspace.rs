@@ -14,6 +14,7 @@
 //! | `O` | author index u32 BE, first seq u64 BE | segment: a run of the author's signed ops |
 //! | `P` | author index u32 BE, first seq u64 BE | open-run segment: the author's newest ops, written by small batches, not yet sealed into `O` |
 //! | `F` | node id, seq u64 BE, op id | fork evidence: a second signed op for a seq |
+//! | `R` | node id, seq u64 BE, op id | held setter: a removal or rotation kept for the rebuild to weigh (contested on arrival, or left void by a rebuild) |
 //! | `S` | story id | stage-index byte, packed story record (`record.rs`) |
 //! | `J` | entry u64 BE | journal entry: story records changed by one commit, not yet folded into `S`/`K` |
 //! | `K` | stage kind byte, story id | (empty) stories by stage |
@@ -242,6 +243,17 @@ pub(crate) fn fork_op_id(k: &[u8]) -> Result<OpId, Error> {
         _ => Err(corrupt("fork")),
     }
 }
+
+/// `R` ‖ node ‖ seq ‖ op id: a held setter (`docs/format.md`, "Removals, rotations and
+/// cutoffs").
+pub(crate) fn contested(n: &NodeId, seq: u64, id: &OpId) -> [u8; 73] {
+    let mut k = fork(n, seq, id);
+    k[0] = b'R';
+    k
+}
+
+/// `R`: every held setter.
+pub(crate) const CONTESTED: &[u8] = b"R";
 
 /// `T` ‖ BLAKE3(secret): the issuer keeps only a hash of a ticket's secret.
 pub(crate) fn ticket(secret: &[u8; 32]) -> [u8; 33] {

@@ -542,6 +542,39 @@ pub(crate) fn evidence<S: Store>(db: &S, author: &NodeId) -> Result<Vec<SignedOp
         .collect()
 }
 
+/// The key and value that hold `op` (see [`contested`]).
+pub(crate) fn contested_entry(op: &SignedOp) -> (Vec<u8>, Vec<u8>) {
+    let c = op.content();
+    (
+        key::contested(&c.author, c.seq, &op.id()).to_vec(),
+        op.bytes().to_vec(),
+    )
+}
+
+/// Whether `op` is held (`R`) already.
+pub(crate) fn is_contested<S: Store>(db: &S, op: &SignedOp) -> Result<bool, Error> {
+    let c = op.content();
+    Ok(db.get(&key::contested(&c.author, c.seq, &op.id()))?.is_some())
+}
+
+/// Whether any setter is held (`R`).
+pub(crate) fn any_contested<S: Store>(db: &S) -> Result<bool, Error> {
+    Ok(db.scan_prefix(key::CONTESTED).next().transpose()?.is_some())
+}
+
+/// Every held setter (`R`): contested removals (admins' removals that arrived void only
+/// because a concurrent removal had cut their author just below them) and the removals
+/// and rotations a rebuild left void. Every rebuild weighs them; sync sends on the
+/// contested ones (`docs/format.md`, "Removals, rotations and cutoffs").
+pub(crate) fn contested<S: Store>(db: &S) -> Result<Vec<SignedOp>, Error> {
+    db.scan_prefix(key::CONTESTED)
+        .map(|kv| {
+            SignedOp::from_trusted_bytes(&kv?.1)
+                .map_err(|e| Error::Corrupt(format!("contested removal: {e}")))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

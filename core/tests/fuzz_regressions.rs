@@ -403,11 +403,113 @@ fn a_setter_void_on_its_own_goes_before_the_setters_it_cuts() {
     assert_eq!(logic::snapshot(&node, wall), logic::snapshot(&copy, wall));
 }
 
-/// Open (`docs/testing.md`, "Open"): two admins remove each other concurrently, each with
-/// a cutoff below the other's removal. Each replica refuses, as `voided`, whichever removal
-/// arrives second, and exchanging ops does not change that: they diverge.
+/// An author's seq 3 whose `prev` is not its seq 2: a fork at seq 2 (the `prev` rule).
+fn fork_after_seq_2(
+    author: &logic::common::RawAuthor,
+    lamport: u64,
+    wall: huskies_core::Timestamp,
+) -> huskies_core::SignedOp {
+    logic::common::craft(
+        &author.key,
+        author.cluster,
+        3,
+        lamport,
+        Some(huskies_core::OpId::from_bytes([7; 32])),
+        wall,
+        huskies_core::Payload::LockRelease,
+    )
+}
+
+/// Found by the `ingest` target (`fuzz/regressions/ingest/voided-author-fork-listed-by-fresh-node`):
+/// the genesis admin adds key 2 as an admin at seq 2 and forks at seq 2, which voids that
+/// admission; key 2 has forked too. A fork counts only while an op of its author at the fork
+/// seq could otherwise count, so key 2's does not: whatever the batching and arrival order,
+/// every node lists only the admin's fork, reports and sends on only its evidence, and a
+/// node fed what one sends has the same projection.
 #[test]
-#[ignore = "open bug: concurrent mutual removals diverge (docs/testing.md)"]
+fn a_fork_of_an_author_whose_admission_is_void_does_not_count() {
+    use logic::common::RawAuthor;
+    let wall = logic::at_ms(0);
+    let cluster = logic::ops::cluster();
+    let (mut admin, genesis) = fuzz_admin(wall);
+    let add_two = admin.next(2, wall, add_admin(2));
+    let admin_fork = fork_after_seq_2(&admin, 3, wall);
+    let mut two = RawAuthor::new(logic::KEY_SEEDS[2], cluster);
+    let two_1 = two.next(4, wall, huskies_core::Payload::LockRelease);
+    let two_2 = two.next(5, wall, huskies_core::Payload::LockRelease);
+    let two_fork = fork_after_seq_2(&two, 6, wall);
+    let dir = tempfile::tempdir().unwrap();
+    let batchings: [Vec<Vec<&huskies_core::SignedOp>>; 3] = [
+        // All in one batch: key 2's fork is recorded after the admin's, in the same batch.
+        vec![vec![&genesis, &add_two, &admin_fork, &two_1, &two_2, &two_fork]],
+        // Key 2's fork first, while its admission counts; the admin's fork voids it later.
+        vec![
+            vec![&genesis, &add_two, &two_1, &two_2],
+            vec![&two_fork],
+            vec![&admin_fork],
+        ],
+        // The admin's fork first: key 2's ops come to a node that knows its admission is void.
+        vec![
+            vec![&genesis, &add_two, &admin_fork],
+            vec![&two_1, &two_2, &two_fork],
+        ],
+    ];
+    let mut snapshots = Vec::new();
+    for (i, batches) in batchings.iter().enumerate() {
+        let path = dir.path().join(format!("b{i}"));
+        let mut node = logic::ingest::joining_node(&path.join("node"), 1);
+        let mut reported = Vec::new();
+        for batch in batches {
+            let report = node
+                .ingest(batch.iter().map(|o| (*o).clone().into_unverified()).collect())
+                .unwrap();
+            reported.extend(report.forks);
+        }
+        let forks: Vec<_> = node
+            .forks()
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.author, f.at_seq))
+            .collect();
+        assert_eq!(
+            forks,
+            vec![(logic::key_id(0), 2)],
+            "batching {i}: only the admin's fork counts"
+        );
+        assert!(
+            !node.quarantined_authors().contains(&logic::key_id(2)),
+            "batching {i}: key 2 is not quarantined"
+        );
+        let sent = node.ops_since(&huskies_core::VersionVector::default()).unwrap();
+        assert!(
+            sent.iter().all(|o| o.content().author != logic::key_id(2)),
+            "batching {i}: key 2's fork evidence is not sent on"
+        );
+        if i == 0 {
+            assert_eq!(reported, vec![logic::key_id(0)], "batching {i}: reported forks");
+        }
+        let mut copy = logic::ingest::joining_node(&path.join("copy"), 2);
+        let report = copy
+            .ingest(sent.into_iter().map(|o| o.into_unverified()).collect())
+            .unwrap();
+        assert!(report.rejected.is_empty(), "batching {i}: {:?}", report.rejected);
+        assert_eq!(
+            logic::snapshot(&node, wall),
+            logic::snapshot(&copy, wall),
+            "batching {i}"
+        );
+        snapshots.push(logic::snapshot(&node, wall));
+    }
+    assert_eq!(snapshots[0], snapshots[1]);
+    assert_eq!(snapshots[0], snapshots[2]);
+}
+
+/// Two admins remove each other concurrently, each with a cutoff below the other's
+/// removal. Each replica used to refuse, as `voided`, whichever removal arrived second, and
+/// exchanging ops did not change that: they diverged. The second is now kept as a contested
+/// removal, sent on, and every rebuild weighs both (`docs/format.md`, "Removals, rotations
+/// and cutoffs"): the replicas converge on the first in `(lamport, author, seq)` order.
+#[test]
 fn concurrent_mutual_removals_converge() {
     use huskies_core::VersionVector;
     use logic::common::RawAuthor;
@@ -438,6 +540,18 @@ fn concurrent_mutual_removals_converge() {
         }
     }
     assert_eq!(logic::snapshot(&nodes[0], wall), logic::snapshot(&nodes[1], wall));
+    // Both removals have Lamport time 3; the admin's key sorts first, so its removal counts.
+    let first = if logic::key_id(0) < logic::key_id(2) {
+        (2, 0)
+    } else {
+        (0, 2)
+    };
+    assert_eq!(
+        removed(&nodes[0], first.0),
+        Some(true),
+        "the first removal counts"
+    );
+    assert_eq!(removed(&nodes[0], first.1), Some(false), "the second does not");
 }
 
 /// Inputs that still fail: open bugs found by fuzzing, described in `docs/testing.md`. Run
@@ -449,6 +563,133 @@ fn open_bugs_replay() {
         for file in logic::files_in(&fuzz_dir().join("open").join(target)) {
             eprintln!("replaying {}", file.display());
             run(&std::fs::read(&file).expect("read input"));
+        }
+    }
+}
+
+/// One case of [`concurrent_removals_and_rotations_converge_seeded`]: three admins (keys 0,
+/// 1 and 2; 1 and 2 have written one op each) act concurrently, each at most once: nothing,
+/// a removal of another admin with that admin's head as cutoff, or (key 2) a rotation to
+/// key 3, sometimes followed by one more op of its own; Lamport times collide often. Three
+/// replicas get the concurrent ops in random orders and batches, then exchange everything
+/// they send until nothing changes. Returns the replicas' snapshots and a fresh node's fed
+/// one replica's ops at once.
+fn concurrent_membership_case(seed: u64, dir: &std::path::Path) -> Vec<logic::common::Snapshot> {
+    use huskies_core::{Payload, SignedOp, VersionVector};
+    use logic::common::RawAuthor;
+    let mut rng = logic::FixedRng::new(seed);
+    let wall = logic::at_ms(0);
+    let cluster = logic::ops::cluster();
+    let (mut admin, genesis) = fuzz_admin(wall);
+    let mut setup = vec![
+        genesis,
+        admin.next(2, wall, add_admin(1)),
+        admin.next(3, wall, add_admin(2)),
+    ];
+    let mut authors = vec![admin];
+    for k in 1..=2u8 {
+        let mut a = RawAuthor::new(logic::KEY_SEEDS[usize::from(k)], cluster);
+        setup.push(a.next(3 + u64::from(k), wall, Payload::LockRelease));
+        authors.push(a);
+    }
+    let heads: Vec<u64> = authors.iter().map(|a| a.seq).collect();
+    let mut concurrent: Vec<SignedOp> = Vec::new();
+    for (k, author) in authors.iter_mut().enumerate() {
+        let lamport = 6 + rng.below(3) as u64;
+        let payload = match rng.below(4) {
+            0 => continue,
+            3 if k == 2 => Payload::KeyRotate {
+                new_key: logic::key_id(3),
+                proof: logic::ops::rotation_proof(cluster, &logic::key_id(2), 3),
+            },
+            _ => {
+                let j = (k + 1 + rng.below(2)) % 3;
+                remove(j as u8, heads[j])
+            }
+        };
+        concurrent.push(author.next(lamport, wall, payload));
+        if rng.chance(30) {
+            concurrent.push(author.next(lamport + 1, wall, Payload::LockRelease));
+        }
+    }
+    let log = std::env::var_os("HUSKIES_TEST_LOG").is_some();
+    if log {
+        for o in &concurrent {
+            let c = o.content();
+            eprintln!(
+                "  {} seq {} lamport {} {:?}",
+                c.author, c.seq, c.lamport, c.payload
+            );
+        }
+    }
+    let mut nodes = Vec::new();
+    for r in 0..3u64 {
+        let mut node = logic::ingest::joining_node(&dir.join(format!("r{r}")), r);
+        let _setup = node
+            .ingest(setup.iter().map(|o| o.clone().into_unverified()).collect())
+            .unwrap();
+        let mut order = concurrent.clone();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        while !order.is_empty() {
+            let n = 1 + rng.below(order.len());
+            let batch: Vec<_> = order.drain(..n).collect();
+            if log {
+                let ids: Vec<_> = batch
+                    .iter()
+                    .map(|o| (o.content().author, o.content().seq))
+                    .collect();
+                eprintln!("  replica {r} ingests {ids:?}");
+            }
+            let report = node
+                .ingest(batch.into_iter().map(|o| o.into_unverified()).collect())
+                .unwrap();
+            if log {
+                eprintln!("    {report:?}");
+            }
+        }
+        nodes.push(node);
+    }
+    for _ in 0..4 {
+        for (from, to) in [(0, 1), (1, 2), (2, 0), (1, 0), (2, 1), (0, 2)] {
+            let ops = nodes[from].ops_since(&VersionVector::default()).unwrap();
+            let report = nodes[to]
+                .ingest(ops.into_iter().map(|o| o.into_unverified()).collect())
+                .unwrap();
+            if log && (report.applied > 0 || !report.rejected.is_empty() || report.contested > 0) {
+                eprintln!("  {from} -> {to}: {report:?}");
+            }
+        }
+    }
+    let mut fresh = logic::ingest::joining_node(&dir.join("fresh"), 9);
+    let sent = nodes[0].ops_since(&VersionVector::default()).unwrap();
+    for _ in 0..3 {
+        let _report = fresh
+            .ingest(sent.iter().map(|o| o.clone().into_unverified()).collect())
+            .unwrap();
+    }
+    nodes.push(fresh);
+    nodes.iter().map(|n| logic::snapshot(n, wall)).collect()
+}
+
+/// Seeded property over arrival orders: concurrent removals (mutual, in a cycle of three,
+/// or one-sided) and a rotation among three admins end in one projection on every replica,
+/// and on a fresh node fed what one replica sends. Prints its seed; `HUSKIES_TEST_SEED`
+/// replays it, `HUSKIES_TEST_CASES` runs more cases (24 by default).
+#[test]
+fn concurrent_removals_and_rotations_converge_seeded() {
+    let seed = logic::common::test_seed();
+    let cases: u64 = std::env::var("HUSKIES_TEST_CASES").map_or(24, |c| c.parse().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    for case in 0..cases {
+        let case_seed = seed.wrapping_add(case);
+        let snapshots = concurrent_membership_case(case_seed, &dir.path().join(format!("c{case}")));
+        for (i, s) in snapshots.iter().enumerate().skip(1) {
+            assert_eq!(
+                &snapshots[0], s,
+                "case seed {case_seed} (HUSKIES_TEST_SEED={seed}, case {case}): replica {i} differs (3 = the fresh node)"
+            );
         }
     }
 }

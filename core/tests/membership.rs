@@ -441,3 +441,38 @@ fn an_export_resumed_after_every_bundle_carries_the_fork_evidence_too() {
     // A finished cursor yields nothing more.
     assert_eq!(a.export_chunks_from(&cursor, max).unwrap().count(), 0);
 }
+
+/// `Command::RemoveMember` of the node's own key used to be accepted and then refused by
+/// the next rebuild (its cutoff, the node's head, lies below the removal's own seq: a
+/// removal void under the cutoff it sets). The command refuses it, typed, before signing
+/// anything; another admin's removal of the same key counts on both nodes.
+#[test]
+fn a_node_cannot_remove_itself_and_another_admin_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = TestRng::new(23);
+    let mut a = new_cluster(&dir.path().join("a"), &mut rng, at(0));
+    let mut b = join(&dir.path().join("b"), &mut a, Role::Admin, &mut rng, at(0));
+    let a_id = a.node_id();
+    let before = a.version_vector();
+    let err = a
+        .execute(at(1), Command::RemoveMember { node: a_id })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("cannot remove itself"), "{err}");
+    assert_eq!(a.version_vector(), before, "nothing was stored");
+    assert!(a.is_active_member(&a_id), "a is still a member");
+    // Still a writer: the refusal left no cutoff behind.
+    add_story(&mut a, at(2), "1_a");
+    sync(&mut a, &mut b);
+    b.execute(at(3), Command::RemoveMember { node: a_id }).unwrap();
+    sync(&mut a, &mut b);
+    for n in [&a, &b] {
+        let m = n.members().into_iter().find(|m| m.node == a_id).unwrap();
+        assert!(m.removed, "a is removed on {}", n.node_id());
+        assert_eq!(
+            n.version_vector().get(&a_id),
+            before.get(&a_id) + 1,
+            "a's story counts"
+        );
+    }
+}

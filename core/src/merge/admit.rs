@@ -79,6 +79,16 @@ impl<S: Store> Working<'_, S> {
                 None => Ok(Admission::Duplicate),
             };
         }
+        if let NewOp::Signed(signed) = &op {
+            // A removal or rotation a rebuild weighed (or a contested one waiting for the
+            // rebuild): every rebuild weighs it again; arriving again changes nothing.
+            if !self.fresh && sets_cutoff(signed).is_some() {
+                let entry = oplog::contested_entry(signed);
+                if self.contested.contains(&entry) || oplog::is_contested(self.db, signed)? {
+                    return Ok(Admission::Duplicate);
+                }
+            }
+        }
         if let Some(q) = quarantined {
             if c.seq >= q {
                 // Peers re-send fork evidence with every sync; evidence we keep already is
@@ -130,13 +140,56 @@ impl<S: Store> Working<'_, S> {
         }
         let role = match self.authorize_op(&op) {
             Ok(role) => role,
-            Err(r) => return Ok(Admission::Rejected(r)),
+            Err(r) => {
+                // A rebuild weighs contested removals itself (`Node::rebuild`).
+                if let (RejectReason::Voided { .. }, NewOp::Signed(signed)) = (&r, &op) {
+                    if !self.fresh && self.state.contestable(signed) {
+                        return self.contest(signed);
+                    }
+                }
+                return Ok(Admission::Rejected(r));
+            }
         };
         if let Err(r) = self.apply_payload(&op, role)? {
             return Ok(Admission::Rejected(r));
         }
+        if !self.fresh && self.held_setters()? && setter_payload(&op.content().payload) {
+            // Some setter was weighed and left void: whether it and this one count is the
+            // rebuild's to say (a function of the stored ops and held setters), not the
+            // arrival order's.
+            self.state.rebuild_needed = true;
+        }
         self.append(op);
         Ok(Admission::Applied)
+    }
+
+    /// Whether any setter is held (`R`), in this batch or in the store.
+    fn held_setters(&self) -> Result<bool, Error> {
+        Ok(!self.contested.is_empty() || oplog::any_contested(self.db)?)
+    }
+
+    /// Keeps a [`State::contestable`] removal (once) and asks for a rebuild to weigh it.
+    fn contest(&mut self, op: &SignedOp) -> Result<Admission, Error> {
+        let entry = oplog::contested_entry(op);
+        if self.contested.contains(&entry) || oplog::is_contested(self.db, op)? {
+            return Ok(Admission::Duplicate);
+        }
+        self.contested.push(entry);
+        self.state.rebuild_needed = true;
+        Ok(Admission::Contested)
+    }
+
+    /// Keeps `op`, a removal or rotation a rebuild left void, among the held setters (`R`),
+    /// so that later rebuilds weigh it again and a second arrival is a duplicate (it was
+    /// weighed; admitting it again would apply its cutoff to the rest of that batch until
+    /// the rebuild refused it again). Sync sends on only those that are
+    /// [`State::contestable`].
+    pub(crate) fn keep_weighed(&mut self, op: &SignedOp) -> Result<(), Error> {
+        let entry = oplog::contested_entry(op);
+        if !self.contested.contains(&entry) && !oplog::is_contested(self.db, op)? {
+            self.contested.push(entry);
+        }
+        Ok(())
     }
 
     /// How admission would refuse `op` had it come in place of the op we hold at its seq
@@ -310,7 +363,9 @@ impl<S: Store> Working<'_, S> {
         match self.admit_op(NewOp::Unsigned(op))? {
             Admission::Applied => Ok(()),
             Admission::Rejected(r) => Err(Error::Rejected(r)),
-            Admission::Duplicate | Admission::Gap(_) | Admission::Fork => Err(local_off_chain()),
+            Admission::Duplicate | Admission::Gap(_) | Admission::Fork | Admission::Contested => {
+                Err(local_off_chain())
+            }
         }
     }
 }
@@ -344,5 +399,21 @@ pub(crate) fn usable_key(node: &NodeId) -> Result<(), RejectReason> {
         None => Err(RejectReason::InvalidPayload(format!(
             "{node} is not a usable Ed25519 public key"
         ))),
+    }
+}
+
+/// Whether a payload sets a cutoff (see [`sets_cutoff`]).
+fn setter_payload(payload: &Payload) -> bool {
+    matches!(payload, Payload::MemberRemove { .. } | Payload::KeyRotate { .. })
+}
+
+/// The cutoff an op sets, if it sets one: a removal bounds the removed key's chain at
+/// its `cutoff_seq`, a key rotation its own author's at the rotation.
+pub(crate) fn sets_cutoff(op: &SignedOp) -> Option<(OpId, NodeId, u64)> {
+    let c = op.content();
+    match &c.payload {
+        Payload::MemberRemove { node, cutoff_seq } => Some((op.id(), *node, *cutoff_seq)),
+        Payload::KeyRotate { .. } => Some((op.id(), c.author, c.seq)),
+        _ => None,
     }
 }

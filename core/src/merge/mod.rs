@@ -23,7 +23,7 @@ use crate::record::encode_story;
 use crate::reject::RejectReason;
 use crate::storage::{self, Store, WriteBatch};
 
-pub(crate) use admit::{require_admin, usable_key};
+pub(crate) use admit::{require_admin, sets_cutoff, usable_key};
 pub(crate) use state::State;
 
 /// The per-batch outcome of admitting one verified op.
@@ -33,6 +33,9 @@ pub(crate) enum Admission {
     /// Its predecessor is missing; the op comes back to be buffered.
     Gap(SignedOp),
     Fork,
+    /// An admin's removal void only because a concurrent removal cut its author just
+    /// below it: kept (`R`) for the rebuild to weigh, which this admission asked for.
+    Contested,
     Rejected(RejectReason),
 }
 
@@ -92,6 +95,9 @@ pub(crate) struct Working<'a, S: Store> {
     dirty_authors: BTreeSet<NodeId>,
     new_ops: BTreeMap<NodeId, Vec<NewOp>>,
     forks: Vec<(NodeId, u64, OpId, Vec<u8>)>,
+    /// Setters to hold (`R` keys and values): contested removals ([`Admission::Contested`])
+    /// and, in a rebuild, the setters it left void.
+    contested: Vec<(Vec<u8>, Vec<u8>)>,
     cluster_dirty: bool,
     pub events: Vec<Event>,
     /// A claim op of another node was merged: the node should tell its peers promptly
@@ -125,6 +131,7 @@ impl<'a, S: Store> Working<'a, S> {
             dirty_authors: BTreeSet::new(),
             new_ops: BTreeMap::new(),
             forks: Vec::new(),
+            contested: Vec::new(),
             cluster_dirty: false,
             events: Vec::new(),
             claims_seen: false,
@@ -181,7 +188,10 @@ impl<'a, S: Store> Working<'a, S> {
     }
 
     pub fn has_changes(&self) -> bool {
-        !self.new_ops.is_empty() || !self.forks.is_empty() || self.state.rebuild_needed
+        !self.new_ops.is_empty()
+            || !self.forks.is_empty()
+            || !self.contested.is_empty()
+            || self.state.rebuild_needed
     }
 
     fn load_story(&mut self, id: &StoryId) -> Result<&mut StoryEntry, Error> {
@@ -312,6 +322,7 @@ impl<'a, S: Store> Working<'a, S> {
         for node in std::mem::take(&mut self.dirty_members) {
             records.push((key::member(&node).to_vec(), codec::encode(&state.members[&node])));
         }
+        records.append(&mut self.contested);
         Sealed {
             new_ops: std::mem::take(&mut self.new_ops).into_iter().collect(),
             taken: Vec::new(),

@@ -69,16 +69,61 @@ impl State {
         })
     }
 
-    /// Where `author`'s ops stop counting because it equivocated, if that matters: a fork
-    /// among ops that a removal (or key rotation) had voided already changes nothing, and
-    /// a replica that learned of the removal first never even stores those ops, so such a
-    /// fork is not reported anywhere (every replica reaches the same answer).
+    /// Where `author`'s ops stop counting because it equivocated, if that matters. A fork
+    /// counts only while an op of its author at the fork seq could otherwise count: the
+    /// author is an admitted member (a role that counts), not cut off below the fork seq by
+    /// a removal or key rotation, and its valid chain reaches the seq just below the fork.
+    /// Otherwise the fork changes nothing, and a replica fed what this one holds (its valid
+    /// ops, and the evidence of the forks that count) never detects it: such a fork is not
+    /// listed, reported or sent on anywhere, so every replica reaches the same answer
+    /// whatever the arrival order and batching. Its evidence stays stored: it counts again
+    /// if the author's ops come to count (`docs/format.md`, "Forks").
+    ///
+    /// Found by the `ingest` fuzz target
+    /// (fuzz/regressions/ingest/voided-author-fork-listed-by-fresh-node): an author admitted
+    /// by an op that its admin's fork voided kept its own fork on the node that merged both.
     pub fn quarantine(&self, author: &NodeId) -> Option<u64> {
-        let q = self.authors.get(author)?.quarantined_at?;
-        match self.members.get(author).and_then(|m| m.cutoff) {
-            Some(cutoff) if q > cutoff => None,
-            _ => Some(q),
+        let rec = self.authors.get(author)?;
+        let q = rec.quarantined_at?;
+        let member = self.members.get(author)?;
+        member.role()?;
+        if member.cutoff.is_some_and(|cutoff| q > cutoff) {
+            return None;
         }
+        if rec.head_seq.saturating_add(1) < q {
+            return None;
+        }
+        Some(q)
+    }
+
+    /// Whether `op` is a contested removal: an admin's `MemberRemove` just past its
+    /// author's cutoff, chained to the author's op at the cutoff (its valid head), that
+    /// admission would take but for that cutoff. Two admins removing each other
+    /// concurrently each cut the other below its removal; whichever removal a replica gets
+    /// second is such an op. Kept (`R`) and sent on, it lets every replica's rebuild weigh
+    /// both removals (`Node::rebuild`) instead of keeping whichever came first
+    /// (`docs/format.md`, "Removals, rotations and cutoffs").
+    pub fn contestable(&self, op: &crate::op::SignedOp) -> bool {
+        let c = op.content();
+        if !matches!(c.payload, crate::payload::Payload::MemberRemove { .. }) || c.cluster != self.cluster.id
+        {
+            return false;
+        }
+        let (head_seq, head_id, head_lamport, quarantined) = match self.authors.get(&c.author) {
+            Some(a) => (a.head_seq, a.head_id, a.head_lamport, a.quarantined_at),
+            None => (0, None, 0, None),
+        };
+        let Some(member) = self.members.get(&c.author) else {
+            return false;
+        };
+        member.role() == Some(Role::Admin)
+            && member.cutoff == Some(head_seq)
+            && c.seq == head_seq.saturating_add(1)
+            && c.prev == head_id
+            && c.lamport > head_lamport
+            && quarantined.is_none_or(|q| q > c.seq)
+            && self.clock.check(c.lamport).is_ok()
+            && super::effect::check_payload(&c.payload, c.wall).is_ok()
     }
 
     /// The last seq of `author` that can be valid, if its validity is bounded.

@@ -603,6 +603,15 @@ impl<S: Store> Node<S> {
             }
             Command::RemoveMember { node } => {
                 require_admin(self.my_role(w), "remove members").map_err(Error::Rejected)?;
+                if node == self.node_id() {
+                    // Its cutoff would be this node's head, below the removal's own seq: a
+                    // removal void under the cutoff it sets, which every rebuild refuses
+                    // (`docs/format.md`, "Removals, rotations and cutoffs"). Refused here,
+                    // before anything is signed, instead of accepted and then undone.
+                    return Err(Error::InvalidArgument(format!(
+                        "node {node} cannot remove itself: another admin removes it"
+                    )));
+                }
                 let member = w
                     .state
                     .members

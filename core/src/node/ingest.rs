@@ -13,10 +13,9 @@ use crate::error::Error;
 use crate::event::Event;
 use crate::id::{ClusterId, NodeId, OpId};
 use crate::keyspace as key;
-use crate::merge::{Admission, State, Working};
+use crate::merge::{sets_cutoff, Admission, State, Working};
 use crate::op::{verify_ops, SignedOp, UnverifiedOp};
 use crate::oplog;
-use crate::payload::Payload;
 use crate::reject::RejectReason;
 use crate::storage::{Store, WriteBatch};
 use std::collections::BTreeSet;
@@ -52,6 +51,11 @@ pub struct IngestReport {
     pub rejected: Vec<Rejection>,
     /// Authors found equivocating (now quarantined).
     pub forks: Vec<NodeId>,
+    /// Admins' removals that were void on arrival only because a concurrent removal cut
+    /// their author just below them: kept, sent on, and weighed against that removal by
+    /// the rebuild this ingest ran (`docs/format.md`, "Removals, rotations and cutoffs").
+    /// Whether one counts is in the projection (`Node::members`), not here.
+    pub contested: usize,
     /// Events published for this ingest.
     pub events: Vec<Event>,
 }
@@ -476,6 +480,7 @@ impl<S: Store> Node<S> {
                         }
                     }
                     Admission::Duplicate => report.duplicates += 1,
+                    Admission::Contested => report.contested += 1,
                     Admission::Fork => {}
                     Admission::Gap(op) => {
                         if self.buffer.len() >= self.config.max_buffered_ops
@@ -534,8 +539,11 @@ impl<S: Store> Node<S> {
     /// every stored setter's cutoff; if some setter is then void (a removal that voids its
     /// own author's admission, or one whose author another cutoff voided), the setters
     /// void even with no cutoff at all are refused, then the newest void setter in
-    /// Lamport order, one per replay, until every setter left counts. The answer is a function of the stored ops, so every replica
-    /// that holds them reaches it; see `docs/format.md`, "Removals and cutoffs".
+    /// Lamport order, one per replay, until every setter left counts. The stored ops here
+    /// are the chains and the held setters (`R`: contested removals, and the setters an
+    /// earlier rebuild left void, which are held again at the end). The answer is a
+    /// function of those, so every replica that holds them reaches it; see
+    /// `docs/format.md`, "Removals, rotations and cutoffs".
     pub(super) fn rebuild(&mut self) -> Result<(), Error> {
         self.stories.clear();
         let old = self.state.clone();
@@ -553,6 +561,14 @@ impl<S: Store> Node<S> {
                 Ok(true)
             })?;
         }
+        // Contested removals (`R`) are weighed with the stored chains; one that a replay
+        // admits joins its author's chain.
+        let held: BTreeSet<OpId> = ops.iter().map(SignedOp::id).collect();
+        ops.extend(
+            oplog::contested(&self.db)?
+                .into_iter()
+                .filter(|op| !held.contains(&op.id())),
+        );
         ops.sort_by_key(|op| (op.content().lamport, op.content().author, op.content().seq));
         let setters: Vec<(OpId, NodeId, u64)> = ops.iter().filter_map(sets_cutoff).collect();
         let (db, journal) = (self.db.clone(), self.journal.clone());
@@ -589,7 +605,7 @@ impl<S: Store> Node<S> {
         };
         let mut refused: BTreeSet<OpId> = BTreeSet::new();
         let mut first = true;
-        let w = loop {
+        let (w, void) = loop {
             let counting: BTreeSet<OpId> = setters
                 .iter()
                 .map(|(id, _, _)| *id)
@@ -601,7 +617,7 @@ impl<S: Store> Node<S> {
                 .rev()
                 .find(|(id, _, _)| void.contains(id) && !refused.contains(id));
             let Some((id, _, _)) = newest_void else {
-                break w;
+                break (w, void);
             };
             if first {
                 // Setters void even with no cutoff at all (e.g. their author's admission
@@ -626,6 +642,15 @@ impl<S: Store> Node<S> {
             }
         }
         let mut w = w;
+        // Every setter left void is held (`R`): later rebuilds weigh it again, a second
+        // arrival is a duplicate, and sync sends on those that a concurrent removal's
+        // cutoff alone voids (`State::contestable`), so replicas weigh the same removals.
+        for op in ops
+            .iter()
+            .filter(|op| void.contains(&op.id()) || refused.contains(&op.id()))
+        {
+            w.keep_weighed(op)?;
+        }
         w.state.rebuild_needed = false;
         w.events.clear();
         w.mark_all_records_dirty();
@@ -644,16 +669,5 @@ impl<S: Store> Node<S> {
         // chain for a store that lost ops.
         self.record_mark(true)?;
         committed.error.map_or(Ok(()), Err)
-    }
-}
-
-/// The cutoff an op sets, if it sets one: a removal bounds the removed key's chain at
-/// its `cutoff_seq`, a key rotation its own author's at the rotation.
-fn sets_cutoff(op: &SignedOp) -> Option<(OpId, NodeId, u64)> {
-    let c = op.content();
-    match &c.payload {
-        Payload::MemberRemove { node, cutoff_seq } => Some((op.id(), *node, *cutoff_seq)),
-        Payload::KeyRotate { .. } => Some((op.id(), c.author, c.seq)),
-        _ => None,
     }
 }

@@ -589,9 +589,9 @@ impl<S: Store> Node<S> {
 pub(super) fn quarantined(state: &State) -> Vec<NodeId> {
     state
         .authors
-        .iter()
-        .filter(|(_, a)| a.quarantined_at.is_some())
-        .map(|(n, _)| *n)
+        .keys()
+        .filter(|n| state.quarantine(n).is_some())
+        .copied()
         .collect()
 }
 

@@ -373,7 +373,8 @@ impl<S: Store> Node<S> {
             .collect()
     }
 
-    /// Equivocations on record.
+    /// Equivocations on record that count: an author's fork is listed only while an op of
+    /// the author at the fork seq could otherwise count (`docs/format.md`, "Forks").
     pub fn forks(&self) -> Result<Vec<ForkInfo>, Error> {
         let mut out = Vec::new();
         for node in self.state.authors.keys() {
@@ -391,7 +392,9 @@ impl<S: Store> Node<S> {
     }
 
     /// Every valid op the holder of `vv` lacks, in Lamport order (so membership ops come
-    /// before the ops they admit), plus fork evidence for quarantined authors.
+    /// before the ops they admit), plus the evidence of the forks that count
+    /// ([`Node::forks`]; `docs/format.md`, "Forks") and the contested removals
+    /// ([`Node::contested_removals`]).
     pub fn ops_since(&self, vv: &VersionVector) -> Result<Vec<SignedOp>, Error> {
         let mut out = Vec::new();
         for (node, rec) in &self.state.authors {
@@ -406,10 +409,11 @@ impl<S: Store> Node<S> {
                     Ok(true)
                 })?;
             }
-            if rec.quarantined_at.is_some() {
+            if self.state.quarantine(node).is_some() {
                 out.extend(oplog::evidence(&self.db, node)?);
             }
         }
+        out.extend(self.contested_removals()?);
         out.sort_by_key(|op| (op.content().lamport, op.content().author, op.content().seq));
         Ok(out)
     }

@@ -30,12 +30,7 @@ impl<S: Store> Node<S> {
             .members
             .get(node)
             .is_some_and(|m| m.role().is_some() && m.cutoff.is_none());
-        let quarantined = self
-            .state
-            .authors
-            .get(node)
-            .is_some_and(|a| a.quarantined_at.is_some());
-        member && !quarantined
+        member && self.state.quarantine(node).is_none()
     }
 
     /// The op `author` signed at `seq`, if this node holds it.
@@ -64,9 +59,20 @@ impl<S: Store> Node<S> {
         Ok(out)
     }
 
-    /// Authors quarantined for equivocation.
+    /// Authors quarantined for equivocation: those whose fork counts
+    /// (`docs/format.md`, "Forks"), whose evidence a sync or an export sends on.
     pub fn quarantined_authors(&self) -> Vec<NodeId> {
         quarantined(&self.state)
+    }
+
+    /// The contested removals this node keeps: admins' removals that arrived void only
+    /// because a concurrent removal had cut their author just below them. They travel with
+    /// sync and export like fork evidence, so that every replica's rebuild weighs the same
+    /// removals (`docs/format.md`, "Removals, rotations and cutoffs"). Usually none.
+    pub fn contested_removals(&self) -> Result<Vec<SignedOp>, Error> {
+        let mut held = oplog::contested(&self.db)?;
+        held.retain(|op| self.state.contestable(op));
+        Ok(held)
     }
 
     /// The signed ops kept as evidence of an author's equivocation.

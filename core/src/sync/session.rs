@@ -238,6 +238,8 @@ pub struct Session {
     sent: VersionVector,
     /// Authors whose fork evidence this session already sent.
     evidence_sent: BTreeSet<NodeId>,
+    /// Contested removals this session already sent (`Node::contested_removals`).
+    contested_sent: BTreeSet<OpId>,
     /// Our ops that contradict the peer's heads, to send as evidence.
     pending_evidence: Vec<crate::op::OpBytes>,
     in_flight: VecDeque<InFlight>,
@@ -281,6 +283,7 @@ impl Session {
             outbox: VecDeque::from([hello.encode()]),
             sent: VersionVector::default(),
             evidence_sent: BTreeSet::new(),
+            contested_sent: BTreeSet::new(),
             pending_evidence: Vec::new(),
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
@@ -648,6 +651,11 @@ impl Session {
             for author in node.quarantined_authors() {
                 if self.evidence_sent.insert(author) {
                     ops.extend(node.fork_evidence(&author)?.iter().map(crate::op::OpBytes::from));
+                }
+            }
+            for op in node.contested_removals()? {
+                if self.contested_sent.insert(op.id()) {
+                    ops.push(crate::op::OpBytes::from(&op));
                 }
             }
             if !ops.is_empty() {
