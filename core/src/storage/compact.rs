@@ -308,8 +308,23 @@ fn write_record(store: &Path, bytes: u64) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Opens a plain sled store, waiting (as `SledStore::open` does) while sled's threads
+    /// of a just-dropped handle still hold its file lock: under load that takes a while.
     fn open(path: &Path) -> Result<sled::Db, Error> {
-        Ok(sled::Config::new().path(path).flush_every_ms(None).open()?)
+        let mut waited = 0;
+        loop {
+            match sled::Config::new().path(path).flush_every_ms(None).open() {
+                Err(sled::Error::Io(io))
+                    if (io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().starts_with("could not acquire lock"))
+                        && waited < 1_000 =>
+                {
+                    waited += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
     fn fill(db: &sled::Db, from: u32, to: u32) {
