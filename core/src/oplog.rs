@@ -347,15 +347,44 @@ fn open_run(tail: SegmentTail) -> Option<(u64, usize, usize)> {
     ))
 }
 
+/// Most signed op bytes in one sealed segment (one op larger than this is a segment of its
+/// own). Why: sled 0.34 moves a tree node whose serialized size passes a quarter of its
+/// 512 KiB log segment to a blob file, and its page cache counts such a node at the size of
+/// the blob *pointer* (a few dozen bytes), so the cache bound never evicts it. Segments of
+/// 1,024 ops (~150–230 KiB, each over that threshold on its own) made every leaf of
+/// sealed segments a blob: a node that had read or written its history kept all of it in
+/// memory (docs/benchmarks.md, "Where an open store's memory goes"). A leaf holds at most
+/// 17 entries before sled splits it; 17 segments of at most 8 KiB of signed bytes (~6 KiB
+/// stored, layout 2) stay under the threshold, so every node is counted and evicted.
+pub const SEGMENT_MAX_BYTES: usize = 8 * 1024;
+
 /// Writes `ops` (signed bytes, consecutive from `first`) as `O` segments of up to
-/// [`SEGMENT_MAX_OPS`] ops.
+/// [`SEGMENT_MAX_OPS`] ops and [`SEGMENT_MAX_BYTES`] of signed bytes.
 fn write_sealed<'a>(batch: &mut impl WriteBatch, idx: u32, first: u64, ops: impl Iterator<Item = &'a [u8]>) {
     let ops: Vec<&[u8]> = ops.collect();
     let mut at = first;
-    for chunk in ops.chunks(SEGMENT_MAX_OPS) {
-        batch.insert(&key::segment(idx, at), &encode_segment(chunk.iter().copied()));
-        at += chunk.len() as u64;
+    let mut rest = &ops[..];
+    while !rest.is_empty() {
+        let n = segment_len(rest);
+        batch.insert(&key::segment(idx, at), &encode_segment(rest[..n].iter().copied()));
+        at += n as u64;
+        rest = &rest[n..];
     }
+}
+
+/// How many of `ops` (at least one) the next sealed segment takes: as many as fit in
+/// [`SEGMENT_MAX_OPS`] and [`SEGMENT_MAX_BYTES`].
+fn segment_len(ops: &[&[u8]]) -> usize {
+    let mut bytes = 0usize;
+    let mut n = 0usize;
+    for op in ops.iter().take(SEGMENT_MAX_OPS) {
+        bytes += op.len();
+        if n > 0 && bytes > SEGMENT_MAX_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n.max(1).min(ops.len())
 }
 
 /// A segment's op count as stored (at most [`SEGMENT_MAX_OPS`]).
@@ -419,6 +448,14 @@ pub(crate) fn read_op<S: Store>(db: &S, idx: u32, seq: u64) -> Result<Option<Sig
     Ok(Some(op))
 }
 
+/// Extra reads of each segment a log scan makes. Why: sled 0.34 accounts a page in its cache
+/// only once 64 accesses have queued up in the page's shard (one of 256), and a scan touches
+/// a leaf of segments once per segment; so up to ~16,000 reads went unaccounted, which for a
+/// log of fewer leaves than that meant every leaf a scan read stayed in memory (118 MB for
+/// 800k ops: the whole log). Each read is a cached lookup (no copy), and a few per segment
+/// let the cache's bound hold (docs/benchmarks.md, "Where an open store's memory goes").
+const READ_TOUCHES: usize = 6;
+
 /// Calls `f` with the signed bytes of each stored op of the author, from the segment that
 /// holds `from` on (callers skip the few before `from`): the sealed segments (`O`), then
 /// the open run (`P`); stops when `f` returns false.
@@ -442,13 +479,22 @@ fn for_each_stored<S: Store>(
             Some((k, _)) => key::segment_first_seq(&k)?,
             None => 0,
         };
-        for kv in db.range(&key_of(idx, start), &next) {
-            let (_, v) = kv?;
+        // One range read per segment, each segment then touched again: see [`READ_TOUCHES`].
+        let mut at = key_of(idx, start).to_vec();
+        while let Some(kv) = db.range(&at, &next).next() {
+            let (k, v) = kv?;
+            for _ in 0..READ_TOUCHES {
+                db.get(&k)?;
+            }
             for bytes in decode_segment(&v)? {
                 if !f(bytes)? {
                     return Ok(());
                 }
             }
+            // The least key after `k`.
+            at.clear();
+            at.extend_from_slice(&k);
+            at.push(0);
         }
     }
     Ok(())
@@ -752,14 +798,65 @@ mod tests {
                 "{sizes:?}: the tail names the open run exactly when it has keys"
             );
             let mut seen = Vec::new();
-            for_each_segment(&db, 3, |first, ops| seen.push((first, ops.unwrap().len()))).unwrap();
+            for_each_segment(&db, 3, |first, ops| {
+                let ops = ops.unwrap();
+                seen.push((first, ops.len(), ops.iter().map(Vec::len).sum::<usize>()));
+            })
+            .unwrap();
             let mut next = 1;
-            for (first, n) in seen {
+            for (first, n, bytes) in seen {
                 assert_eq!(first, next, "{sizes:?}: segments are contiguous");
                 assert!(n <= SEGMENT_MAX_OPS);
+                assert!(
+                    n == 1 || bytes <= SEGMENT_MAX_BYTES,
+                    "{sizes:?}: a segment of {n} ops holds {bytes} signed bytes"
+                );
                 next += n as u64;
             }
             assert_eq!(next, ops.len() as u64 + 1);
+        }
+    }
+
+    #[test]
+    fn sealed_segments_are_cut_at_the_byte_bound_and_never_empty() {
+        let small = [7u8; 100];
+        let big = vec![7u8; SEGMENT_MAX_BYTES + 1];
+        let ops: Vec<&[u8]> = vec![&small[..]; 200];
+        // 100-byte ops: as many as fit in the bound.
+        assert_eq!(segment_len(&ops), SEGMENT_MAX_BYTES / 100);
+        // An op past the bound is a segment of its own, and ends the one before it.
+        let mixed: [&[u8]; 4] = [&small[..], &small[..], &big[..], &small[..]];
+        assert_eq!(segment_len(&mixed), 2);
+        assert_eq!(segment_len(&mixed[2..]), 1);
+        assert_eq!(segment_len(&mixed[3..]), 1);
+        // The op-count bound still holds for tiny ops.
+        let tiny = [7u8; 1];
+        let many: Vec<&[u8]> = vec![&tiny[..]; SEGMENT_MAX_OPS + 5];
+        assert_eq!(segment_len(&many), SEGMENT_MAX_OPS);
+    }
+
+    #[test]
+    fn a_scan_from_the_middle_of_a_long_log_reads_on_to_the_open_run() {
+        let db = crate::storage::MemoryStore::new();
+        let ops = chain(SEGMENT_MAX_OPS + 35);
+        write_in(&db, &ops, &[SEGMENT_MAX_OPS + 30, 3, 2]);
+        assert!(count(&db, &key::segment_prefix(3)) > 2, "several sealed segments");
+        assert!(count(&db, &key::open_segment_prefix(3)) > 0, "an open run");
+        for from in [
+            1,
+            2,
+            500,
+            SEGMENT_MAX_OPS as u64 + 31,
+            SEGMENT_MAX_OPS as u64 + 35,
+        ] {
+            let mut seqs = Vec::new();
+            for_each_op_bytes(&db, 3, ops[0].content().author, from, |o| {
+                seqs.push(o.seq);
+                Ok(true)
+            })
+            .unwrap();
+            let want: Vec<u64> = (from..=ops.len() as u64).collect();
+            assert_eq!(seqs, want, "a scan from {from}");
         }
     }
 
