@@ -167,6 +167,7 @@ fn held(node: &Node<MemoryStore>, store: &MemoryStore) -> (StoreContents, Vec<Ve
 fn pipelined_groups_give_the_results_and_bytes_of_sequential_ones() {
     let seed = test_seed();
     let mut rng = TestRng::new(seed);
+    let mut stored_in_all = 0;
     for case in 0..6 {
         let key_seed = rng.below(1 << 30) as u64;
         let count = 3 + rng.below(8);
@@ -191,7 +192,8 @@ fn pipelined_groups_give_the_results_and_bytes_of_sequential_ones() {
             .iter()
             .flat_map(|g| g.as_ref().unwrap().iter().filter(|r| r.is_ok()))
             .count();
-        assert!(stored > 0, "{context}: the groups store something");
+        // A case may happen to store nothing (every command refused); not every one can.
+        stored_in_all += stored;
 
         assert_eq!(b.version_vector(), a.version_vector(), "{context}");
         assert_eq!(b.lamport(), a.lamport(), "{context}");
@@ -217,6 +219,7 @@ fn pipelined_groups_give_the_results_and_bytes_of_sequential_ones() {
             "{context}: after more groups"
         );
     }
+    assert!(stored_in_all > 0, "seed {seed}: the groups store something");
 }
 
 #[test]
