@@ -412,15 +412,18 @@ fn a_closed_stdout_ends_any_command_quietly() {
         vec!["--help"],
         vec!["completions", "bash"],
     ] {
-        let mut child = bin()
+        // The reader is gone before the child starts, so its first write fails (closing
+        // our end after spawning raced with a short output such as `--help`).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let child = bin()
             .arg("--home")
             .arg(&home)
             .args(&args)
-            .stdout(Stdio::piped())
+            .stdout(writer)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        drop(child.stdout.take()); // the reader is gone before anything is written
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
