@@ -938,7 +938,7 @@ impl NativeNode {
             s.cancel();
         }
         let backend = self.backend.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(Backend::Local(node)) = backend {
+        if let Some(Backend::Local(mut node)) = backend {
             let _ = node.flush();
         }
     }

@@ -833,3 +833,25 @@ fn every_storage_fault_of_a_random_workload_keeps_exactly_the_acknowledged_ops()
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Regression (seed 7786596084107436054, found by the random test above): a read failing
+/// inside the rebuild that a fork's ingest starts left the live node showing the voided
+/// ops until its next commit, while a reopen rebuilt; `Node::flush` now finishes the
+/// pending rebuild. Every transient fault of the workload's last call (the fork) is tried.
+#[test]
+fn a_rebuild_interrupted_by_a_fault_is_finished_before_the_node_says_it_is_flushed() {
+    let (seed, steps) = (7_786_596_084_107_436_054, 60);
+    let dir = tempfile::tempdir().unwrap();
+    let (setup, mut world) = setup(dir.path(), seed);
+    let clean = clean_run(&setup, &mut world, steps, seed, dir.path());
+    assert!(world.r2_forked, "the workload's last call is the fork");
+    let mut tally = Tally::default();
+    let last: Vec<usize> = (0..clean.log.len())
+        .filter(|&k| step_of(&clean, k) == steps - 1)
+        .collect();
+    assert!(!last.is_empty());
+    for k in last {
+        memory_point(&setup, &clean, k, false, dir.path(), &mut tally);
+    }
+    eprintln!("{} fault points in the last call", tally.points);
+}

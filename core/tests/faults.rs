@@ -27,7 +27,7 @@ struct Base {
 
 impl Base {
     /// Captures a node on the in-memory backend: flushed, closed, copied.
-    fn of(node: Node<Mem>, store: &Mem, dir: &Path) -> Base {
+    fn of(mut node: Node<Mem>, store: &Mem, dir: &Path) -> Base {
         node.flush().expect("flush");
         let from = node.home().to_path_buf();
         drop(node);

@@ -152,7 +152,7 @@ fn record_events<S: huskies_core::Store>(
 
 /// Everything a node holds, in comparable form: after folding the journal, the whole
 /// store; and every op's signed bytes as sync reads them.
-fn held(node: &Node<MemoryStore>, store: &MemoryStore) -> (StoreContents, Vec<Vec<u8>>) {
+fn held(node: &mut Node<MemoryStore>, store: &MemoryStore) -> (StoreContents, Vec<Vec<u8>>) {
     node.flush().unwrap();
     let ops = node
         .ops_for_sync(&VersionVector::default(), usize::MAX)
@@ -202,8 +202,8 @@ fn pipelined_groups_give_the_results_and_bytes_of_sequential_ones() {
             *events_a.lock().unwrap(),
             "{context}: events"
         );
-        let (contents_a, ops_a) = held(&a, &store_a);
-        let (contents_b, ops_b) = held(&b, &store_b);
+        let (contents_a, ops_a) = held(&mut a, &store_a);
+        let (contents_b, ops_b) = held(&mut b, &store_b);
         assert_eq!(ops_b, ops_a, "{context}: signed ops");
         assert!(contents_b == contents_a, "{context}: the stores differ");
 
@@ -215,7 +215,7 @@ fn pipelined_groups_give_the_results_and_bytes_of_sequential_ones() {
             assert_eq!(rb, ra, "{context}: a group after the pipeline");
         }
         assert!(
-            held(&b, &store_b) == held(&a, &store_a),
+            held(&mut b, &store_b) == held(&mut a, &store_a),
             "{context}: after more groups"
         );
     }
@@ -247,7 +247,7 @@ fn parallel_signing_in_one_group_gives_the_same_bytes() {
                 r.unwrap();
             }
         }
-        held_by.push((threads, held(&node, &store)));
+        held_by.push((threads, held(&mut node, &store)));
     }
     let (_, first) = &held_by[0];
     assert_eq!(first.1.len(), 601);

@@ -121,7 +121,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Value> {
     // Figure 1: local appends through `execute_groups`, one signing thread pipelined
     // against the writer (the workload is built outside the timing).
     let home_a = tmp.path().join("a");
-    let (a, append_time) = append_phase(&home_a, n, 1, opts, &signer, &mut sign)?;
+    let (mut a, append_time) = append_phase(&home_a, n, 1, opts, &signer, &mut sign)?;
     let append_per_s = n as f64 / append_time.as_secs_f64();
     // Figure 1c: the same in a home of its own, signing on every core; removed at once.
     let home_p = tmp.path().join("a-parallel");

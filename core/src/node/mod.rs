@@ -577,9 +577,15 @@ impl<S: Store> Node<S> {
         self.db.size_on_disk()
     }
 
-    /// Folds the story journal into the story keys and flushes the store (every commit is
-    /// durable already; for callers about to exit that want to hear of a failure).
-    pub fn flush(&self) -> Result<(), Error> {
+    /// Finishes what an earlier failed call left pending (a rebuild its error interrupted,
+    /// which the next commit or open would otherwise run: until then queries show the
+    /// projection from before it), folds the story journal into the story keys and flushes
+    /// the store (every commit is durable already; for callers about to exit that want to
+    /// hear of a failure).
+    pub fn flush(&mut self) -> Result<(), Error> {
+        if self.state.rebuild_needed {
+            self.rebuild()?;
+        }
         self.journal.drain()?;
         self.db.flush()?;
         Ok(())

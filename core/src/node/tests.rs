@@ -25,7 +25,7 @@ fn config() -> NodeConfig {
 
 /// Every story key and its record, after folding the journal.
 fn stored(node: &Node) -> Vec<(Vec<u8>, StoryRecord)> {
-    node.flush().unwrap();
+    node.journal.drain().unwrap();
     node.db
         .scan_prefix(key::STORIES)
         .map(|kv| {
