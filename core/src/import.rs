@@ -19,7 +19,7 @@ use crate::{
 /// Each chunk is committed on its own: an error in a later chunk leaves the earlier ones
 /// stored, which loses nothing (every stored op is valid on its own; importing again skips
 /// them as duplicates).
-pub const IMPORT_CHUNK_OPS: usize = 8192;
+pub const IMPORT_CHUNK_OPS: usize = 4096;
 
 impl IngestReport {
     /// Adds what a later ingest did to this report: counts are summed, rejections and

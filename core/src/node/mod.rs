@@ -81,7 +81,7 @@ impl Default for NodeConfig {
             max_buffered_ops: 100_000,
             max_buffered_bytes: 64 * 1024 * 1024,
             verify_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ingest_batch: 8192,
+            ingest_batch: 4096,
             compaction: CompactionPolicy::DEFAULT,
             store_cache_bytes: crate::storage::DEFAULT_STORE_CACHE_BYTES,
             sign_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
