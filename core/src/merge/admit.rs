@@ -153,7 +153,10 @@ impl<S: Store> Working<'_, S> {
         if let Err(r) = self.apply_payload(&op, role)? {
             return Ok(Admission::Rejected(r));
         }
-        if !self.fresh && self.held_setters()? && setter_payload(&op.content().payload) {
+        // The payload first: `held_setters` reads the store (a scan of `R`), which cost
+        // every admitted op ~0.045 of its signing time in the pipelined append
+        // (docs/benchmarks.md, "Session 9"); setters are rare.
+        if !self.fresh && setter_payload(&op.content().payload) && self.held_setters()? {
             // Some setter was weighed and left void: whether it and this one count is the
             // rebuild's to say (a function of the stored ops and held setters), not the
             // arrival order's.
