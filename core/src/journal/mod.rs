@@ -30,6 +30,7 @@ use std::thread::JoinHandle;
 use crate::error::Error;
 use crate::id::StoryId;
 use crate::keyspace as key;
+use crate::pipeline::StageKind;
 use crate::projection::StoryRecord;
 use crate::storage::{Store, WriteBatch};
 
@@ -55,6 +56,24 @@ struct Latest {
     /// The entry it was committed in.
     entry: u64,
     value: Arc<[u8]>,
+    /// The stage of the value the story's key holds, when known: `Some(None)` when the key
+    /// is absent or its value is not indexed, `None` when the fold must read the key to
+    /// learn which stage index key to move. Known for a story a commit created
+    /// ([`StoryWrite::unstored`]) and for one a fold wrote while a newer record waited.
+    /// Why: the read was a sled `get` per story per fold (session 9, docs/benchmarks.md).
+    key_kind: Option<Option<StageKind>>,
+}
+
+/// A changed story record to stage in a commit's entry ([`Journal::stage`]).
+pub(crate) struct StoryWrite {
+    pub id: StoryId,
+    /// The stored value ([`crate::record::encode_story`]).
+    pub value: Vec<u8>,
+    /// The story's key is known to be absent from the store and from the unfolded
+    /// entries: the commit's working set loaded the story and found nothing anywhere
+    /// (and no commit since has staged it). `false` is always correct (the fold then
+    /// reads the key); `true` when the key exists would leave a stale stage index key.
+    pub unstored: bool,
 }
 
 #[derive(Default)]
@@ -101,7 +120,8 @@ struct Shared<S: Store> {
 /// Entries staged in a batch that is not committed yet.
 pub(crate) struct Staged {
     entry: u64,
-    records: Vec<(StoryId, Arc<[u8]>)>,
+    /// Each story's value and whether its key is known absent ([`StoryWrite::unstored`]).
+    records: Vec<(StoryId, Arc<[u8]>, bool)>,
 }
 
 /// The story journal of one open store, with its folder thread.
@@ -127,7 +147,12 @@ impl<S: Store> Journal<S> {
             for (id, value) in decode_entry(&v)? {
                 story_kind(&value)?;
                 pending.bytes += value.len();
-                if let Some(old) = pending.latest.insert(id, Latest { entry, value }) {
+                let latest = Latest {
+                    entry,
+                    value,
+                    key_kind: None,
+                };
+                if let Some(old) = pending.latest.insert(id, latest) {
                     pending.bytes -= old.value.len();
                 }
             }
@@ -172,19 +197,25 @@ impl<S: Store> Journal<S> {
         }
     }
 
-    /// Adds one entry holding `records` (encoded with [`encode_story`]) to `batch`.
+    /// Adds one entry holding `records` to `batch`.
     /// Call [`Journal::committed`] once the batch is applied and flushed.
-    pub fn stage(&self, batch: &mut S::Batch, records: Vec<(StoryId, Vec<u8>)>) -> Staged {
+    pub fn stage(&self, batch: &mut S::Batch, records: Vec<StoryWrite>) -> Staged {
         let entry = {
             let mut p = lock(&self.shared.pending);
             let e = p.next;
             p.next += 1;
             e
         };
-        batch.insert(&key::journal(entry), &encode_entry(&records));
+        batch.insert(
+            &key::journal(entry),
+            &encode_entry_with(records.iter().map(|r| (&r.id, &r.value[..]))),
+        );
         Staged {
             entry,
-            records: records.into_iter().map(|(id, v)| (id, Arc::from(v))).collect(),
+            records: records
+                .into_iter()
+                .map(|r| (r.id, Arc::from(r.value), r.unstored))
+                .collect(),
         }
     }
 
@@ -193,11 +224,27 @@ impl<S: Store> Journal<S> {
     pub fn committed(&self, staged: Staged) -> Result<(), Error> {
         let must_fold = {
             let mut p = lock(&self.shared.pending);
-            for (id, value) in staged.records {
+            let entry = staged.entry;
+            for (id, value, unstored) in staged.records {
                 p.bytes += value.len();
-                let entry = staged.entry;
-                if let Some(old) = p.latest.insert(id, Latest { entry, value }) {
-                    p.bytes -= old.value.len();
+                match p.latest.get_mut(&id) {
+                    // What the key holds is what it held: only folds write it.
+                    Some(l) => {
+                        let old = std::mem::replace(&mut l.value, value);
+                        l.entry = entry;
+                        p.bytes -= old.len();
+                    }
+                    None => {
+                        let key_kind = unstored.then_some(None);
+                        p.latest.insert(
+                            id,
+                            Latest {
+                                entry,
+                                value,
+                                key_kind,
+                            },
+                        );
+                    }
                 }
             }
             p.committed_below = p.committed_below.max(staged.entry + 1);
@@ -278,14 +325,51 @@ fn fold<S: Store>(shared: &Shared<S>) -> Result<(), Error> {
             p.latest.iter().map(|(id, l)| (id.clone(), l.clone())).collect();
         (snapshot, p.committed_below)
     };
+    if let Err(e) = write_fold(shared, &snapshot, upto) {
+        // Some keys may now hold records the journal thinks they do not: read them again.
+        for l in lock(&shared.pending).latest.values_mut() {
+            l.key_kind = None;
+        }
+        return Err(e);
+    }
+    let mut p = lock(&shared.pending);
+    p.folded_below = p.folded_below.max(upto);
+    for (id, latest) in snapshot {
+        match p.latest.get_mut(&id) {
+            Some(l) if l.entry == latest.entry => {
+                p.bytes -= latest.value.len();
+                p.latest.remove(&id);
+            }
+            // A newer record waits: its key now holds the one just folded.
+            Some(l) => l.key_kind = story_kind(&latest.value).ok(),
+            None => {}
+        }
+    }
+    p.folder_failed = false;
+    p.debug_check();
+    Ok(())
+}
+
+/// The store writes of [`fold`]: the snapshot's records into their keys with their stage
+/// index, then the entries below `upto` deleted.
+fn write_fold<S: Store>(shared: &Shared<S>, snapshot: &[(StoryId, Latest)], upto: u64) -> Result<(), Error> {
     let db = &shared.db;
     for chunk in snapshot.chunks(FOLD_CHUNK) {
         let mut batch = S::Batch::default();
         for (id, latest) in chunk {
             let k = key::story(id);
-            let old = match db.get(&k)? {
-                Some(v) => story_kind(&v)?,
-                None => None,
+            let old = match latest.key_kind {
+                Some(known) => {
+                    #[cfg(debug_assertions)]
+                    if let Ok(Ok(stored)) = db.get(&k).map(|v| v.map_or(Ok(None), |v| story_kind(&v))) {
+                        debug_assert_eq!(stored, known, "the journal knows the stage of {id}'s key");
+                    }
+                    known
+                }
+                None => match db.get(&k)? {
+                    Some(v) => story_kind(&v)?,
+                    None => None,
+                },
             };
             let new = story_kind(&latest.value)?;
             if old != new {
@@ -309,31 +393,26 @@ fn fold<S: Store>(shared: &Shared<S>) -> Result<(), Error> {
         }
         db.apply(batch)?;
     }
-    let mut p = lock(&shared.pending);
-    p.folded_below = p.folded_below.max(upto);
-    for (id, latest) in snapshot {
-        if p.latest.get(&id).is_some_and(|l| l.entry == latest.entry) {
-            p.bytes -= latest.value.len();
-            p.latest.remove(&id);
-        }
-    }
-    p.folder_failed = false;
-    p.debug_check();
     Ok(())
 }
 
 /// A journal entry holding `records`: count u32 LE, then per story its id length u8, id,
 /// value length u32 LE and value.
 pub(crate) fn encode_entry<V: AsRef<[u8]>>(records: &[(StoryId, V)]) -> Vec<u8> {
+    encode_entry_with(records.iter().map(|(id, v)| (id, v.as_ref())))
+}
+
+/// [`encode_entry`] of records borrowed from wherever they are held.
+fn encode_entry_with<'a>(records: impl Iterator<Item = (&'a StoryId, &'a [u8])> + Clone) -> Vec<u8> {
     let mut value = Vec::with_capacity(
         4 + records
-            .iter()
-            .map(|(id, v)| 5 + id.as_str().len() + v.as_ref().len())
+            .clone()
+            .map(|(id, v)| 5 + id.as_str().len() + v.len())
             .sum::<usize>(),
     );
-    value.extend_from_slice(&entry_len(records.len(), "stories in one entry").to_le_bytes());
+    let count = records.clone().count();
+    value.extend_from_slice(&entry_len(count, "stories in one entry").to_le_bytes());
     for (id, v) in records {
-        let v = v.as_ref();
         value.push(u8::try_from(id.as_str().len()).expect("story ids are at most 128 bytes"));
         value.extend_from_slice(id.as_str().as_bytes());
         value.extend_from_slice(&entry_len(v.len(), "a story value").to_le_bytes());

@@ -13,7 +13,7 @@ use crate::codec;
 use crate::error::Error;
 use crate::event::Event;
 use crate::id::{NodeId, OpId, StoryId};
-use crate::journal::Journal;
+use crate::journal::{Journal, StoryWrite};
 use crate::keyspace as key;
 use crate::op::{OpContent, SignedOp, UnsignedOp};
 use crate::oplog;
@@ -73,6 +73,9 @@ const STORY_CACHE_MAX: usize = 4096;
 struct StoryEntry {
     rec: StoryRecord,
     dirty: bool,
+    /// Loaded as nothing from anywhere (not the cache, the journal or the store), and not
+    /// sealed since: the story's key is absent ([`crate::journal::StoryWrite::unstored`]).
+    unstored: bool,
 }
 
 /// A batch in progress: a copy of the state plus the records it touched. Nothing reaches
@@ -196,14 +199,22 @@ impl<'a, S: Store> Working<'a, S> {
 
     fn load_story(&mut self, id: &StoryId) -> Result<&mut StoryEntry, Error> {
         if !self.stories.contains_key(id) {
-            let rec: StoryRecord = if self.fresh {
-                StoryRecord::default()
+            let (rec, unstored) = if self.fresh {
+                (StoryRecord::default(), false)
             } else if let Some(rec) = self.cache.remove(id) {
-                rec
+                (rec, false)
             } else {
-                self.journal.read(id)?.unwrap_or_default()
+                match self.journal.read(id)? {
+                    Some(rec) => (rec, false),
+                    None => (StoryRecord::default(), true),
+                }
             };
-            self.stories.insert(id.clone(), StoryEntry { rec, dirty: false });
+            let entry = StoryEntry {
+                rec,
+                dirty: false,
+                unstored,
+            };
+            self.stories.insert(id.clone(), entry);
         }
         Ok(self.stories.get_mut(id).expect("just inserted"))
     }
@@ -296,8 +307,14 @@ impl<'a, S: Store> Working<'a, S> {
         let mut stories = Vec::new();
         let mut evicted = Vec::new();
         for (id, e) in &mut self.stories {
+            // Once this group is written, what it changed is in the journal or the store.
+            let unstored = std::mem::take(&mut e.unstored);
             if e.dirty {
-                stories.push((id.clone(), encode_story(&e.rec)));
+                stories.push(StoryWrite {
+                    id: id.clone(),
+                    value: encode_story(&e.rec),
+                    unstored,
+                });
                 e.dirty = false;
             } else if evict {
                 evicted.push(id.clone());
@@ -362,7 +379,7 @@ pub(crate) struct Sealed {
     /// ascending order, so that inserting them back in that order restores each position.
     taken: Vec<(usize, usize)>,
     /// Changed story records, encoded.
-    stories: Vec<(StoryId, Vec<u8>)>,
+    stories: Vec<StoryWrite>,
     /// A rebuild's: stories go straight to their keys, not to the journal.
     fresh: bool,
     /// Changed presence, merge lock and member records: key and value.
@@ -464,7 +481,7 @@ impl Sealed {
         let staged = if self.fresh {
             // A rebuild (the journal is drained and the old keys are removed in `batch`):
             // straight into the story keys and the stage index.
-            for (id, value) in std::mem::take(&mut self.stories) {
+            for StoryWrite { id, value, .. } in std::mem::take(&mut self.stories) {
                 if let Some(kind) = value.first().and_then(|c| StageKind::from_code(*c)) {
                     batch.insert(&key::stage_index(kind, &id), &[]);
                 }
