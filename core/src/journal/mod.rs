@@ -23,6 +23,7 @@ mod migrate;
 #[cfg(test)]
 mod tests;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -225,25 +226,22 @@ impl<S: Store> Journal<S> {
         let must_fold = {
             let mut p = lock(&self.shared.pending);
             let entry = staged.entry;
+            let p = &mut *p;
             for (id, value, unstored) in staged.records {
                 p.bytes += value.len();
-                match p.latest.get_mut(&id) {
+                match p.latest.entry(id) {
                     // What the key holds is what it held: only folds write it.
-                    Some(l) => {
-                        let old = std::mem::replace(&mut l.value, value);
+                    Entry::Occupied(mut l) => {
+                        let l = l.get_mut();
+                        p.bytes -= std::mem::replace(&mut l.value, value).len();
                         l.entry = entry;
-                        p.bytes -= old.len();
                     }
-                    None => {
-                        let key_kind = unstored.then_some(None);
-                        p.latest.insert(
-                            id,
-                            Latest {
-                                entry,
-                                value,
-                                key_kind,
-                            },
-                        );
+                    Entry::Vacant(v) => {
+                        v.insert(Latest {
+                            entry,
+                            value,
+                            key_kind: unstored.then_some(None),
+                        });
                     }
                 }
             }
