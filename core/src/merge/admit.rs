@@ -154,8 +154,9 @@ impl<S: Store> Working<'_, S> {
             return Ok(Admission::Rejected(r));
         }
         // The payload first: `held_setters` reads the store (a scan of `R`), which cost
-        // every admitted op ~0.045 of its signing time in the pipelined append
-        // (docs/benchmarks.md, "Session 9"); setters are rare.
+        // every admitted op ~0.05 of its signing time in the pipelined append
+        // (docs/benchmarks.md, "Session 9: the append path's non-signing CPU"); setters
+        // are rare.
         if !self.fresh && setter_payload(&op.content().payload) && self.held_setters()? {
             // Some setter was weighed and left void: whether it and this one count is the
             // rebuild's to say (a function of the stored ops and held setters), not the
