@@ -1,9 +1,10 @@
 //! The control socket: local clients (the CLI) run their commands inside the daemon, so
 //! every command behaves the same whether or not a daemon owns the home.
 //!
-//! Protocol, one JSON object per line: the client sends a [`ControlRequest`]; the daemon
-//! answers a [`ControlResponse`]; when `follow` is set, more `{"stdout": "..."}` lines
-//! follow as new ops commit, until the client hangs up.
+//! Protocol, one JSON object per line: the client sends a [`ControlRequest`] (its argv,
+//! its stdin if the command reads it, and its parsed command line); the daemon answers a
+//! [`ControlResponse`]; when `follow` is set, more `{"stdout": "..."}` lines follow as new
+//! ops commit, until the client hangs up.
 //!
 //! A line with an `"api"` key is a typed request instead (see [`crate::remote`]): it runs
 //! through [`crate::api::serve`] on the daemon's node, the same function a host that owns
@@ -40,8 +41,11 @@ use crate::remote::{ApiEnvelope, ApiLine};
 use crate::shared::{Notice, Shared};
 use crate::DaemonError;
 
-/// Longest command-line request accepted: a command line plus a story body.
-const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Longest command-line request accepted: a command line, sent twice (as the argv and as
+/// the client's parsed form, `ControlRequest::parsed`), plus a story body; twice the 1 MiB
+/// a command line and a body were allowed before the parsed form was sent, so that every
+/// request accepted then is accepted now.
+const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 
 /// Longest typed request accepted: an `ingest` carries a hex-encoded bundle, so up to 32 MiB
 /// of ops per request (a host splits larger transfers).

@@ -52,6 +52,10 @@ pub struct InteractiveFigures {
     /// p50 of the client's argv parse alone (µs), which those samples include: a fresh
     /// clap command tree and its matching, as in every CLI process.
     pub daemon_parse_p50_us: f64,
+    /// p50 of each sample less its own argv parse (µs): the client's routing, the round
+    /// trip and the daemon's share — the region timed before the client's parse was
+    /// counted (session 8 and earlier).
+    pub daemon_routed_p50_us: f64,
     /// The floor: one small sled insert + flush, p50 / p99 (µs), samples interleaved with
     /// the two figures above.
     pub floor_p50_us: f64,
@@ -201,6 +205,8 @@ pub fn run(dir: &Path, n: usize, daemon_ops: usize) -> Result<InteractiveFigures
     let (daemon, mut parse) = through_daemon(&dir.join("daemon"), daemon_ops, &mut floor)?;
     let (append_p50_us, append_p99_us) = percentiles(&mut times);
     let (daemon_p50_us, daemon_p99_us) = percentiles(&mut daemon.clone());
+    let mut routed: Vec<Duration> = daemon.iter().zip(&parse).map(|(all, p)| *all - *p).collect();
+    let (daemon_routed_p50_us, _) = percentiles(&mut routed);
     let (daemon_parse_p50_us, _) = percentiles(&mut parse);
     let (floor_p50_us, floor_p99_us) = percentiles(&mut floor.samples);
     Ok(InteractiveFigures {
@@ -214,6 +220,7 @@ pub fn run(dir: &Path, n: usize, daemon_ops: usize) -> Result<InteractiveFigures
         daemon_p50_us,
         daemon_p99_us,
         daemon_parse_p50_us,
+        daemon_routed_p50_us,
         floor_p50_us,
         floor_p99_us,
     })
