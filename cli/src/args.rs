@@ -6,11 +6,12 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use huskies_core::{EventKind, StageKind, MERGE_FAILURE_KINDS};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::render::{Rendered, EXIT_USAGE};
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone, Serialize, Deserialize)]
 #[command(
     name = "huskies",
     version,
@@ -69,14 +70,18 @@ impl Commands {
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize)]
 pub(crate) enum ColorChoice {
     Auto,
     Always,
     Never,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
+// Each subcommand's arguments are built only when it is the one used: a CLI process
+// parses one command line, and building every command's arguments and help cost most of
+// the parse (`docs/benchmarks.md`, session 9).
+#[command(defer = true)]
 pub(crate) enum Commands {
     /// Create a home and a node key; start a new cluster, join one with a ticket, or restore
     /// one from an export.
@@ -297,13 +302,19 @@ pub(crate) enum Commands {
         zsh:  mkdir -p ~/.zfunc && huskies completions zsh > ~/.zfunc/_huskies  (and in ~/.zshrc, before compinit: fpath=(~/.zfunc $fpath))\n  \
         fish: mkdir -p ~/.config/fish/completions && huskies completions fish > ~/.config/fish/completions/huskies.fish\n\n\
         Example:\n  huskies completions bash > ~/.local/share/bash-completion/completions/huskies")]
+    // Standalone (never sent to a daemon), and the shell type has no serde form.
+    #[serde(skip)]
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
+// Each subcommand's arguments are built only when it is the one used: a CLI process
+// parses one command line, and building every command's arguments and help cost most of
+// the parse (`docs/benchmarks.md`, session 9).
+#[command(defer = true)]
 pub(crate) enum StoryCmd {
     /// Add a story to the backlog.
     #[command(
@@ -469,7 +480,11 @@ fn event_help() -> String {
     )
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
+// Each subcommand's arguments are built only when it is the one used: a CLI process
+// parses one command line, and building every command's arguments and help cost most of
+// the parse (`docs/benchmarks.md`, session 9).
+#[command(defer = true)]
 pub(crate) enum MemberCmd {
     /// List members and roles.
     #[command(after_help = "Example:\n  huskies --json member list")]
@@ -482,7 +497,11 @@ pub(crate) enum MemberCmd {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
+// Each subcommand's arguments are built only when it is the one used: a CLI process
+// parses one command line, and building every command's arguments and help cost most of
+// the parse (`docs/benchmarks.md`, session 9).
+#[command(defer = true)]
 pub(crate) enum TicketCmd {
     /// Create a one-time join ticket (admins only). The new node runs `huskies init --join TICKET`
     /// while this node's daemon is running.
@@ -501,7 +520,11 @@ pub(crate) enum TicketCmd {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
+// Each subcommand's arguments are built only when it is the one used: a CLI process
+// parses one command line, and building every command's arguments and help cost most of
+// the parse (`docs/benchmarks.md`, session 9).
+#[command(defer = true)]
 pub(crate) enum KeyCmd {
     /// Replace this node's signing key; membership moves to the new key.
     #[command(after_help = "Example:\n  huskies key rotate")]

@@ -7,7 +7,7 @@ use huskies_core::{Node, VersionVector};
 use huskies_daemon::{ControlHandler, ControlRequest, ControlResponse, Health};
 use serde_json::json;
 
-use crate::args::{parse_with, Cli, Commands, StoryCmd};
+use crate::args::{parse_with, Cli, ColorChoice, Commands, StoryCmd};
 use crate::exec::{run, NodeSlot};
 use crate::render::{render, Rendered};
 
@@ -16,11 +16,11 @@ pub(crate) fn through_daemon(cli: &Cli, root: &Path, argv: &[String]) -> Option<
     if !huskies_daemon::socket_path(root).exists() {
         return None;
     }
-    let (argv, stdin) = match prepare(cli, argv) {
+    let (argv, stdin, parsed) = match prepare(cli, argv) {
         Ok(x) => x,
         Err(e) => return Some(render(cli, Err(e))),
     };
-    let request = ControlRequest { argv, stdin };
+    let request = ControlRequest { argv, stdin, parsed };
     let response = huskies_daemon::control_request(root, &request, |chunk| {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
@@ -106,8 +106,14 @@ fn check_hint(command: &Commands) -> Option<String> {
     }
 }
 
-/// Makes file arguments absolute (the daemon runs elsewhere) and reads stdin if needed.
-fn prepare(cli: &Cli, argv: &[String]) -> Result<(Vec<String>, Option<String>), crate::render::CliError> {
+/// What a control request carries: the command line, standard input if the command
+/// reads it, and the parsed command line (`ControlRequest::parsed`).
+type Prepared = (Vec<String>, Option<String>, Option<String>);
+
+/// Makes file arguments absolute (the daemon runs elsewhere), resolves the colour, reads
+/// stdin if needed, and encodes the parsed command line the daemon runs (`typed`): the
+/// same command as the argv, so a daemon that reads either runs the same thing.
+fn prepare(cli: &Cli, argv: &[String]) -> Result<Prepared, crate::render::CliError> {
     let cwd = std::env::current_dir()?;
     let mut paths: Vec<&PathBuf> = Vec::new();
     let mut stdin = None;
@@ -138,16 +144,42 @@ fn prepare(cli: &Cli, argv: &[String]) -> Result<(Vec<String>, Option<String>), 
         })
         .collect();
     // Colour is the client's to decide (its terminal, its NO_COLOR): the last --color wins.
+    let colour = if crate::render::colour_on(cli) {
+        ColorChoice::Always
+    } else {
+        ColorChoice::Never
+    };
     argv.push("--color".into());
     argv.push(
-        if crate::render::colour_on(cli) {
-            "always"
-        } else {
-            "never"
+        match colour {
+            ColorChoice::Always => "always",
+            _ => "never",
         }
         .into(),
     );
-    Ok((argv, stdin))
+    let parsed = typed(cli, &cwd, colour)?;
+    Ok((argv, stdin, Some(parsed)))
+}
+
+/// The command line as the daemon runs it, encoded for `ControlRequest::parsed`: `cli`
+/// with its file arguments made absolute against `cwd` and the client's colour decision.
+fn typed(cli: &Cli, cwd: &Path, colour: ColorChoice) -> Result<String, crate::render::CliError> {
+    let absolute = |p: &mut PathBuf| {
+        if p.is_relative() && p.as_os_str() != "-" {
+            *p = cwd.join(&*p);
+        }
+    };
+    let mut cli = cli.clone();
+    cli.color = colour;
+    match &mut cli.command {
+        Commands::Import { file } => absolute(file),
+        Commands::Export { out: Some(out) } => absolute(out),
+        Commands::Story(StoryCmd::Add {
+            body_file: Some(f), ..
+        }) => absolute(f),
+        _ => {}
+    }
+    serde_json::to_string(&cli).map_err(|e| crate::render::CliError::usage(format!("{e}")))
 }
 
 /// The daemon side: commands run on the daemon's node exactly as they would directly.
@@ -155,7 +187,7 @@ pub(crate) struct CliControl;
 
 impl ControlHandler for CliControl {
     fn handle(&self, node: &mut Node, request: &ControlRequest, health: &Health<'_>) -> ControlResponse {
-        let cli = match daemon_parse(&request.argv) {
+        let cli = match request_cli(request) {
             Ok(cli) => cli,
             Err(r) => return response(r, false, false),
         };
@@ -184,10 +216,20 @@ impl ControlHandler for CliControl {
         request: &ControlRequest,
         since: &VersionVector,
     ) -> (String, VersionVector) {
-        let Ok(cli) = daemon_parse(&request.argv) else {
+        let Ok(cli) = request_cli(request) else {
             return (String::new(), since.clone());
         };
         crate::follow::daemon_step(&cli, node, since)
+    }
+}
+
+/// The command of a control request: the client's parsed command line when it sent one
+/// (no second parse), else its argv parsed here — also when the parsed form does not read
+/// (a client of another version): the argv is the same command.
+fn request_cli(request: &ControlRequest) -> Result<Cli, Rendered> {
+    match request.parsed.as_deref().map(serde_json::from_str::<Cli>) {
+        Some(Ok(cli)) => Ok(cli),
+        _ => daemon_parse(&request.argv),
     }
 }
 
@@ -213,5 +255,73 @@ fn response(r: Rendered, follow: bool, binary: bool) -> ControlResponse {
         stderr: r.stderr,
         follow: follow && ok,
         binary: binary && ok,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{prepare, request_cli};
+    use crate::args::parse;
+    use huskies_daemon::ControlRequest;
+
+    fn argv(line: &[&str]) -> Vec<String> {
+        line.iter().map(|a| a.to_string()).collect()
+    }
+
+    /// What the client sends runs as the same command whichever form the daemon reads: the
+    /// parsed form decodes to what the sent argv parses to (file arguments made absolute,
+    /// the client's colour decision included), and a parsed form that does not read (a
+    /// client of another version) falls back to the argv.
+    #[test]
+    fn the_parsed_form_is_the_command_the_argv_names() {
+        let lines: &[&[&str]] = &[
+            &["story", "add", "1_a", "--name", "A story", "--depends-on", "0_z"],
+            &[
+                "--json",
+                "story",
+                "event",
+                "1_a",
+                "gates-passed",
+                "--branch",
+                "b",
+                "--commits",
+                "2",
+            ],
+            &["story", "add", "2_b", "--body-file", "notes/body.md"],
+            &["import", "backup.hsk"],
+            &["export", "--out", "out/backup.hsk", "--color", "always"],
+            &["--quiet", "log", "--follow"],
+            &["claim", "1_a", "--ttl", "60"],
+        ];
+        for line in lines {
+            let cli = parse(&argv(line)).unwrap_or_else(|_| panic!("{line:?} parses"));
+            let Ok((sent, stdin, parsed)) = prepare(&cli, &argv(line)) else {
+                panic!("{line:?}: prepared")
+            };
+            assert!(stdin.is_none());
+            let parsed = parsed.expect("the client sends the parsed form");
+            let request = ControlRequest {
+                argv: sent.clone(),
+                stdin: None,
+                parsed: Some(parsed),
+            };
+            let from_parsed = request_cli(&request).unwrap_or_else(|_| panic!("{line:?}: parsed form reads"));
+            let from_argv = parse(&sent).unwrap_or_else(|_| panic!("{line:?}: sent argv parses"));
+            assert_eq!(format!("{from_parsed:?}"), format!("{from_argv:?}"), "{line:?}");
+            let shown = format!("{from_parsed:?}");
+            for relative in ["notes/body.md", "backup.hsk", "out/backup.hsk"] {
+                if line.contains(&relative) {
+                    let absolute = std::env::current_dir().unwrap().join(relative);
+                    assert!(shown.contains(&format!("{absolute:?}")), "{line:?}: {shown}");
+                }
+            }
+            // A parsed form this daemon cannot read: the argv is the same command.
+            let request = ControlRequest {
+                parsed: Some("{\"not\": \"a command\"}".into()),
+                ..request
+            };
+            let fallback = request_cli(&request).unwrap_or_else(|_| panic!("{line:?}: argv parses"));
+            assert_eq!(format!("{fallback:?}"), format!("{from_argv:?}"), "{line:?}");
+        }
     }
 }

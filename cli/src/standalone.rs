@@ -122,7 +122,11 @@ pub(crate) fn run(cli: &Cli) -> Result<Option<Out>, CliError> {
             let mut buf = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "huskies", &mut buf);
             if *shell == clap_complete::Shell::Fish {
-                buf.extend(fish_positional_values(&Cli::command()).into_bytes());
+                // Built first: each subcommand's arguments are defined when it is built
+                // (`#[command(defer = true)]`).
+                let mut cmd = Cli::command();
+                cmd.build();
+                buf.extend(fish_positional_values(&cmd).into_bytes());
             }
             Out {
                 raw: Some(buf),

@@ -209,13 +209,12 @@ impl Daemon {
         let mut tasks = Vec::new();
         // The control thread lives as long as this task: until shutdown, or until the
         // runtime that runs the daemon's tasks is dropped (as the tasks themselves).
-        let (alive, runtime_gone) = tokio::sync::oneshot::channel::<()>();
+        let (control_thread, control_stop) = control::spawn(shared.clone(), control::bind(&home)?, control)?;
         let mut stopping = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
-            let _alive = alive;
+            let _control_stop = control_stop;
             let _ = stopping.wait_for(|s| *s).await;
         }));
-        let control_thread = control::spawn(shared.clone(), control::bind(&home)?, control, runtime_gone)?;
         tasks.push(tokio::spawn(http::serve(shared.clone(), listener)));
         tasks.push(tokio::spawn(policy::run(shared.clone())));
         tasks.push(tokio::spawn(mesh::run(shared.clone())));

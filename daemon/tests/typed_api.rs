@@ -225,6 +225,7 @@ fn remote_node_runs_requests_on_the_daemons_node() {
     let argv = ControlRequest {
         argv: vec!["story".into(), "list".into()],
         stdin: None,
+        parsed: None,
     };
     let refused = control_request(dir.path(), &argv, |_| true).unwrap().unwrap();
     assert_eq!(refused.code, 3);

@@ -23,7 +23,7 @@ use anyhow::{ensure, Context as _, Result};
 use huskies_core::{
     InitMode, Node, NodeConfig, SledBatch, SledStore, Store as _, Timestamp, VersionVector, WriteBatch as _,
 };
-use huskies_daemon::{ControlRequest, Daemon, DaemonConfig};
+use huskies_daemon::{Daemon, DaemonConfig};
 
 use super::{dir_size, workload};
 
@@ -49,6 +49,13 @@ pub struct InteractiveFigures {
     pub daemon_ops: usize,
     pub daemon_p50_us: f64,
     pub daemon_p99_us: f64,
+    /// p50 of the client's argv parse alone (µs), which those samples include: a fresh
+    /// clap command tree and its matching, as in every CLI process.
+    pub daemon_parse_p50_us: f64,
+    /// p50 of each sample less its own argv parse (µs): the client's routing, the round
+    /// trip and the daemon's share — the region timed before the client's parse was
+    /// counted (session 8 and earlier).
+    pub daemon_routed_p50_us: f64,
     /// The floor: one small sled insert + flush, p50 / p99 (µs), samples interleaved with
     /// the two figures above.
     pub floor_p50_us: f64,
@@ -195,9 +202,12 @@ pub fn run(dir: &Path, n: usize, daemon_ops: usize) -> Result<InteractiveFigures
     drop(node);
     let store_bytes = dir_size(&home.join("store"))?;
 
-    let daemon = through_daemon(&dir.join("daemon"), daemon_ops, &mut floor)?;
+    let (daemon, mut parse) = through_daemon(&dir.join("daemon"), daemon_ops, &mut floor)?;
     let (append_p50_us, append_p99_us) = percentiles(&mut times);
     let (daemon_p50_us, daemon_p99_us) = percentiles(&mut daemon.clone());
+    let mut routed: Vec<Duration> = daemon.iter().zip(&parse).map(|(all, p)| *all - *p).collect();
+    let (daemon_routed_p50_us, _) = percentiles(&mut routed);
+    let (daemon_parse_p50_us, _) = percentiles(&mut parse);
     let (floor_p50_us, floor_p99_us) = percentiles(&mut floor.samples);
     Ok(InteractiveFigures {
         ops: n,
@@ -209,14 +219,22 @@ pub fn run(dir: &Path, n: usize, daemon_ops: usize) -> Result<InteractiveFigures
         daemon_ops: daemon.len(),
         daemon_p50_us,
         daemon_p99_us,
+        daemon_parse_p50_us,
+        daemon_routed_p50_us,
         floor_p50_us,
         floor_p99_us,
     })
 }
 
-/// `huskies story add` sent `count` times to a daemon serving a fresh home, each timed from
-/// sending the request to reading the answer.
-fn through_daemon(home: &Path, count: usize, floor: &mut Floor) -> Result<Vec<Duration>> {
+/// `huskies story add` run `count` times through a daemon serving a fresh home. Each sample
+/// is what the CLI does between having its argv and having its answer to print, minus
+/// starting the process: parse the argv (`args::parse`, a fresh command tree as in a CLI
+/// process), prepare and encode the request, send it over the control socket, and read and
+/// decode the daemon's answer (`route::through_daemon`); the daemon's share (decode, run,
+/// flush, render, reply) falls inside it.
+///
+/// Returns the samples and, per sample, the time its argv parse took.
+fn through_daemon(home: &Path, count: usize, floor: &mut Floor) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let now = Timestamp::from_datetime(chrono::Utc::now());
     let node = Node::init(
@@ -237,22 +255,21 @@ fn through_daemon(home: &Path, count: usize, floor: &mut Floor) -> Result<Vec<Du
     };
     let daemon = runtime.block_on(Daemon::start(node, config, Arc::new(crate::route::CliControl)))?;
     let mut samples = Vec::with_capacity(count);
+    let mut parse = Vec::with_capacity(count);
     let result = (|| -> Result<()> {
         for i in 0..count {
-            let request = ControlRequest {
-                argv: vec![
-                    "story".into(),
-                    "add".into(),
-                    format!("interactive-{i}"),
-                    "--name".into(),
-                    format!("Interactive story {i}"),
-                ],
-                stdin: None,
-            };
+            let argv: Vec<String> = vec![
+                "story".into(),
+                "add".into(),
+                format!("interactive-{i}"),
+                "--name".into(),
+                format!("Interactive story {i}"),
+            ];
             let t = Instant::now();
-            let answer = huskies_daemon::control_request(home, &request, |_| true)
-                .context("no daemon answered on the control socket")?
-                .context("the control request failed")?;
+            let cli = crate::args::parse(&argv).map_err(|r| anyhow::anyhow!("{}", r.stderr))?;
+            parse.push(t.elapsed());
+            let answer = crate::route::through_daemon(&cli, home, &argv)
+                .context("no daemon answered on the control socket")?;
             samples.push(t.elapsed());
             ensure!(
                 answer.code == 0,
@@ -267,7 +284,7 @@ fn through_daemon(home: &Path, count: usize, floor: &mut Floor) -> Result<Vec<Du
     })();
     runtime.block_on(daemon.shutdown())?;
     result?;
-    Ok(samples)
+    Ok((samples, parse))
 }
 
 /// p50 and p99 of `samples`, in µs (sorts them).
