@@ -677,11 +677,40 @@ impl<S: Store> Node<S> {
             }
             let mut w = Working::fresh(&db, &journal, fresh, self.node_id()).refusing(refused.clone());
             let mut void: BTreeSet<OpId> = setters.iter().map(|(id, _, _)| *id).collect();
+            // Ops that no longer pass (e.g. added by a voided admin op) are dropped. Ops
+            // refused for their author's authority, and those waiting behind them, are
+            // tried again while a round admits one, as an ingest does (`retry_parked`):
+            // an op signed below the Lamport time of its author's admission counts here
+            // as it does on the node that merged it (found by the `ingest` fuzz target,
+            // fuzz/regressions/ingest/op-below-admission-dropped-by-rebuild).
+            let mut waiting = Vec::new();
             for op in &ops {
-                // Ops that no longer pass (e.g. added by a voided admin op) are dropped.
                 let id = op.id();
-                if matches!(w.admit(op.clone())?, Admission::Applied) {
-                    void.remove(&id);
+                match w.admit(op.clone())? {
+                    Admission::Applied => {
+                        void.remove(&id);
+                    }
+                    Admission::AwaitingAuthority(op, _) | Admission::Gap(op) => waiting.push(op),
+                    _ => {}
+                }
+            }
+            loop {
+                let mut admitted = false;
+                let mut still = Vec::new();
+                for op in std::mem::take(&mut waiting) {
+                    let id = op.id();
+                    match w.admit(op)? {
+                        Admission::Applied => {
+                            void.remove(&id);
+                            admitted = true;
+                        }
+                        Admission::AwaitingAuthority(op, _) | Admission::Gap(op) => still.push(op),
+                        _ => {}
+                    }
+                }
+                waiting = still;
+                if !admitted || waiting.is_empty() {
+                    break;
                 }
             }
             Ok::<_, Error>((w, void))
