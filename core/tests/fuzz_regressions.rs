@@ -333,6 +333,40 @@ fn a_removal_that_voids_its_own_admission_does_not_count() {
     assert_eq!(logic::snapshot(&node, wall), logic::snapshot(&copy, wall));
 }
 
+/// Found by the `ingest` target
+/// (`fuzz/regressions/ingest/removed-admin-kept-by-merging-node`): admin key 2 signs two
+/// ops, then removes its own key with cutoff 2, which voids that removal itself (its seq 3
+/// is past the cutoff). Merged after key 2's seq 2, the removal voided no stored op, so no
+/// rebuild weighed it: the merging node kept key 2's cutoff and listed it as removed, while
+/// the removal is never sent on (it is past the cutoff) and a node fed what this one sends
+/// lists key 2 as a member. Whatever the batching, the removal does not count.
+#[test]
+fn a_removal_of_its_own_author_below_its_own_seq_does_not_count() {
+    use logic::common::RawAuthor;
+    let wall = logic::at_ms(0);
+    let (mut admin, genesis) = fuzz_admin(wall);
+    let add_two = admin.next(2, wall, add_admin(2));
+    let mut two = RawAuthor::new(logic::KEY_SEEDS[2], logic::ops::cluster());
+    let release = |n: u64| huskies_core::Payload::Release {
+        story: huskies_core::StoryId::new(format!("s{n}")).unwrap(),
+    };
+    let two_1 = two.next(3, wall, release(1));
+    let two_2 = two.next(4, wall, release(2));
+    let own_removal = two.next(5, wall, remove(2, 2));
+    let all = [&genesis, &add_two, &two_1, &two_2, &own_removal];
+    let dir = tempfile::tempdir().unwrap();
+    // One op per ingest (the fuzz case's shape), and everything in one ingest.
+    let (node, copy) = node_and_its_copy(&dir.path().join("one-by-one"), &all);
+    assert_eq!(removed(&node, 2), Some(false), "key 2 is a member");
+    assert_eq!(node.version_vector().get(&logic::key_id(2)), 2);
+    assert_eq!(logic::snapshot(&node, wall), logic::snapshot(&copy, wall));
+    let mut whole = logic::ingest::joining_node(&dir.path().join("whole"), 3);
+    let _report = whole
+        .ingest(all.iter().map(|o| (*o).clone().into_unverified()).collect())
+        .unwrap();
+    assert_eq!(logic::snapshot(&whole, wall), logic::snapshot(&node, wall));
+}
+
 /// The other shape of the same bug: admin key 2 removes key 1, then the genesis admin
 /// removes key 2 with cutoff 0, which voids key 2's removal of key 1. Key 1's cutoff must
 /// go with it (a node fed what this one sends never sees that removal): key 1 is a member,

@@ -106,11 +106,12 @@ impl<S: Store> Working<'_, S> {
             // since its `prev` may show a fork at the cutoff.
             if let Some(cutoff) = self.state.members.get(&author).and_then(|m| m.cutoff) {
                 if c.seq > cutoff.saturating_add(1) {
-                    return Ok(Admission::Rejected(RejectReason::Voided {
+                    let reason = RejectReason::Voided {
                         author,
                         seq: c.seq,
                         cutoff,
-                    }));
+                    };
+                    return Ok(awaiting_authority(op, reason));
                 }
             }
             return match op {
@@ -147,7 +148,7 @@ impl<S: Store> Working<'_, S> {
                         return self.contest(signed);
                     }
                 }
-                return Ok(Admission::Rejected(r));
+                return Ok(awaiting_authority(op, r));
             }
         };
         if let Err(r) = self.apply_payload(&op, role)? {
@@ -367,6 +368,7 @@ impl<S: Store> Working<'_, S> {
         match self.admit_op(NewOp::Unsigned(op))? {
             Admission::Applied => Ok(()),
             Admission::Rejected(r) => Err(Error::Rejected(r)),
+            Admission::AwaitingAuthority(_, r) => Err(Error::Rejected(r)),
             Admission::Duplicate | Admission::Gap(_) | Admission::Fork | Admission::Contested => {
                 Err(local_off_chain())
             }
@@ -377,6 +379,21 @@ impl<S: Store> Working<'_, S> {
 /// A local op that does not extend this node's own chain: the store and the state disagree.
 fn local_off_chain() -> Error {
     Error::Corrupt("local op does not extend this node's own chain".into())
+}
+
+/// The admission of an op refused with `reason`: [`Admission::AwaitingAuthority`] when the
+/// reason is one a later op can lift (its author unknown, unauthorized or cut off) and the
+/// op is signed, so that the ingest can try it again; otherwise
+/// [`Admission::Rejected`]. A quarantine is never lifted, and a payload that contradicts
+/// itself stays so.
+fn awaiting_authority(op: NewOp, reason: RejectReason) -> Admission {
+    match (op, &reason) {
+        (
+            NewOp::Signed(op),
+            RejectReason::UnknownAuthor(_) | RejectReason::Unauthorized(_) | RejectReason::Voided { .. },
+        ) => Admission::AwaitingAuthority(op, reason),
+        _ => Admission::Rejected(reason),
+    }
 }
 
 /// The op as signed bytes, for fork evidence; a local op not signed yet is never evidence

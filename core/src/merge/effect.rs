@@ -5,6 +5,7 @@ use super::{NewOp, Working};
 use crate::error::Error;
 use crate::event::{Event, TransitionEvent};
 use crate::id::{NodeId, OpId, StoryId};
+use crate::op::OpContent;
 use crate::payload::{Payload, Role, StoryField};
 use crate::pipeline::{transition, PipelineEvent, Stage};
 use crate::projection::{HistoryEntry, Lease, Lww, PresenceRecord, Stamp};
@@ -61,11 +62,11 @@ impl<S: Store> Working<'_, S> {
                 self.set_role(*node, stamp, *new_role);
             }
             Payload::MemberRemove { node, cutoff_seq } => {
-                self.set_cutoff(*node, *cutoff_seq);
+                self.set_cutoff(*node, *cutoff_seq, c);
             }
             Payload::KeyRotate { new_key, .. } => {
                 self.set_role(*new_key, stamp, role);
-                self.set_cutoff(c.author, c.seq);
+                self.set_cutoff(c.author, c.seq, c);
                 let m = self.state.members.entry(c.author).or_default();
                 m.rotated_to = Some(*new_key);
             }
@@ -287,7 +288,16 @@ impl<S: Store> Working<'_, S> {
         self.dirty_members.insert(node);
     }
 
-    fn set_cutoff(&mut self, node: NodeId, cutoff: u64) {
+    /// Sets `node`'s cutoff (the lowest of those set) and asks for a rebuild when ops of
+    /// `node` past it are merged already.
+    ///
+    /// The setter itself (`setter`, not appended yet) is one of `node`'s ops when it cuts
+    /// its own author: a removal of its own key below its own seq voids itself, so the
+    /// rebuild must say whether it counts (it does not: `docs/format.md`, "Removals,
+    /// rotations and cutoffs"). Found by the `ingest` fuzz target
+    /// (fuzz/regressions/ingest/removed-admin-kept-by-merging-node): such a removal was
+    /// merged with no rebuild, so its cutoff stayed although the removal is never sent on.
+    fn set_cutoff(&mut self, node: NodeId, cutoff: u64, setter: &OpContent) {
         let m = self.state.members.entry(node).or_default();
         m.cutoff = Some(m.cutoff.map_or(cutoff, |c| c.min(cutoff)));
         self.dirty_members.insert(node);
@@ -297,7 +307,8 @@ impl<S: Store> Working<'_, S> {
             .get(&node)
             .and_then(|o| o.last())
             .map_or(0, |o| o.content().seq);
-        if head.max(staged) > cutoff {
+        let own = if setter.author == node { setter.seq } else { 0 };
+        if head.max(staged).max(own) > cutoff {
             self.state.rebuild_needed = true;
         }
     }

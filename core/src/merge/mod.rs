@@ -36,6 +36,11 @@ pub(crate) enum Admission {
     /// An admin's removal void only because a concurrent removal cut its author just
     /// below it: kept (`R`) for the rebuild to weigh, which this admission asked for.
     Contested,
+    /// Refused because its author lacks the authority (not a member, not authorized for
+    /// the payload, cut off) as things stand: a later op may give it (an admission, fork
+    /// evidence voiding a removal or demotion), so the ingest keeps it to try again
+    /// (`Node::retry_parked`). Only a signed op; a local one is `Rejected`.
+    AwaitingAuthority(SignedOp, RejectReason),
     Rejected(RejectReason),
 }
 
@@ -188,6 +193,16 @@ impl<'a, S: Store> Working<'a, S> {
     pub fn expect_group(&mut self, ops: usize) {
         self.events.reserve(ops);
         self.pending_ops_hint = ops;
+    }
+
+    /// Whether this batch changes what decides authority (members, roles, cutoffs,
+    /// quarantines, the genesis admin), or runs a rebuild that may: ops refused for
+    /// authority before it may count now.
+    pub fn touches_authority(&self) -> bool {
+        !self.dirty_members.is_empty()
+            || !self.forks.is_empty()
+            || self.cluster_dirty
+            || self.state.rebuild_needed
     }
 
     pub fn has_changes(&self) -> bool {

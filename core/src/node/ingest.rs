@@ -47,7 +47,11 @@ pub struct IngestReport {
     pub duplicates: usize,
     /// Ops held back until their predecessors arrive.
     pub buffered: usize,
-    /// Ops refused.
+    /// Ops refused. An op refused for its author's authority (unknown, unauthorized,
+    /// cut off) is kept for a while and tried again after an ingest that changes
+    /// membership: if a later op of the same ingest gives it that authority, it is counted
+    /// in `applied` instead and not listed here; if a later ingest does, that ingest
+    /// counts it.
     pub rejected: Vec<Rejection>,
     /// Authors found equivocating (now quarantined).
     pub forks: Vec<NodeId>,
@@ -252,6 +256,7 @@ impl<S: Store> Node<S> {
         rejected.extend(failed.into_iter().map(|(_, r)| r));
         rejected.append(&mut admitted.rejected);
         admitted.rejected = rejected;
+        self.retry_parked(&mut admitted)?;
         Ok(admitted)
     }
 
@@ -374,13 +379,79 @@ impl<S: Store> Node<S> {
             rejected: verified.rejected,
             ..IngestReport::default()
         };
+        self.ingest_sorted(verified.ops, &mut report)?;
+        self.retry_parked(&mut report)?;
+        Ok(report)
+    }
+
+    /// Admits verified ops sorted for admission, in batches of `NodeConfig::ingest_batch`.
+    fn ingest_sorted(&mut self, ops: Vec<SignedOp>, report: &mut IngestReport) -> Result<(), Error> {
         let batch = self.config.ingest_batch.max(1);
-        let mut iter = verified.ops.into_iter().peekable();
+        let mut iter = ops.into_iter().peekable();
         while iter.peek().is_some() {
             let chunk: Vec<SignedOp> = iter.by_ref().take(batch).collect();
-            self.ingest_verified(chunk, &mut report)?;
+            self.ingest_verified(chunk, report)?;
         }
-        Ok(report)
+        Ok(())
+    }
+
+    /// Keeps `op`, refused for its author's authority, to be tried again
+    /// ([`Node::retry_parked`]), unless the park is full (then it stays refused, as it
+    /// always was: sync sends it again).
+    fn park(&mut self, op: SignedOp) {
+        let len = op.bytes().len();
+        if self.parked.contains_key(&op.id())
+            || self.parked.len() >= self.config.max_buffered_ops
+            || self.parked_bytes + len > self.config.max_buffered_bytes
+        {
+            return;
+        }
+        self.parked_bytes += len;
+        self.parked.insert(op.id(), op);
+    }
+
+    /// Tries the parked ops again after an ingest that changed membership, roles, cutoffs
+    /// or quarantines (an admission, fork evidence voiding a removal or a demotion, a
+    /// rebuild), and again after each round that admitted one, until a round admits
+    /// nothing. Bounded: every round but the last admits at least one parked op, and each
+    /// leaves the park for good. So an op refused for its author's authority counts
+    /// whenever a later op of the same ingest, or of a later one, gives it that authority:
+    /// what a stream keeps does not depend on how it is cut into ingests (chunks of an
+    /// import, frames of a sync), nor on the order within one.
+    ///
+    /// In `report` (this ingest's), a parked op that now counts loses its rejection, and
+    /// one refused again for another reason has that reason; one refused again for
+    /// authority keeps its first rejection. Found by the seeded
+    /// `import::tests::a_pipelined_import_matches_sequential_ingest_seeded`
+    /// (seed 1615437209738749185, `chunking_does_not_change_the_store`).
+    fn retry_parked(&mut self, report: &mut IngestReport) -> Result<(), Error> {
+        while std::mem::take(&mut self.authority_changed) && !self.parked.is_empty() {
+            let mut ops: Vec<SignedOp> = std::mem::take(&mut self.parked).into_values().collect();
+            self.parked_bytes = 0;
+            ops.sort_by_key(|op| (op.content().lamport, op.content().author, op.content().seq));
+            let tried: Vec<OpId> = ops.iter().map(SignedOp::id).collect();
+            let mut round = IngestReport::default();
+            self.ingest_sorted(ops, &mut round)?;
+            let left: BTreeSet<OpId> = tried
+                .into_iter()
+                .filter(|id| !self.parked.contains_key(id))
+                .collect();
+            report
+                .rejected
+                .retain(|r| r.op_id.is_none_or(|id| !left.contains(&id)));
+            round
+                .rejected
+                .retain(|r| r.op_id.is_none_or(|id| !self.parked.contains_key(&id)));
+            let admitted = round.applied;
+            report.absorb(round);
+            if admitted == 0 {
+                break;
+            }
+        }
+        if self.parked.is_empty() {
+            self.authority_changed = false;
+        }
+        Ok(())
     }
 
     /// Ingests a sequence of inputs as [`Node::ingest`] would one after another — the same
@@ -498,6 +569,15 @@ impl<S: Store> Node<S> {
                             report.buffered += 1;
                         }
                     }
+                    Admission::AwaitingAuthority(op, reason) => {
+                        self.park(op);
+                        report.rejected.push(Rejection {
+                            op_id: Some(id),
+                            author: Some(author),
+                            seq: Some(seq),
+                            reason,
+                        });
+                    }
                     Admission::Rejected(reason) => {
                         report.rejected.push(Rejection {
                             op_id: Some(id),
@@ -508,6 +588,9 @@ impl<S: Store> Node<S> {
                     }
                 }
             }
+        }
+        if w.touches_authority() {
+            self.authority_changed = true;
         }
         if w.has_changes() {
             let events = self.commit(w, S::Batch::default())?;
@@ -594,11 +677,40 @@ impl<S: Store> Node<S> {
             }
             let mut w = Working::fresh(&db, &journal, fresh, self.node_id()).refusing(refused.clone());
             let mut void: BTreeSet<OpId> = setters.iter().map(|(id, _, _)| *id).collect();
+            // Ops that no longer pass (e.g. added by a voided admin op) are dropped. Ops
+            // refused for their author's authority, and those waiting behind them, are
+            // tried again while a round admits one, as an ingest does (`retry_parked`):
+            // an op signed below the Lamport time of its author's admission counts here
+            // as it does on the node that merged it (found by the `ingest` fuzz target,
+            // fuzz/regressions/ingest/op-below-admission-dropped-by-rebuild).
+            let mut waiting = Vec::new();
             for op in &ops {
-                // Ops that no longer pass (e.g. added by a voided admin op) are dropped.
                 let id = op.id();
-                if matches!(w.admit(op.clone())?, Admission::Applied) {
-                    void.remove(&id);
+                match w.admit(op.clone())? {
+                    Admission::Applied => {
+                        void.remove(&id);
+                    }
+                    Admission::AwaitingAuthority(op, _) | Admission::Gap(op) => waiting.push(op),
+                    _ => {}
+                }
+            }
+            loop {
+                let mut admitted = false;
+                let mut still = Vec::new();
+                for op in std::mem::take(&mut waiting) {
+                    let id = op.id();
+                    match w.admit(op)? {
+                        Admission::Applied => {
+                            void.remove(&id);
+                            admitted = true;
+                        }
+                        Admission::AwaitingAuthority(op, _) | Admission::Gap(op) => still.push(op),
+                        _ => {}
+                    }
+                }
+                waiting = still;
+                if !admitted || waiting.is_empty() {
+                    break;
                 }
             }
             Ok::<_, Error>((w, void))

@@ -27,7 +27,7 @@ use crate::codec;
 use crate::error::Error;
 use crate::event::{self, Event, Subscribers, Subscription};
 use crate::home::Home;
-use crate::id::{ClusterId, NodeId};
+use crate::id::{ClusterId, NodeId, OpId};
 use crate::journal::Journal;
 use crate::key::NodeKey;
 use crate::keyspace::{self as key, STORE_FORMAT_VERSION};
@@ -51,9 +51,11 @@ pub struct NodeConfig {
     /// A node whose last heartbeat is older than this is not alive, and its claims and
     /// locks stop counting even before they expire.
     pub stale_after_secs: u64,
-    /// Most out-of-order ops held while their predecessors are missing.
+    /// Most out-of-order ops held while their predecessors are missing; also, separately,
+    /// the most ops held to be tried again after their author's authority changes
+    /// ([`IngestReport::rejected`]).
     pub max_buffered_ops: usize,
-    /// Most bytes of out-of-order ops held.
+    /// Most bytes of out-of-order ops held (and, separately, of ops held to be tried again).
     pub max_buffered_bytes: usize,
     /// Threads used to verify signatures of large ingests.
     pub verify_threads: usize,
@@ -122,6 +124,14 @@ pub struct Node<S: Store = SledStore> {
     keys: HashMap<NodeId, VerifyingKey>,
     buffer: BTreeMap<(NodeId, u64), SignedOp>,
     buffered_bytes: usize,
+    /// Ops an ingest refused for their author's authority (unknown, unauthorized, cut
+    /// off), kept to be admitted again once an ingest changes membership
+    /// (`Node::retry_parked`). Bounded like `buffer`, by the same limits.
+    parked: BTreeMap<OpId, SignedOp>,
+    parked_bytes: usize,
+    /// An ingest changed membership, roles, cutoffs or quarantines since the parked ops
+    /// were last tried.
+    authority_changed: bool,
     /// Story records as last committed (taken by each batch, given back by its commit).
     stories: StoryCache,
     subscribers: Arc<Mutex<Subscribers>>,
@@ -345,6 +355,9 @@ impl<S: Store> Node<S> {
             keys: HashMap::new(),
             buffer: BTreeMap::new(),
             buffered_bytes: 0,
+            parked: BTreeMap::new(),
+            parked_bytes: 0,
+            authority_changed: false,
             stories: StoryCache::new(),
             subscribers: Arc::default(),
             heartbeat_wanted: false,
