@@ -7,6 +7,7 @@
 //! (`render`).
 
 mod agent;
+mod alloc;
 mod args;
 mod backup;
 mod bench;

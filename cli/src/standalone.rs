@@ -171,12 +171,15 @@ fn init_join(cli: &Cli, root: &std::path::Path, ticket: &str, label: &str) -> Re
         .parse()
         .map_err(|e: huskies_core::Error| CliError::usage(e.to_string()))?;
     let bar = crate::render::progress::bar(crate::exec::progress_enabled(cli), 0, "catching up");
+    // Return the catch-up's freed memory to the OS as it goes (`crate::alloc`).
+    let mut release = crate::alloc::EveryOps::new(crate::alloc::CATCH_UP_RELEASE_OPS);
     let joined = huskies_daemon::join_home(
         root,
         &ticket,
         label,
         &huskies_daemon::JoinOptions::new(Duration::from_secs(600)),
         |held, total| {
+            release.release_if_due(held);
             bar.set_length(total);
             bar.set_position(held);
         },

@@ -141,14 +141,18 @@ async fn join_inner(
                 continue;
             }
         };
-        // Frames already received are merged in one ingest (one flush) during catch-up.
-        // A failure behind them is reported after them: the frames before a close often
-        // say why (a `Refuse`).
+        // Frames already received are merged in one ingest (one flush), up to
+        // `MERGE_FRAME_BYTES`: a catch-up's full frames go one at a time. A failure behind
+        // them is reported after them: the frames before a close often say why (a `Refuse`).
+        let mut bytes = frame.len();
         let mut frames = vec![frame];
         let mut ended = None;
-        while frames.len() < 8 {
+        while crate::peer::merge_more(bytes) {
             match stream.next().now_or_never() {
-                Some(Some(Incoming::Frame(f))) => frames.push(f),
+                Some(Some(Incoming::Frame(f))) => {
+                    bytes += f.len();
+                    frames.push(f);
+                }
                 Some(Some(Incoming::Error(_, e))) => {
                     ended = Some(e);
                     break;

@@ -65,6 +65,20 @@ pub(crate) struct Ended {
 /// waits in its own TCP window rather than in our memory.
 const READ_QUEUE: usize = 4;
 
+/// Frames that wait together are merged into one ingest (one flush) until they hold this
+/// many bytes: many small frames (live traffic) share a flush, while the full frames of a
+/// catch-up (`SessionConfig::target_frame_bytes`, 1 MiB) are ingested one at a time. A
+/// merged ingest holds its frames, their decoded ops and the verified ops at once: merging
+/// up to 8 full frames made that the largest part of a 1M-op catch-up's peak memory
+/// (245 against 190 MB; `docs/benchmarks.md`, "Catch-up memory at 1M ops") and did not
+/// make it faster.
+pub(crate) const MERGE_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Whether frames of `bytes` in all, waiting together, take another one into their ingest.
+pub(crate) fn merge_more(bytes: usize) -> bool {
+    bytes < MERGE_FRAME_BYTES
+}
+
 /// Runs a connection to completion.
 pub(crate) async fn drive(
     shared: Arc<Shared>,
@@ -108,12 +122,18 @@ pub(crate) async fn drive(
                     Some(Incoming::Error(reason, e)) => break ended(peer, reason, e),
                     None => break ended(peer, "closed", "peer closed the connection".into()),
                 };
-                // Frames already waiting are merged together: one ingest, one flush.
+                // Frames already waiting are merged together, up to `MERGE_FRAME_BYTES`:
+                // one ingest, one flush.
+                let mut bytes = frame.len();
                 let mut frames = vec![frame];
                 let mut pending_error = None;
-                while let Ok(item) = rx.try_recv() {
+                while merge_more(bytes) {
+                    let Ok(item) = rx.try_recv() else { break };
                     match item {
-                        Incoming::Frame(f) => frames.push(f),
+                        Incoming::Frame(f) => {
+                            bytes += f.len();
+                            frames.push(f);
+                        }
                         Incoming::Error(reason, e) => {
                             pending_error = Some((reason, e));
                             break;
@@ -362,4 +382,21 @@ pub(crate) fn split_server(ws: axum::extract::ws::WebSocket) -> (FrameSink, Fram
         })
     });
     (Box::pin(sink), Box::pin(stream))
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    #[test]
+    fn small_frames_merge_and_a_full_frame_goes_alone() {
+        // Live traffic: small frames keep merging until they hold a full frame's bytes.
+        assert!(merge_more(0));
+        assert!(merge_more(3 * 2_000));
+        assert!(merge_more(MERGE_FRAME_BYTES - 1));
+        // A catch-up's full frame (the session's target size) takes no other with it.
+        let full = huskies_core::sync::SessionConfig::default().target_frame_bytes;
+        assert!(full >= MERGE_FRAME_BYTES);
+        assert!(!merge_more(full));
+    }
 }

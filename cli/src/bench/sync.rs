@@ -216,12 +216,15 @@ async fn join(scratch: &Path, ticket: &Ticket) -> Result<Value> {
         NodeConfig::default(),
     )?;
     let t = Instant::now();
+    // As `huskies init --join` does (`crate::alloc`).
+    let mut release = crate::alloc::EveryOps::new(crate::alloc::CATCH_UP_RELEASE_OPS);
     huskies_daemon::join_cluster(
         &mut fresh,
         ticket,
         "bench",
         Duration::from_secs(3600),
         |held, _| {
+            release.release_if_due(held);
             let mut stdout = std::io::stdout().lock();
             let _ = writeln!(stdout, "held {held}");
             let _ = stdout.flush();

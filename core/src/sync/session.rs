@@ -574,6 +574,8 @@ impl Session {
                 Err(e) => malformed.push(e),
             }
         }
+        // The raw bytes are copied into the decoded ops: not held through the ingest.
+        drop(frames);
         // The peer holds what it sent us: never send it back.
         for op in &ops {
             let c = op.content();
