@@ -74,6 +74,7 @@ pub(crate) fn run(cli: &Cli, opts: AgentOptions) -> Result<(), CliError> {
         peers: vec![opts.rendezvous.clone()],
         label: label.clone(),
         advertise: file.daemon.advertise.clone(),
+        after_ingest: Some(crate::alloc::daemon_hook()),
         ..DaemonConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

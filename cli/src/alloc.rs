@@ -67,6 +67,20 @@ impl EveryOps {
     }
 }
 
+/// A daemon's [`huskies_daemon::IngestHook`]: counts the ops admitted from peers and
+/// releases freed memory every [`CATCH_UP_RELEASE_OPS`] of them, so a `huskies daemon`
+/// catching up from a peer returns memory as `huskies init --join` does. Live traffic
+/// (a few ops a second) reaches the step rarely.
+pub fn daemon_hook() -> huskies_daemon::IngestHook {
+    let state = std::sync::Mutex::new((0u64, EveryOps::new(CATCH_UP_RELEASE_OPS)));
+    huskies_daemon::IngestHook(std::sync::Arc::new(move |applied| {
+        let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.0 += applied as u64;
+        let held = s.0;
+        s.1.release_if_due(held);
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

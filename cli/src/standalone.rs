@@ -253,6 +253,8 @@ fn run_daemon(
             .block_after_merge_failures
             .unwrap_or(defaults.block_after_merge_failures),
         events: file.events.bridge(std::env::var("NATS_URL").ok()),
+        // Return a catch-up's freed memory to the OS as it goes (`crate::alloc`).
+        after_ingest: Some(crate::alloc::daemon_hook()),
         ..defaults
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -69,6 +69,22 @@ pub struct DaemonConfig {
     pub write_timeout_ms: u64,
     /// The event bridge to NATS JetStream (default: off).
     pub events: EventsConfig,
+    /// Called after each ingest of a peer's ops (default: none).
+    pub after_ingest: Option<IngestHook>,
+}
+
+/// What a daemon calls after each ingest of a peer's ops, with how many it admitted: a hook
+/// for work the library cannot do itself. The `huskies` binary uses it to return freed
+/// memory to the OS during a long catch-up, which only it can ask of its allocator
+/// (`cli/src/alloc.rs`). Runs on the connection's task while it holds no lock: keep it
+/// short.
+#[derive(Clone)]
+pub struct IngestHook(pub Arc<dyn Fn(usize) + Send + Sync>);
+
+impl std::fmt::Debug for IngestHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IngestHook")
+    }
 }
 
 impl DaemonConfig {
@@ -101,6 +117,7 @@ impl Default for DaemonConfig {
             backoff_max_ms: 15_000,
             write_timeout_ms: 20_000,
             events: EventsConfig::default(),
+            after_ingest: None,
         }
     }
 }

@@ -156,6 +156,9 @@ pub(crate) async fn drive(
                         }
                         SessionEvent::Ingested { report } => {
                             shared.metrics.ops_applied.fetch_add(report.applied as u64, Ordering::Relaxed);
+                            if let Some(hook) = &shared.config.after_ingest {
+                                (hook.0)(report.applied);
+                            }
                             for r in &report.rejected {
                                 let reason = rejection_name(&r.reason);
                                 Metrics::count(&shared.metrics.rejected, reason, 1);

@@ -57,6 +57,44 @@ async fn a_line_propagates_and_survives_a_restart_of_the_middle() {
     }
 }
 
+/// The `after_ingest` hook hears of every op admitted from a peer, once: the count it
+/// is given adds up to the daemon's own `ops_applied`, which covers the stories sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_hook_hears_every_admitted_op_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let homes = cluster_homes(dir.path(), 2);
+    let a = start(&homes[0], fast_config("a", vec![])).await;
+    let heard = Arc::new(AtomicUsize::new(0));
+    let mut b_config = fast_config("b", vec![a.url()]);
+    let count = heard.clone();
+    b_config.after_ingest = Some(huskies_daemon::IngestHook(Arc::new(move |n| {
+        count.fetch_add(n, Ordering::SeqCst);
+    })));
+    let b = start(&homes[1], b_config).await;
+    for i in 0..5 {
+        a.with_node(|n| n.execute(now(), story(&format!("{i}_from_a"))))
+            .unwrap();
+    }
+    eventually(10, "B holds A's five stories", || {
+        b.with_node(|n| n.stories(None, now()).map(|s| s.len() == 5).unwrap_or(false))
+    })
+    .await;
+    // Stop A so nothing more arrives; once B has handled what it had, the counts agree.
+    a.shutdown().await.unwrap();
+    eventually(5, "the hook and the daemon count the same ops", || {
+        heard.load(Ordering::SeqCst) as u64 == b.health().ops_applied
+    })
+    .await;
+    let heard = heard.load(Ordering::SeqCst);
+    b.shutdown().await.unwrap();
+    assert!(
+        heard >= 5,
+        "the hook heard of {heard} ops, fewer than the five stories"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claims_end_with_one_holder_and_the_loser_told() {
     let dir = tempfile::tempdir().unwrap();
