@@ -27,7 +27,7 @@ use crate::id::{NodeId, OpId, StoryId};
 use crate::pipeline::StageKind;
 
 /// The store format this build writes and reads (see `docs/format.md`).
-pub const STORE_FORMAT_VERSION: u32 = 4;
+pub const STORE_FORMAT_VERSION: u32 = 5;
 
 /// Meta keys (`M` ‖ name).
 pub(crate) const META_FORMAT: &[u8] = b"Mformat";

@@ -256,15 +256,59 @@ impl PresenceRecord {
 /// before the add arrives still holds once it does.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct MemberRecord {
-    pub role: Option<Lww<Role>>,
+    /// Every role given to this key by an op that counts, oldest first by stamp. The newest
+    /// is the key's role now; an op of the key is judged by the role it had at the op's
+    /// own stamp ([`MemberRecord::role_at`]). Store format 5; format 4 kept only the newest
+    /// (`Option<Lww<Role>>`), which postcard encodes exactly as a list of at most one.
+    pub roles: Vec<Lww<Role>>,
     /// Ops of this key with `seq > cutoff` are void (removal or key rotation).
     pub cutoff: Option<u64>,
     pub rotated_to: Option<NodeId>,
 }
 
 impl MemberRecord {
+    /// The key's role now (the newest it was given), `None` for a key never admitted.
     pub fn role(&self) -> Option<Role> {
-        self.role.as_ref().map(|r| r.value)
+        self.roles.last().map(|r| r.value)
+    }
+
+    /// The role that judges an op of this key stamped `at`: the newest given below `at`.
+    /// An op older than every role given takes the oldest (an op signed below its author's
+    /// admission counts as it always did). A function of the set of roles given, so every
+    /// replica judges an op alike whichever order the ops came in (`docs/format.md`,
+    /// "Roles and authority").
+    pub fn role_at(&self, at: Stamp) -> Option<Role> {
+        let below = self.roles.partition_point(|r| r.stamp < at);
+        below
+            .checked_sub(1)
+            .map_or(self.roles.first(), |i| self.roles.get(i))
+            .map(|r| r.value)
+    }
+
+    /// Records that the key was given `role` at `stamp` (a second role at one stamp, which
+    /// only a fork can sign, keeps the first: the fork's rebuild says which counts).
+    /// Returns which of the key's ops judged as an admin's before could now be judged
+    /// otherwise: `(above, below)`, where `above` is the stamps just above this one and
+    /// `below` every stamp below it (when it is the new oldest role, which judges those).
+    pub fn assign(&mut self, stamp: Stamp, role: Role) -> (bool, bool) {
+        let at = self.roles.partition_point(|r| r.stamp < stamp);
+        if self.roles.get(at).is_some_and(|r| r.stamp == stamp) {
+            return (false, false);
+        }
+        let above_before = self.role_at_or_after(stamp);
+        let oldest_before = self.roles.first().map(|r| r.value);
+        self.roles.insert(at, Lww { stamp, value: role });
+        let lost = |before: Option<Role>| before == Some(Role::Admin) && role != Role::Admin;
+        (lost(above_before), at == 0 && lost(oldest_before))
+    }
+
+    /// The role that judges an op stamped just after `stamp` (the newest given at or below
+    /// it, else the oldest).
+    fn role_at_or_after(&self, stamp: Stamp) -> Option<Role> {
+        let upto = self.roles.partition_point(|r| r.stamp <= stamp);
+        upto.checked_sub(1)
+            .map_or(self.roles.first(), |i| self.roles.get(i))
+            .map(|r| r.value)
     }
 }
 
@@ -300,6 +344,92 @@ mod tests {
         Stamp {
             lamport: l,
             author: NodeId::from_bytes([a; 32]),
+        }
+    }
+
+    /// An op takes the role given newest below its stamp, and the oldest when it is older
+    /// than every role given; the order the roles arrive in does not matter.
+    #[test]
+    fn an_op_is_judged_by_the_role_its_author_had_at_its_stamp() {
+        let given = [
+            (stamp(2, 0), Role::Member),
+            (stamp(5, 0), Role::Admin),
+            (stamp(9, 1), Role::Member),
+        ];
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let mut m = MemberRecord::default();
+            for i in order {
+                m.assign(given[i].0, given[i].1);
+            }
+            assert_eq!(m.role(), Some(Role::Member), "{order:?}");
+            assert_eq!(m.role_at(stamp(1, 3)), Some(Role::Member), "below every role");
+            assert_eq!(
+                m.role_at(stamp(2, 0)),
+                Some(Role::Member),
+                "at a stamp: the one below"
+            );
+            assert_eq!(m.role_at(stamp(5, 0)), Some(Role::Member));
+            assert_eq!(
+                m.role_at(stamp(5, 1)),
+                Some(Role::Admin),
+                "same Lamport, later author"
+            );
+            assert_eq!(m.role_at(stamp(9, 0)), Some(Role::Admin));
+            assert_eq!(m.role_at(stamp(10, 0)), Some(Role::Member));
+        }
+        assert_eq!(MemberRecord::default().role_at(stamp(1, 0)), None);
+    }
+
+    /// `assign` says when ops judged as an admin's could now be judged otherwise.
+    #[test]
+    fn assigning_a_role_says_which_admin_judgements_it_changes() {
+        let mut m = MemberRecord::default();
+        assert_eq!(m.assign(stamp(5, 0), Role::Admin), (false, false), "first role");
+        assert_eq!(
+            m.assign(stamp(5, 0), Role::Member),
+            (false, false),
+            "same stamp: kept"
+        );
+        assert_eq!(m.role(), Some(Role::Admin));
+        assert_eq!(
+            m.assign(stamp(8, 0), Role::Member),
+            (true, false),
+            "a demotion above"
+        );
+        assert_eq!(m.assign(stamp(7, 0), Role::Admin), (false, false), "a promotion");
+        assert_eq!(
+            m.assign(stamp(3, 0), Role::Member),
+            (true, true),
+            "a new oldest, demoting"
+        );
+        assert_eq!(m.assign(stamp(1, 0), Role::Admin), (false, false));
+    }
+
+    /// A format-4 member record (one LWW role at most) decodes as a format-5 one.
+    #[test]
+    fn a_format_4_member_record_reads_as_format_5() {
+        #[derive(Serialize)]
+        struct Format4 {
+            role: Option<Lww<Role>>,
+            cutoff: Option<u64>,
+            rotated_to: Option<NodeId>,
+        }
+        for role in [
+            None,
+            Some(Lww {
+                stamp: stamp(4, 7),
+                value: Role::Admin,
+            }),
+        ] {
+            let old = Format4 {
+                role: role.clone(),
+                cutoff: Some(3),
+                rotated_to: Some(NodeId::from_bytes([9; 32])),
+            };
+            let new: MemberRecord = crate::codec::decode(&crate::codec::encode(&old), "member").unwrap();
+            assert_eq!(new.roles, role.into_iter().collect::<Vec<_>>());
+            assert_eq!(new.cutoff, Some(3));
+            assert_eq!(new.rotated_to, Some(NodeId::from_bytes([9; 32])));
         }
     }
 

@@ -727,3 +727,49 @@ fn concurrent_removals_and_rotations_converge_seeded() {
         }
     }
 }
+
+/// Found beside the `ingest` target's
+/// `fuzz/regressions/ingest/self-demotion-fork-refused-by-fresh-node`: an admin's authority
+/// was judged by its role when its op arrived, not at the op's stamp. Admin key 2 adds key 3
+/// while admin key 0 concurrently demotes key 2. A replica that got the add first kept it and
+/// one that got the demotion first refused it, whichever was older; sync did not change
+/// that. Now the add counts exactly when it is stamped below the demotion, on every replica
+/// and in every arrival order (`docs/format.md`, "Roles and authority").
+#[test]
+fn a_demotion_judges_the_admins_ops_at_their_stamps_in_any_order() {
+    use huskies_core::VersionVector;
+    use logic::common::RawAuthor;
+    let wall = logic::at_ms(0);
+    for (demotion_lamport, add_counts) in [(5, false), (20, true)] {
+        let (mut admin, genesis) = fuzz_admin(wall);
+        let promote = admin.next(2, wall, add_admin(2));
+        let demote = admin.next(demotion_lamport, wall, add_member(2));
+        let add_three =
+            RawAuthor::new(logic::KEY_SEEDS[2], logic::ops::cluster()).next(10, wall, add_member(3));
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for (i, order) in [[&add_three, &demote], [&demote, &add_three]].iter().enumerate() {
+            let mut node = logic::ingest::joining_node(&dir.path().join(format!("n{i}")), i as u64);
+            for op in [&genesis, &promote].into_iter().chain(order.iter().copied()) {
+                let _report = node.ingest(vec![op.clone().into_unverified()]).unwrap();
+            }
+            let three = node.members().into_iter().any(|m| m.node == logic::key_id(3));
+            assert_eq!(
+                three, add_counts,
+                "demotion at Lamport {demotion_lamport}, arrival order {i}: key 3 admitted"
+            );
+            nodes.push(node);
+        }
+        for (from, to) in [(0, 1), (1, 0)] {
+            let ops = nodes[from].ops_since(&VersionVector::default()).unwrap();
+            let _report = nodes[to]
+                .ingest(ops.into_iter().map(|o| o.into_unverified()).collect())
+                .unwrap();
+        }
+        assert_eq!(
+            logic::snapshot(&nodes[0], wall),
+            logic::snapshot(&nodes[1], wall),
+            "demotion at Lamport {demotion_lamport}: the replicas differ"
+        );
+    }
+}

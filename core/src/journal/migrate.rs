@@ -8,8 +8,8 @@ use crate::projection::{AuthorRecord, StoryRecord};
 use crate::record::{decode_story_v1, decode_story_v2, encode_story};
 use crate::storage::{Store, WriteBatch};
 
-/// Upgrades a store of format 1, 2 or 3 to [`key::STORE_FORMAT_VERSION`] (4). One atomic
-/// batch holds all of it and the new format number, so a crash leaves either the old
+/// Upgrades a store of format 1, 2, 3 or 4 to [`key::STORE_FORMAT_VERSION`] (5). One
+/// atomic batch holds all of it and the new format number, so a crash leaves either the old
 /// store, which the next open migrates again, or the new one.
 ///
 /// - Formats 1 and 2: every story value, under `S` and inside every journal entry, is
@@ -19,25 +19,32 @@ use crate::storage::{Store, WriteBatch};
 /// - Every format before 4: each author record's segment tail, which named the author's
 ///   newest `O` segment, is cleared (format 4 names the open run of `P` segments there, and
 ///   older stores have none). The ops themselves stay where they are.
+/// - Every format before 5: member records kept only each key's newest role, and format 5
+///   keeps every role given (`MemberRecord::roles`, which reads a format-4 record as a list
+///   of at most one). The rebuild flag is set, so the open that migrates replays the stored
+///   ops once and fills in the roles (authority is judged at each op's stamp).
 pub(crate) fn migrate<S: Store>(db: &S, format: u32) -> Result<(), Error> {
     let mut batch = S::Batch::default();
     match format {
         1 | 2 => repack_stories(db, format, &mut batch)?,
-        3 => {}
+        3 | 4 => {}
         _ => {
             return Err(Error::Corrupt(format!(
                 "store format {format} cannot be migrated"
             )))
         }
     }
-    for kv in db.scan_prefix(key::AUTHORS) {
-        let (k, v) = kv?;
-        key::author_from_key(&k)?;
-        let mut rec: AuthorRecord = codec::decode(&v, "author record")?;
-        if rec.last_segment.take().is_some() {
-            batch.insert(&k, &codec::encode(&rec));
+    if format < 4 {
+        for kv in db.scan_prefix(key::AUTHORS) {
+            let (k, v) = kv?;
+            key::author_from_key(&k)?;
+            let mut rec: AuthorRecord = codec::decode(&v, "author record")?;
+            if rec.last_segment.take().is_some() {
+                batch.insert(&k, &codec::encode(&rec));
+            }
         }
     }
+    batch.insert(key::META_REBUILD, &codec::encode(&true));
     batch.insert(key::META_FORMAT, &codec::encode(&key::STORE_FORMAT_VERSION));
     crate::storage::commit(db, batch)
 }

@@ -8,7 +8,7 @@ use crate::id::{NodeId, OpId};
 use crate::op::{check_rotation_proof, derive_cluster_id, SignedOp, UnsignedOp};
 use crate::oplog;
 use crate::payload::{Payload, Role};
-use crate::projection::AuthorRecord;
+use crate::projection::{AuthorRecord, Stamp};
 use crate::reject::RejectReason;
 use crate::storage::Store;
 
@@ -255,7 +255,11 @@ impl<S: Store> Working<'_, S> {
             }
             return Ok(Role::Admin);
         }
-        let role = self.state.authorize(&c.author, c.seq)?;
+        let at = Stamp {
+            lamport: c.lamport,
+            author: c.author,
+        };
+        let role = self.state.authorize(&c.author, c.seq, at)?;
         match &c.payload {
             Payload::MemberAdd { node, .. } => {
                 require_admin(Some(role), "add members")?;

@@ -282,10 +282,42 @@ impl<S: Store> Working<'_, S> {
         Ok(())
     }
 
+    /// Gives `node` the role `role` from `stamp` on, and asks for a rebuild when ops of
+    /// `node` merged already were judged as an admin's where `node` is no longer an admin
+    /// now: a demotion that arrives after ops of the demoted admin signed above it (found
+    /// beside the `ingest` fuzz target's
+    /// fuzz/regressions/ingest/self-demotion-fork-refused-by-fresh-node: a replica that
+    /// merged the admin's `MemberAdd` first kept it, one that learnt the demotion first
+    /// refused it). A promotion needs no rebuild: the ops it lets count were refused and
+    /// parked, and are tried again (`Node::retry_parked`).
     fn set_role(&mut self, node: NodeId, stamp: Stamp, role: Role) {
         let m = self.state.members.entry(node).or_default();
-        Lww::merge(&mut m.role, stamp, role);
+        let (above, below) = m.assign(stamp, role);
         self.dirty_members.insert(node);
+        if !(above || below) {
+            return;
+        }
+        let stored = self
+            .state
+            .authors
+            .get(&node)
+            .filter(|a| a.head_seq > 0)
+            .map(|a| a.head_lamport);
+        let staged = self
+            .new_ops
+            .get(&node)
+            .and_then(|o| o.last())
+            .map(|o| o.content().lamport);
+        let Some(newest) = stored.max(staged) else {
+            return;
+        };
+        let newest = Stamp {
+            lamport: newest,
+            author: node,
+        };
+        if below || newest > stamp {
+            self.state.rebuild_needed = true;
+        }
     }
 
     /// Sets `node`'s cutoff (the lowest of those set) and asks for a rebuild when ops of

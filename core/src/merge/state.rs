@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::id::{ClusterId, NodeId};
 use crate::keyspace as key;
 use crate::payload::Role;
-use crate::projection::{AuthorRecord, ClusterMeta, MemberRecord};
+use crate::projection::{AuthorRecord, ClusterMeta, MemberRecord, Stamp};
 use crate::reject::RejectReason;
 use crate::storage::{self, Store};
 use crate::version::VersionVector;
@@ -116,7 +116,11 @@ impl State {
         let Some(member) = self.members.get(&c.author) else {
             return false;
         };
-        member.role() == Some(Role::Admin)
+        let at = Stamp {
+            lamport: c.lamport,
+            author: c.author,
+        };
+        member.role_at(at) == Some(Role::Admin)
             && member.cutoff == Some(head_seq)
             && c.seq == head_seq.saturating_add(1)
             && c.prev == head_id
@@ -156,12 +160,13 @@ impl State {
         vv
     }
 
-    /// Is `node` an admitted member whose op `seq` may count?
-    pub fn authorize(&self, node: &NodeId, seq: u64) -> Result<Role, RejectReason> {
+    /// Is `node` an admitted member whose op `seq`, stamped `at`, may count? Its role is
+    /// the one it had at `at` ([`MemberRecord::role_at`]).
+    pub fn authorize(&self, node: &NodeId, seq: u64, at: Stamp) -> Result<Role, RejectReason> {
         let role = self
             .members
             .get(node)
-            .and_then(|m| m.role())
+            .and_then(|m| m.role_at(at))
             .ok_or(RejectReason::UnknownAuthor(*node))?;
         if let Some(q) = self.authors.get(node).and_then(|a| a.quarantined_at) {
             if seq >= q {

@@ -297,7 +297,7 @@ impl<S: Store> Node<S> {
             .ok_or_else(|| Error::Corrupt("store has no format version".into()))?;
         match format {
             STORE_FORMAT_VERSION => {}
-            1..=3 => crate::journal::migrate(&db, format)?,
+            1..=4 => crate::journal::migrate(&db, format)?,
             _ => {
                 return Err(Error::UnsupportedFormat {
                     found: format,

@@ -192,3 +192,75 @@ fn a_newer_store_format_is_refused() {
     assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
     assert!(err.to_string().contains("not supported"), "{err}");
 }
+
+/// A format-4 home (member records with the newest role only) opens as format 5: the open
+/// that migrates rebuilds, which fills in every role given, and nothing else changes.
+#[test]
+fn a_format_4_home_opens_with_every_role_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("home");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    let mut node = Node::init(
+        &root,
+        InitMode::NewCluster { name: "t".into() },
+        &mut rng,
+        now(),
+        config(),
+    )
+    .unwrap();
+    let other_key = crate::key::NodeKey::from_seed([7; 32]);
+    let other = other_key.node_id();
+    node.execute(
+        now(),
+        Command::AddMember {
+            node: other,
+            role: crate::payload::Role::Admin,
+        },
+    )
+    .unwrap();
+    // The other admin makes itself a plain member (no command changes a member's role).
+    let content = crate::op::OpContent {
+        version: crate::op::OP_FORMAT_VERSION,
+        cluster: node.state.cluster.id,
+        author: other,
+        seq: 1,
+        lamport: 100,
+        prev: None,
+        wall: now(),
+        payload: Payload::MemberAdd {
+            node: other,
+            role: crate::payload::Role::Member,
+        },
+    };
+    let demote = crate::op::SignedOp::sign(content, &other_key).unwrap();
+    let report = node.ingest(vec![demote.into_unverified()]).unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    let members = node.members();
+    let roles = node.state.members[&other].roles.clone();
+    assert_eq!(roles.len(), 2, "both roles given are kept");
+    drop(node);
+
+    // Format 4: the newest role only, in the layout postcard gives `Option<Lww<Role>>`.
+    let db = SledStore::open(&root.join(STORE_DIR)).unwrap();
+    let mut batch = crate::storage::SledBatch::default();
+    for kv in db.scan_prefix(key::MEMBERS) {
+        let (k, v) = kv.unwrap();
+        let mut rec: crate::projection::MemberRecord = codec::decode(&v, "member").unwrap();
+        rec.roles.drain(..rec.roles.len().saturating_sub(1));
+        batch.insert(&k, &codec::encode(&rec));
+    }
+    batch.insert(key::META_FORMAT, &codec::encode(&4u32));
+    storage::commit(&db, batch).unwrap();
+    drop(db);
+
+    let node = Node::open(&root, config()).unwrap();
+    let format: u32 = storage::get(&node.db, key::META_FORMAT, "format")
+        .unwrap()
+        .unwrap();
+    assert_eq!(format, STORE_FORMAT_VERSION);
+    assert!(!node.state.rebuild_needed, "the open rebuilt");
+    assert_eq!(node.state.members[&other].roles, roles, "every role given, again");
+    assert_eq!(node.members(), members);
+    let report = node.verify(|_| {}).unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+}
