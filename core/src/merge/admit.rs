@@ -65,11 +65,23 @@ impl<S: Store> Working<'_, S> {
                     } else {
                         c.seq
                     };
+                    // An author quarantined at or below this fork point is known to have
+                    // equivocated there: one more proof adds nothing, and had our head
+                    // not reached `seq` (a fork recorded earlier in this batch, the
+                    // rebuild not run yet) the op would be refused as quarantined below.
+                    // Both paths refuse it alike. Found by the `ingest` fuzz target
+                    // (fuzz/regressions/ingest/second-proof-of-a-fork-refused-by-fresh-node).
+                    if quarantined.is_some_and(|q| q <= at) {
+                        if self.is_evidence(&author, c.seq, &op.id())? {
+                            return Ok(Admission::Duplicate);
+                        }
+                        return Ok(Admission::Rejected(RejectReason::Quarantined(author)));
+                    }
                     if at == c.seq {
                         if self.is_evidence(&author, c.seq, &op.id())? {
                             return Ok(Admission::Duplicate);
                         }
-                        if let Some(r) = self.refusal_in_place(&op, quarantined)? {
+                        if let Some(r) = self.refusal_in_place(&op)? {
                             return Ok(Admission::Rejected(r));
                         }
                     }
@@ -205,13 +217,10 @@ impl<S: Store> Working<'_, S> {
     /// above its predecessor's, an unauthorized payload) and then merges the held op, while
     /// one that held the op first would keep it as fork evidence and quarantine the author:
     /// the two disagree, and a fresh node refuses the evidence it is sent. So both refuse it,
-    /// with the same reason. An author already quarantined at or below this seq gains or
-    /// loses nothing here: its evidence is kept as before.
-    fn refusal_in_place(&self, op: &NewOp, quarantined: Option<u64>) -> Result<Option<RejectReason>, Error> {
+    /// with the same reason. (An author already quarantined at or below this seq never gets
+    /// here: [`Working::admit`] refuses one more proof of its fork as quarantined.)
+    fn refusal_in_place(&self, op: &NewOp) -> Result<Option<RejectReason>, Error> {
         let c = op.content();
-        if quarantined.is_some_and(|q| q <= c.seq) {
-            return Ok(None);
-        }
         if c.seq > 1 {
             let rec = self.state.authors.get(&c.author);
             let previous = match self
