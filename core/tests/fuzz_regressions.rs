@@ -773,3 +773,50 @@ fn a_demotion_judges_the_admins_ops_at_their_stamps_in_any_order() {
         );
     }
 }
+
+/// Found by the `ingest` target (`fuzz/regressions/ingest/second-op-for-a-buffered-seq-dropped`):
+/// the out-of-order buffer held one op per author and seq, so a second op for a seq still
+/// waiting for its predecessor was dropped, and when the gap filled only the first was
+/// merged: no fork, where a node that got both in order quarantined the author. Both now
+/// wait, and the fork is found either way (and in either order of the two).
+#[test]
+fn two_ops_for_one_buffered_seq_are_a_fork_once_the_gap_fills() {
+    use logic::common::RawAuthor;
+    let wall = logic::at_ms(0);
+    let (mut admin, genesis) = fuzz_admin(wall);
+    let admit = admin.next(2, wall, add_member(1));
+    let mut one = RawAuthor::new(logic::KEY_SEEDS[1], logic::ops::cluster());
+    let first = one.next(3, wall, story(1));
+    let left = one.after(&first).peek(4, wall, story(2));
+    let right = one.after(&first).peek(5, wall, story(3));
+    let dir = tempfile::tempdir().unwrap();
+    for (i, pair) in [[&left, &right], [&right, &left]].iter().enumerate() {
+        let mut node = logic::ingest::joining_node(&dir.path().join(format!("n{i}")), i as u64);
+        let _ = node
+            .ingest(vec![
+                genesis.clone().into_unverified(),
+                admit.clone().into_unverified(),
+            ])
+            .unwrap();
+        for op in pair.iter() {
+            let report = node.ingest(vec![(*op).clone().into_unverified()]).unwrap();
+            assert_eq!(report.buffered, 1, "order {i}: waits for its predecessor");
+        }
+        let report = node.ingest(vec![first.clone().into_unverified()]).unwrap();
+        assert_eq!(
+            report.forks,
+            vec![logic::key_id(1)],
+            "order {i}: the fork is found"
+        );
+    }
+}
+
+/// A payload creating fuzz story `b`.
+fn story(b: u8) -> huskies_core::Payload {
+    huskies_core::Payload::StoryCreate {
+        story: logic::story_id(b),
+        name: logic::text(b),
+        body: None,
+        depends_on: vec![],
+    }
+}

@@ -538,16 +538,25 @@ impl<S: Store> Node<S> {
             .expecting(ops.len());
         let quarantined_before: Vec<NodeId> = quarantined(&self.state);
         for op in ops {
-            let mut next = Some(op);
-            while let Some(op) = next.take() {
+            // The op, then the buffered ops its admission lets through: every op waiting
+            // for the seq after it (more than one is a fork, found by the `ingest` fuzz
+            // target: fuzz/regressions/ingest/second-op-for-a-buffered-seq-dropped), and
+            // so on down the chain.
+            let mut next = std::collections::VecDeque::from([op]);
+            while let Some(op) = next.pop_front() {
                 let (author, seq, id) = (op.content().author, op.content().seq, op.id());
                 match w.admit(op)? {
                     Admission::Applied => {
                         report.applied += 1;
-                        if let Some(waiting) = self.buffer.remove(&(author, seq + 1)) {
-                            self.buffered_bytes -= waiting.bytes().len();
+                        let after = seq.saturating_add(1);
+                        let lo = (author, after, OpId::from_bytes([0; 32]));
+                        let hi = (author, after, OpId::from_bytes([0xff; 32]));
+                        let waiting: Vec<_> = self.buffer.range(lo..=hi).map(|(k, _)| *k).collect();
+                        for k in waiting {
+                            let op = self.buffer.remove(&k).expect("listed");
+                            self.buffered_bytes -= op.bytes().len();
                             report.buffered = report.buffered.saturating_sub(1);
-                            next = Some(waiting);
+                            next.push_back(op);
                         }
                     }
                     Admission::Duplicate => report.duplicates += 1,
@@ -563,9 +572,9 @@ impl<S: Store> Node<S> {
                                 seq: Some(seq),
                                 reason: RejectReason::BufferFull,
                             });
-                        } else if !self.buffer.contains_key(&(author, seq)) {
+                        } else if !self.buffer.contains_key(&(author, seq, id)) {
                             self.buffered_bytes += op.bytes().len();
-                            self.buffer.insert((author, seq), op);
+                            self.buffer.insert((author, seq, id), op);
                             report.buffered += 1;
                         }
                     }
@@ -604,7 +613,7 @@ impl<S: Store> Node<S> {
         for node in quarantined(&self.state) {
             if !quarantined_before.contains(&node) {
                 report.forks.push(node);
-                self.buffer.retain(|(a, _), _| *a != node);
+                self.buffer.retain(|(a, _, _), _| *a != node);
             }
         }
         self.buffered_bytes = self.buffer.values().map(|o| o.bytes().len()).sum();

@@ -122,7 +122,9 @@ pub struct Node<S: Store = SledStore> {
     state: State,
     config: NodeConfig,
     keys: HashMap<NodeId, VerifyingKey>,
-    buffer: BTreeMap<(NodeId, u64), SignedOp>,
+    /// Out-of-order ops waiting for their predecessor, by author, seq and id: two ops for
+    /// one seq both wait (the second is evidence of a fork once the gap fills).
+    buffer: BTreeMap<(NodeId, u64, OpId), SignedOp>,
     buffered_bytes: usize,
     /// Ops an ingest refused for their author's authority (unknown, unauthorized, cut
     /// off), kept to be admitted again once an ingest changes membership
@@ -567,7 +569,7 @@ impl<S: Store> Node<S> {
     pub(super) fn drop_dead_buffered(&mut self) {
         let members = &self.state.members;
         let before = self.buffer.len();
-        self.buffer.retain(|(author, seq), _| {
+        self.buffer.retain(|(author, seq, _), _| {
             members
                 .get(author)
                 .and_then(|m| m.cutoff)
