@@ -9,8 +9,9 @@
 #   fuzz/run.sh --smoke [TARGET...]     CI's smoke: a fixed number of executions per target
 #                                       with libFuzzer's seed 1
 #
-# The smoke is fixed in executions, not seconds, so that it takes the same path on every
-# machine, loaded or not: a run of unchanged code here finds what CI finds (session 10: a
+# The smoke is fixed in executions, not seconds, so that it takes nearly the same path on
+# every machine, loaded or not (sled's threads make coverage vary by ~1%): a run of
+# unchanged code here finds what CI finds (session 10: a
 # 15-second smoke found a crash on CI's faster machine that two local runs of the same code
 # did not reach). About 15 s per target on CI's machine. HUSKIES_FUZZ_SEED fixes the seed of
 # a timed run too; unset, every timed run explores differently.
