@@ -10,7 +10,7 @@
 #                                       with libFuzzer's seed 1
 #
 # The smoke is fixed in executions, not seconds, so that it takes nearly the same path on
-# every machine, loaded or not (sled's threads make coverage vary by ~1%): a run of
+# every machine, loaded or not (coverage varies by a few percent between runs): a run of
 # unchanged code here finds what CI finds (session 10: a
 # 15-second smoke found a crash on CI's faster machine that two local runs of the same code
 # did not reach). About 15 s per target on CI's machine. HUSKIES_FUZZ_SEED fixes the seed of
