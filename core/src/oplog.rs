@@ -572,20 +572,42 @@ pub(crate) fn is_evidence<S: Store>(db: &S, author: &NodeId, seq: u64, id: &OpId
     Ok(db.get(&key::fork(author, seq, id))?.is_some())
 }
 
-/// The ids of the ops kept as evidence against `author`.
-pub(crate) fn evidence_ids<S: Store>(db: &S, author: &NodeId) -> Result<Vec<OpId>, Error> {
-    db.scan_prefix(&key::fork_prefix(author))
-        .map(|kv| key::fork_op_id(&kv?.0))
-        .collect()
+/// The ids of the ops that prove `author`'s fork at `at` ([`evidence`]).
+pub(crate) fn evidence_ids<S: Store>(db: &S, author: &NodeId, at: u64) -> Result<Vec<OpId>, Error> {
+    Ok(evidence(db, author, at)?.iter().map(SignedOp::id).collect())
 }
 
-/// The ops kept as evidence against `author`.
-pub(crate) fn evidence<S: Store>(db: &S, author: &NodeId) -> Result<Vec<SignedOp>, Error> {
-    db.scan_prefix(&key::fork_prefix(author))
+/// The ops kept as evidence against `author` that prove its fork at `at` (where it is
+/// quarantined from): its ops at `at`, and each op at `at + 1` whose `prev` is none of
+/// those. Evidence of a higher fork that a lower one superseded stays stored but is not
+/// listed or sent on, as for a fork that does not count: a replica fed the rest learns
+/// the lower fork first and never holds it (found by the `ingest` fuzz target:
+/// fuzz/regressions/ingest/evidence-of-a-superseded-fork-listed).
+pub(crate) fn evidence<S: Store>(db: &S, author: &NodeId, at: u64) -> Result<Vec<SignedOp>, Error> {
+    let all: Vec<SignedOp> = db
+        .scan_prefix(&key::fork_prefix(author))
         .map(|kv| {
-            SignedOp::from_trusted_bytes(&kv?.1).map_err(|e| Error::Corrupt(format!("fork evidence: {e}")))
+            let (k, v) = kv?;
+            let op = SignedOp::from_trusted_bytes(&v)
+                .map_err(|e| Error::Corrupt(format!("fork evidence: {e}")))?;
+            if key::fork_op_id(&k)? != op.id() {
+                return Err(Error::Corrupt("fork evidence: the key names another op".into()));
+            }
+            Ok(op)
         })
-        .collect()
+        .collect::<Result<_, Error>>()?;
+    let at_fork: Vec<OpId> = all
+        .iter()
+        .filter(|op| op.content().seq == at)
+        .map(SignedOp::id)
+        .collect();
+    Ok(all
+        .into_iter()
+        .filter(|op| {
+            let c = op.content();
+            c.seq == at || (c.seq == at.saturating_add(1) && c.prev.is_none_or(|p| !at_fork.contains(&p)))
+        })
+        .collect())
 }
 
 /// The key and value that hold `op` (see [`contested`]).

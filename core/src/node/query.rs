@@ -381,7 +381,7 @@ impl<S: Store> Node<S> {
             let Some(at_seq) = self.state.quarantine(node) else {
                 continue;
             };
-            let evidence = oplog::evidence_ids(&self.db, node)?;
+            let evidence = oplog::evidence_ids(&self.db, node, at_seq)?;
             out.push(ForkInfo {
                 author: *node,
                 at_seq,
@@ -409,8 +409,8 @@ impl<S: Store> Node<S> {
                     Ok(true)
                 })?;
             }
-            if self.state.quarantine(node).is_some() {
-                out.extend(oplog::evidence(&self.db, node)?);
+            if let Some(at) = self.state.quarantine(node) {
+                out.extend(oplog::evidence(&self.db, node, at)?);
             }
         }
         out.extend(self.contested_removals()?);

@@ -75,9 +75,13 @@ impl<S: Store> Node<S> {
         Ok(held)
     }
 
-    /// The signed ops kept as evidence of an author's equivocation.
+    /// The signed ops that prove an author's equivocation where it counts (the fork it is
+    /// quarantined from; none when no fork of the author counts: `docs/format.md`, "Forks").
     pub fn fork_evidence(&self, author: &NodeId) -> Result<Vec<SignedOp>, Error> {
-        oplog::evidence(&self.db, author)
+        match self.state.quarantine(author) {
+            Some(at) => oplog::evidence(&self.db, author, at),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The next ops a holder of `have` lacks, about `max_bytes` of them, in Lamport order
